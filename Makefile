@@ -1,0 +1,44 @@
+# owuibuild: every routine action. `make demo` sets up and renders the default blueprint;
+# `make test` installs the test tools and runs every test tier.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+BLUEPRINT ?= blueprints/seed-example.yml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit lint bench golden clean system-deps
+
+$(BIN)/owuibuild: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+setup: $(BIN)/owuibuild
+
+demo: setup
+	$(BIN)/owuibuild validate $(BLUEPRINT)
+	$(BIN)/owuibuild render $(BLUEPRINT)
+
+system-deps:
+	bash tests/infra/system-deps.sh
+
+test: setup system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check builder tests bench
+	$(BIN)/ruff format --check builder
+	$(BIN)/mypy
+
+golden: setup
+	$(BIN)/pytest tests/unit/test_golden.py --update-golden
+
+bench: setup
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf out/*/ .pytest_cache .mypy_cache .ruff_cache

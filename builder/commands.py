@@ -1,0 +1,169 @@
+"""The core commands: init, validate, render, schema.
+
+Each command turns pipeline results into output and an exit code; none of them computes
+anything about the fleet itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from .cli import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
+from .diagnostics import Diagnostic, format_json, format_text
+
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="How to print diagnostics: text for people, json for machines.",
+)
+STRICT = click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+
+
+def blueprint_argument(func: click.decorators.FC) -> click.decorators.FC:
+    return click.argument("blueprint", type=click.Path(path_type=Path))(func)
+
+
+def require_file(path: Path) -> None:
+    """A missing path or a directory is a usage error: one line, exit 2."""
+    if path.is_dir():
+        fail(f"{path}: is a directory, not a blueprint file", EXIT_USAGE)
+    if not path.exists():
+        fail(f"{path}: no such file", EXIT_USAGE, "run 'owuibuild init' to write a starter")
+
+
+def report(diagnostics: Sequence[Diagnostic], fmt: str, lines: Sequence[str], **extra: object) -> None:
+    if fmt == "json":
+        click.echo(format_json(diagnostics, **extra))
+    elif diagnostics:
+        click.echo(format_text(diagnostics, lines), err=True)
+
+
+@click.command()
+@blueprint_argument
+@FORMAT
+@STRICT
+def validate(blueprint: Path, fmt: str, strict: bool) -> None:
+    """Check BLUEPRINT against the schema and the semantic rules, and list every problem at
+    once as file:line:col with a hint. Nothing is written.
+
+    \b
+    Example:
+      owuibuild validate blueprints/seed-example.yml
+      owuibuild validate fleet.yml --format json --strict
+    """
+    from .pipeline import check
+
+    require_file(blueprint)
+    checked = check(blueprint, strict=strict)
+    lines = checked.source.lines if checked.source else []
+    report(checked.diagnostics, fmt, lines)
+    if not checked.ok:
+        sys.exit(EXIT_INVALID)
+    if fmt == "text" and checked.fleet is not None:
+        f = checked.fleet
+        click.echo(f"{blueprint}: valid ({len(f.instances)} instances on {len(f.all_hosts)} hosts)")
+
+
+@click.command()
+@blueprint_argument
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
+              help="Output directory. Default: out/<fleet name>. It is replaced as a whole.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Write nothing; exit 1 and list the files that would change.")
+@FORMAT
+@STRICT
+def render(blueprint: Path, output: Path | None, check_only: bool, fmt: str, strict: bool) -> None:
+    """Compile BLUEPRINT into OUTPUT: seeds for every host, a bundle for every instance, Packer
+    templates, a runbook and manifest.json.
+
+    Secrets are generated on the first render into <blueprint>.secrets.yml (mode 0600) and
+    reused afterwards, so the same blueprint and secrets always give byte-identical output.
+    The output directory is swapped in atomically: a failed render leaves it untouched.
+
+    \b
+    Example:
+      owuibuild render blueprints/seed-example.yml
+      owuibuild render fleet.yml -o /srv/fleet --check
+    """
+    from .pipeline import compile_blueprint
+    from .writer import WriteError, check_target, diff, write
+
+    require_file(blueprint)
+    compiled = compile_blueprint(blueprint, strict=strict, write_secrets=not check_only)
+    source = compiled.checked.source
+    lines = source.lines if source else []
+    if not compiled.ok or compiled.plan is None:
+        report(compiled.diagnostics, fmt, lines)
+        sys.exit(EXIT_INVALID)
+    out_dir = output if output is not None else Path("out") / compiled.plan.fleet.name
+    if check_only:
+        changes = diff(out_dir, compiled.artifacts)
+        if compiled.secrets_changed:
+            report(compiled.diagnostics, fmt, lines, changes=[], secrets_missing=True)
+            if fmt == "text":
+                click.echo("the secrets file is missing secrets; render without --check first",
+                           err=True)
+            sys.exit(EXIT_INVALID)
+        report(compiled.diagnostics, fmt, lines,
+               changes=[{"path": c.path, "change": c.kind} for c in changes])
+        if fmt == "text":
+            for c in changes:
+                click.echo(f"{c.kind:>8}  {out_dir / c.path}")
+            if not changes:
+                click.echo(f"{out_dir}: up to date")
+        sys.exit(EXIT_INVALID if changes else EXIT_OK)
+    try:
+        check_target(out_dir)
+        write(out_dir, compiled.artifacts)
+    except WriteError as exc:
+        fail(str(exc), EXIT_INVALID, exc.hint)
+    except OSError as exc:
+        fail(f"cannot write {out_dir}: {exc.strerror or exc}", EXIT_INVALID)
+    report(compiled.diagnostics, fmt, lines, output=str(out_dir),
+           files=[a.path for a in compiled.artifacts])
+    if fmt == "text":
+        note = " (new secrets were added to the secrets file)" if compiled.secrets_changed else ""
+        click.echo(f"rendered {len(compiled.artifacts)} files to {out_dir}{note}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path), default=Path("blueprint.yml"))
+def init(path: Path) -> None:
+    """Write a commented starter blueprint to PATH (default blueprint.yml): the seed's own
+    example of one shared server and five instances. An existing file is never overwritten.
+
+    \b
+    Example:
+      owuibuild init fleet.yml && owuibuild validate fleet.yml
+    """
+    from importlib import resources
+
+    starter = resources.files("owuibuild").joinpath("templates/starter.yml").read_bytes()
+    try:
+        with path.open("xb") as fh:
+            fh.write(starter)
+    except FileExistsError:
+        fail(f"{path}: already exists; not overwriting it", EXIT_USAGE,
+             "choose another path or remove the file")
+    except OSError as exc:
+        fail(f"{path}: cannot write: {exc.strerror or exc}", EXIT_USAGE)
+    click.echo(f"wrote {path}; edit it, then run: owuibuild render {path}")
+
+
+@click.command()
+def schema() -> None:
+    """Print the blueprint JSON Schema (draft 2020-12), for editors and CI.
+
+    \b
+    Example:
+      owuibuild schema > blueprint.schema.json
+    """
+    from .validate import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+__all__ = ["EXIT_INTERNAL", "init", "render", "schema", "validate"]

@@ -1,0 +1,140 @@
+"""Host configuration: one room per concern, merged into one cloud-config per host.
+
+Each module of this package is a section (like cloud-init's own cc_* modules) that defines
+``ORDER: int`` and ``part(plan, host, secrets) -> Part | None``. The hosts target merges the
+parts of every section that applies to a host into one #cloud-config document. Sections are
+pure: they build data, never text by pasting, and they take every value from the plan.
+
+Install steps (``Part.install``) are kept apart from configuration steps (``Part.configure``):
+the Packer templates run exactly the install steps, so a golden image holds the same software
+the seed would install, defined once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..plan import HostPlan, Plan
+    from ..secrets import Secrets
+
+
+@dataclass(frozen=True)
+class File:
+    """A write_files entry. ``defer`` writes it in the final stage, after packages and users
+    exist (needed for files owned by a service user or placed under the data volume)."""
+
+    path: str
+    content: str
+    permissions: str = "0644"
+    owner: str = "root:root"
+    defer: bool = False
+
+    def as_cloud_config(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "path": self.path,
+            "content": self.content,
+            "owner": self.owner,
+            "permissions": self.permissions,
+        }
+        if self.defer:
+            entry["defer"] = True
+        return entry
+
+
+Command = tuple[str, ...]  # an argv; runcmd runs it without a shell
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one section contributes to a host's cloud-config."""
+
+    name: str
+    packages: tuple[str, ...] = ()
+    apt_sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    files: tuple[File, ...] = ()
+    install: tuple[Command, ...] = ()  # idempotent; also run by Packer for golden images
+    configure: tuple[Command, ...] = ()  # idempotent; run at every first boot
+    bootcmd: tuple[Command, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)  # other top-level cloud-config keys
+
+
+Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
+
+
+@cache
+def sections() -> tuple[tuple[int, str, Section], ...]:
+    """Every section module of this package, in (ORDER, name) order."""
+    found: list[tuple[int, str, Section]] = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        fn = getattr(module, "part", None)
+        if callable(fn):
+            found.append((int(getattr(module, "ORDER", 500)), info.name, fn))
+    return tuple(sorted(found, key=lambda s: (s[0], s[1])))
+
+
+def parts_for(plan: Plan, host: HostPlan, secrets: Secrets) -> list[Part]:
+    out = []
+    for _, _, section in sections():
+        p = section(plan, host, secrets)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def _merge_extra(into: dict[str, Any], key: str, value: Any, owner: str) -> None:
+    if key not in into:
+        into[key] = value
+    elif isinstance(into[key], list) and isinstance(value, list):
+        into[key] = [*into[key], *value]
+    elif isinstance(into[key], dict) and isinstance(value, dict):
+        merged = dict(into[key])
+        for k, v in value.items():
+            _merge_extra(merged, k, v, owner)
+        into[key] = merged
+    elif into[key] != value:
+        raise ValueError(f"section {owner} sets {key} differently from an earlier section")
+
+
+def merge(parts: Iterable[Part]) -> dict[str, Any]:
+    """One cloud-config document from the parts, in a stable order."""
+    parts = list(parts)
+    doc: dict[str, Any] = {}
+    for p in parts:
+        for key, value in p.extra.items():
+            _merge_extra(doc, key, value, p.name)
+    sources: dict[str, Any] = {}
+    for p in parts:
+        for name, src in p.apt_sources.items():
+            if name in sources and sources[name] != src:
+                raise ValueError(f"apt source {name} defined twice")
+            sources[name] = dict(src)
+    if sources:
+        doc.setdefault("apt", {})["sources"] = {k: sources[k] for k in sorted(sources)}
+    packages = sorted({pkg for p in parts for pkg in p.packages})
+    if packages:
+        doc["package_update"] = True
+        doc["packages"] = packages
+    bootcmd = [list(c) for p in parts for c in p.bootcmd]
+    if bootcmd:
+        doc["bootcmd"] = bootcmd
+    files = [f.as_cloud_config() for p in parts for f in p.files]
+    paths = [f["path"] for f in files]
+    if len(paths) != len(set(paths)):
+        raise ValueError("two sections write the same file")
+    if files:
+        doc["write_files"] = files
+    runcmd = [list(c) for p in parts for c in p.install] + [
+        list(c) for p in parts for c in p.configure
+    ]
+    if runcmd:
+        doc["runcmd"] = runcmd
+    return doc

@@ -1,0 +1,214 @@
+"""The fleet model: a validated blueprint as frozen dataclasses.
+
+Built only from a document that passed validation (schema defaults already filled), so
+constructors here trust shapes and types. Nothing here derives values; that is the plan's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+DISTRO_POSTGRES = {"debian-12": 15, "ubuntu-24.04": 16}
+DISTRO_CODENAME = {"debian-12": "bookworm", "ubuntu-24.04": "noble"}
+
+
+@dataclass(frozen=True)
+class DataVolume:
+    label: str
+    device: str | None
+    filesystem: str
+    size_gb: int | None
+
+    @staticmethod
+    def from_data(d: dict[str, Any] | None) -> DataVolume | None:
+        if d is None:
+            return None
+        return DataVolume(d["label"], d.get("device"), d["filesystem"], d.get("size_gb"))
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: IPv4Address
+    memory_gb: int | None
+    data_volume: DataVolume | None
+
+    @staticmethod
+    def from_data(d: dict[str, Any]) -> Host:
+        return Host(
+            d["name"],
+            IPv4Address(d["address"]),
+            d.get("memory_gb"),
+            DataVolume.from_data(d.get("data_volume")),
+        )
+
+
+@dataclass(frozen=True)
+class OS:
+    distro: str
+    timezone: str
+
+    @property
+    def codename(self) -> str:
+        return DISTRO_CODENAME[self.distro]
+
+
+@dataclass(frozen=True)
+class Admin:
+    user: str
+    ssh_authorized_keys: tuple[str, ...]
+    allow_from: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class Network:
+    cidr: IPv4Network
+    gateway: IPv4Address
+    dns: tuple[IPv4Address, ...]
+    interface: str
+
+
+@dataclass(frozen=True)
+class Ollama:
+    version: str
+    sha256: str | None
+    models: tuple[str, ...]
+    embedding_model: str
+    gpu: str
+    keep_alive: str
+    num_parallel: int
+    max_loaded_models: int
+
+
+@dataclass(frozen=True)
+class Qdrant:
+    version: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Postgres:
+    version: int
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class Redis:
+    mode: str
+    maxmemory_mb: int
+    base_port: int
+
+
+@dataclass(frozen=True)
+class Shared:
+    host: Host
+    ollama: Ollama
+    qdrant: Qdrant
+    postgres: Postgres
+    redis: Redis
+
+
+@dataclass(frozen=True)
+class OpenWebUI:
+    version: str
+    image: str
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    host: str
+    port: int
+    url: str | None
+    public: bool
+    env: tuple[tuple[str, str], ...]
+    pool_size: int | None
+    max_overflow: int | None
+
+
+@dataclass(frozen=True)
+class Images:
+    builders: tuple[str, ...]
+    bake_models: bool
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    os: OS
+    platform: str
+    mirror: str | None
+    admin: Admin
+    network: Network
+    shared: Shared
+    hosts: tuple[Host, ...]
+    openwebui: OpenWebUI
+    instances: tuple[Instance, ...]
+    images: Images
+
+    @staticmethod
+    def from_data(d: dict[str, Any]) -> Fleet:
+        os_ = OS(d["os"]["distro"], d["os"]["timezone"])
+        s = d["shared"]
+        o, q, p, r = s["ollama"], s["qdrant"], s["postgres"], s["redis"]
+        return Fleet(
+            name=d["name"],
+            os=os_,
+            platform=d["platform"],
+            mirror=d.get("mirror"),
+            admin=Admin(
+                d["admin"]["user"],
+                tuple(d["admin"]["ssh_authorized_keys"]),
+                tuple(IPv4Network(n) for n in d["admin"]["allow_from"]),
+            ),
+            network=Network(
+                IPv4Network(d["network"]["cidr"]),
+                IPv4Address(d["network"]["gateway"]),
+                tuple(IPv4Address(a) for a in d["network"]["dns"]),
+                d["network"]["interface"],
+            ),
+            shared=Shared(
+                host=Host.from_data(s["host"]),
+                ollama=Ollama(
+                    o["version"],
+                    o.get("sha256"),
+                    tuple(o["models"]),
+                    o["embedding_model"],
+                    o["gpu"],
+                    o["keep_alive"],
+                    o["num_parallel"],
+                    o["max_loaded_models"],
+                ),
+                qdrant=Qdrant(q["version"], q.get("sha256")),
+                postgres=Postgres(
+                    p.get("version", DISTRO_POSTGRES[os_.distro]), p["max_connections"]
+                ),
+                redis=Redis(r["mode"], r["maxmemory_mb"], r["base_port"]),
+            ),
+            hosts=tuple(Host.from_data(h) for h in d["hosts"]),
+            openwebui=OpenWebUI(
+                d["openwebui"]["version"], d["openwebui"]["image"], d["openwebui"].get("digest")
+            ),
+            instances=tuple(
+                Instance(
+                    name=i["name"],
+                    host=i["host"],
+                    port=i["port"],
+                    url=i.get("url"),
+                    public=i["public"],
+                    env=tuple(sorted(i["env"].items())),
+                    pool_size=i.get("database", {}).get("pool_size"),
+                    max_overflow=i.get("database", {}).get("max_overflow"),
+                )
+                for i in d["instances"]
+            ),
+            images=Images(tuple(d["images"]["builders"]), d["images"]["bake_models"]),
+        )
+
+    @property
+    def all_hosts(self) -> tuple[Host, ...]:
+        """The shared host first, then the Docker hosts, each once."""
+        return (self.shared.host, *self.hosts)

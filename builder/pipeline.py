@@ -1,0 +1,112 @@
+"""The pipeline: load -> validate -> model -> plan -> secrets -> targets -> verify -> manifest.
+
+One-way and free of terminal output: it returns diagnostics and artifacts, and the CLI decides
+what to print and the writer what to write. The secret store is the only I/O here besides
+reading the blueprint, and it is injected so tests and `--check` can keep it read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .diagnostics import Diagnostic, error, has_errors, promote_warnings
+from .model import Fleet
+from .plan import Plan, make_plan
+from .source import Source, load
+from .targets import Artifact
+from .writer import MANIFEST
+
+
+@dataclass
+class Checked:
+    """A blueprint after validation."""
+
+    source: Source | None
+    fleet: Fleet | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.fleet is not None and not has_errors(self.diagnostics)
+
+
+@dataclass
+class Compiled:
+    checked: Checked
+    plan: Plan | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    secrets_changed: bool = False
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None and not has_errors(self.diagnostics)
+
+
+def check(path: Path, *, strict: bool = False) -> Checked:
+    from .validate import validate
+
+    source, diagnostics = load(path)
+    if source is None:
+        return Checked(None, None, diagnostics)
+    fleet, diagnostics = validate(source)
+    if strict:
+        diagnostics = promote_warnings(diagnostics)
+        if has_errors(diagnostics):
+            fleet = None
+    return Checked(source, fleet, diagnostics)
+
+
+def manifest(artifacts: list[Artifact], blueprint_sha256: str) -> Artifact:
+    """Every file with its sha256, the generator version and the blueprint's sha256."""
+    doc = {
+        "generator": {"name": "owuibuild", "version": __version__},
+        "blueprint_sha256": blueprint_sha256,
+        "files": [
+            {
+                "path": a.path,
+                "sha256": hashlib.sha256(a.data).hexdigest(),
+                "size": len(a.data),
+                "mode": f"{a.mode:04o}",
+            }
+            for a in artifacts
+        ],
+    }
+    return Artifact(MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def compile_blueprint(path: Path, *, strict: bool = False, write_secrets: bool = True) -> Compiled:
+    from . import secrets as secret_store
+    from .targets import render_all
+    from .verify import verify
+
+    checked = check(path, strict=strict)
+    compiled = Compiled(checked, diagnostics=list(checked.diagnostics))
+    if not checked.ok or checked.fleet is None or checked.source is None:
+        return compiled
+    plan = make_plan(checked.fleet)
+    needed = [ref.name for ref in plan.secrets]
+    secrets, changed, problems = secret_store.load_or_create(path, needed, create=write_secrets)
+    compiled.secrets_changed = changed
+    compiled.diagnostics += problems
+    if secrets is None:
+        return compiled
+    artifacts = render_all(plan, secrets)
+    used = {secrets[name] for name in needed}
+    problems = verify(artifacts, used)
+    if problems:
+        compiled.diagnostics += [d.located("<output>", None, None) for d in problems]
+        return compiled
+    artifacts.append(manifest(artifacts, checked.source.sha256))
+    compiled.plan = plan
+    compiled.artifacts = sorted(artifacts, key=lambda a: a.path)
+    return compiled
+
+
+def internal_error(exc: BaseException) -> Diagnostic:
+    return error((), f"internal error: {type(exc).__name__}: {exc}",
+                 "this is a bug in owuibuild; please report it with the blueprint")

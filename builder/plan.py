@@ -1,0 +1,295 @@
+"""The plan: every value derived from the fleet model, computed once.
+
+Targets never look at the blueprint and never compute a port, a path, a name or a pool size
+themselves: they ask the plan. This module is pure (no I/O, no clock, no randomness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from .model import Fleet, Host, Instance
+
+# Connections PostgreSQL keeps free of instance pools: superuser slots, backups, status probes.
+RESERVED_CONNECTIONS = 10
+# One instance's database pool never grows past this many connections (pool + overflow).
+MAX_CONNECTIONS_PER_INSTANCE = 20
+
+OLLAMA_PORT = 11434
+QDRANT_PORT = 6333
+POSTGRES_PORT = 5432
+SSH_PORT = 22
+OPENWEBUI_CONTAINER_PORT = 8080
+
+# Resident memory estimates (MiB) used only for the overcommit warning. Open WebUI 0.12.4 was
+# measured at about 875 MB RSS per instance.
+MEMORY_MB_OPENWEBUI = 1024
+MEMORY_MB_OS = 512
+MEMORY_MB_POSTGRES = 512
+MEMORY_MB_QDRANT = 512
+MEMORY_MB_OLLAMA_IDLE = 512
+
+# Where each host mounts its data volume; everything that must survive a host replacement
+# lives below it.
+DATA_MOUNT = "/var/lib/owuibuild"
+BUNDLE_ROOT = "/opt/owuibuild"
+CONTAINER_DATA_DIR = "/app/backend/data"
+
+
+# -- pure helpers shared by validation and planning -------------------------------------------------
+
+
+def database_pools(
+    max_connections: int, requested: Sequence[tuple[int | None, int | None]]
+) -> list[tuple[int, int]] | None:
+    """Pool size and overflow of each instance, fitted under ``max_connections`` minus a reserve.
+
+    Explicit values are kept; the rest share what is left. None when the budget cannot give
+    every auto-sized instance at least one connection.
+    """
+    budget = max_connections - RESERVED_CONNECTIONS
+    explicit = sum(
+        (p if p is not None else 0) + (o if o is not None else 0)
+        for p, o in requested
+        if p is not None
+    )
+    auto = [r for r in requested if r[0] is None]
+    share = (budget - explicit) // len(auto) if auto else 0
+    if auto and share < 1:
+        return None
+    per_auto = min(MAX_CONNECTIONS_PER_INSTANCE, share)
+    out: list[tuple[int, int]] = []
+    for pool, overflow in requested:
+        if pool is None:
+            auto_pool = max(1, per_auto // 2)
+            auto_overflow = per_auto - auto_pool
+            out.append((auto_pool, auto_overflow if overflow is None else min(overflow, auto_overflow)))
+        else:
+            out.append((pool, overflow if overflow is not None else 0))
+    return out
+
+
+def connections_used(pools: Sequence[tuple[int, int]]) -> int:
+    return sum(p + o for p, o in pools)
+
+
+def identifier(name: str) -> str:
+    """A DNS label as a PostgreSQL/Qdrant-friendly identifier ('-' is not valid unquoted)."""
+    return name.replace("-", "_")
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret the plan needs, by its dotted name in the secrets file."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    index: int
+    instance: Instance
+    host: Host
+    port: int
+    bind_address: str  # where the port is published on the host
+    url: str | None
+    db_name: str
+    db_role: str
+    db_pool_size: int
+    db_max_overflow: int
+    redis_address: IPv4Address
+    redis_port: int
+    redis_user: str
+    redis_key_prefix: str
+    qdrant_collection_prefix: str
+    bundle_dir: str  # /opt/owuibuild/<name> on the host
+    data_dir: str  # host path of the instance's DATA_DIR, on the data volume
+    unit_name: str
+    db_password: SecretRef
+    redis_password: SecretRef
+    webui_secret_key: SecretRef
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """Accept ``proto``/``port`` from ``sources`` (networks) on one host."""
+
+    service: str
+    port: int
+    sources: tuple[IPv4Network, ...]
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class RedisServerPlan:
+    """One redis-server process on the shared host and the instances it serves."""
+
+    name: str  # systemd template instance name, e.g. redis-server@<name>
+    port: int
+    instances: tuple[InstancePlan, ...]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: Host
+    role: str  # "shared" or "docker"
+    instances: tuple[InstancePlan, ...]
+    firewall: tuple[FirewallRule, ...]
+    instance_id: str  # stable cloud-init instance-id
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def runs_docker(self) -> bool:
+        return bool(self.instances)
+
+
+@dataclass(frozen=True)
+class Plan:
+    fleet: Fleet
+    instances: tuple[InstancePlan, ...]
+    shared: HostPlan
+    docker_hosts: tuple[HostPlan, ...]  # hosts from `hosts:`; the shared host is not repeated
+    redis_servers: tuple[RedisServerPlan, ...]
+    ollama_url: str
+    qdrant_url: str
+    openwebui_image: str  # full reference: repo:tag[@digest]
+    ollama_models: tuple[str, ...]  # models to pull, embedding model included
+    qdrant_api_key: SecretRef
+
+    @property
+    def hosts(self) -> tuple[HostPlan, ...]:
+        return (self.shared, *self.docker_hosts)
+
+    @property
+    def secrets(self) -> tuple[SecretRef, ...]:
+        refs = [self.qdrant_api_key]
+        for i in self.instances:
+            refs += [i.db_password, i.redis_password, i.webui_secret_key]
+        return tuple(refs)
+
+    def instances_on(self, host_name: str) -> tuple[InstancePlan, ...]:
+        return tuple(i for i in self.instances if i.host.name == host_name)
+
+
+
+def client_networks(instances: Sequence[InstancePlan]) -> tuple[IPv4Network, ...]:
+    """The /32 networks of the hosts that run ``instances``, sorted, each once."""
+    addresses = sorted({i.host.address for i in instances})
+    return tuple(IPv4Network(f"{a}/32") for a in addresses)
+
+
+def _instance_id(fleet: Fleet, host: Host) -> str:
+    return f"{fleet.name}-{host.name}"
+
+
+def make_plan(fleet: Fleet) -> Plan:
+    """Derive everything the targets need. Assumes a fleet that passed validation."""
+    hosts_by_name = {h.name: h for h in fleet.all_hosts}
+    pools = database_pools(
+        fleet.shared.postgres.max_connections,
+        [(i.pool_size, i.max_overflow) for i in fleet.instances],
+    )
+    if pools is None:  # validation reports this; a plan cannot be made without it
+        raise ValueError("database pools do not fit max_connections")
+    shared_addr = fleet.shared.host.address
+    redis = fleet.shared.redis
+    instances: list[InstancePlan] = []
+    for index, (inst, (pool, overflow)) in enumerate(zip(fleet.instances, pools, strict=True)):
+        host = hosts_by_name[inst.host]
+        ident = identifier(inst.name)
+        instances.append(
+            InstancePlan(
+                index=index,
+                instance=inst,
+                host=host,
+                port=inst.port,
+                bind_address="0.0.0.0" if inst.public else str(host.address),
+                url=inst.url,
+                db_name=ident,
+                db_role=ident,
+                db_pool_size=pool,
+                db_max_overflow=overflow,
+                redis_address=shared_addr,
+                redis_port=redis.base_port + (index if redis.mode == "per-instance" else 0),
+                redis_user=inst.name,
+                redis_key_prefix=inst.name,
+                qdrant_collection_prefix=ident,
+                bundle_dir=f"{BUNDLE_ROOT}/{inst.name}",
+                data_dir=f"{DATA_MOUNT}/instances/{inst.name}",
+                unit_name=f"owui-{inst.name}.service",
+                db_password=SecretRef(f"instances.{inst.name}.db_password"),
+                redis_password=SecretRef(f"instances.{inst.name}.redis_password"),
+                webui_secret_key=SecretRef(f"instances.{inst.name}.webui_secret_key"),
+            )
+        )
+    all_instances = tuple(instances)
+
+    if redis.mode == "per-instance":
+        redis_servers = tuple(
+            RedisServerPlan(name=i.name, port=i.redis_port, instances=(i,)) for i in all_instances
+        )
+    else:
+        redis_servers = (RedisServerPlan(name="shared", port=redis.base_port, instances=all_instances),)
+
+    admin_nets = tuple(sorted(set(fleet.admin.allow_from)))
+    shared_rules: list[FirewallRule] = [FirewallRule("ssh", SSH_PORT, admin_nets)]
+    clients = client_networks(all_instances)
+    if clients:
+        shared_rules += [
+            FirewallRule("postgresql", POSTGRES_PORT, clients),
+            FirewallRule("qdrant", QDRANT_PORT, clients),
+            FirewallRule("ollama", OLLAMA_PORT, clients),
+        ]
+    for server in redis_servers:
+        shared_rules.append(
+            FirewallRule(f"redis-{server.name}", server.port, client_networks(server.instances))
+        )
+
+    def host_plan(host: Host, role: str, base_rules: list[FirewallRule]) -> HostPlan:
+        on_host = tuple(i for i in all_instances if i.host.name == host.name)
+        rules = list(base_rules)
+        for i in on_host:
+            sources = (IPv4Network("0.0.0.0/0"),) if i.instance.public else (fleet.network.cidr,)
+            rules.append(FirewallRule(f"openwebui-{i.name}", i.port, sources))
+        return HostPlan(host, role, on_host, tuple(rules), _instance_id(fleet, host))
+
+    shared = host_plan(fleet.shared.host, "shared", shared_rules)
+    docker_hosts = tuple(
+        host_plan(h, "docker", [FirewallRule("ssh", SSH_PORT, admin_nets)]) for h in fleet.hosts
+    )
+
+    ow = fleet.openwebui
+    image = f"{ow.image}:v{ow.version}" + (f"@{ow.digest}" if ow.digest else "")
+    models = tuple(dict.fromkeys((*fleet.shared.ollama.models, fleet.shared.ollama.embedding_model)))
+    return Plan(
+        fleet=fleet,
+        instances=all_instances,
+        shared=shared,
+        docker_hosts=docker_hosts,
+        redis_servers=redis_servers,
+        ollama_url=f"http://{shared_addr}:{OLLAMA_PORT}",
+        qdrant_url=f"http://{shared_addr}:{QDRANT_PORT}",
+        openwebui_image=image,
+        ollama_models=models,
+        qdrant_api_key=SecretRef("qdrant.api_key"),
+    )
+
+
+def estimated_memory_mb(host_instances: int, *, shared: bool, redis_servers: int = 0) -> int:
+    """Rough resident memory a host needs; for the overcommit warning only."""
+    total = MEMORY_MB_OS + host_instances * MEMORY_MB_OPENWEBUI
+    if shared:
+        total += MEMORY_MB_POSTGRES + MEMORY_MB_QDRANT + MEMORY_MB_OLLAMA_IDLE + 16 * redis_servers
+    return total

@@ -1,0 +1,167 @@
+"""The secret store: `<blueprint>.secrets.yml`, mode 0600.
+
+The only room with randomness. Secrets are generated once, on the first render, and reused on
+every later render so output stays byte-identical. Values never leave this module except as
+the `Secrets` mapping handed to the pure targets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as random_source
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .diagnostics import Diagnostic, error
+
+# URL-, shell-, SQL- and YAML-safe, so a secret never needs quoting anywhere it goes.
+SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24,256}$")
+HEADER = (
+    "# owuibuild secrets for {blueprint}. Generated once; keep this file private (mode 0600)\n"
+    "# and back it up: the hosts' passwords and keys come from it.\n"
+)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    values: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    def all_values(self) -> frozenset[str]:
+        return frozenset(self.values.values())
+
+
+def secrets_path(blueprint: Path) -> Path:
+    name = blueprint.name
+    stem = name[: -len(blueprint.suffix)] if blueprint.suffix in (".yml", ".yaml") else name
+    return blueprint.with_name(f"{stem}.secrets.yml")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _nest(flat: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name in sorted(flat):
+        node = tree
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = flat[name]
+    return tree
+
+
+def new_secret() -> str:
+    return random_source.token_urlsafe(32)
+
+
+def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
+    """Read an existing secrets file; None when there is none."""
+    name = str(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None, []
+    if not stat.S_ISREG(st.st_mode):
+        return None, [error((), "the secrets file is not a regular file").located(name, None, None)]
+    if st.st_mode & 0o077:
+        return None, [
+            error(
+                (),
+                f"the secrets file is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+                f"run: chmod 600 {name}",
+            ).located(name, None, None)
+        ]
+    try:
+        tree = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None, [
+            error((), "the secrets file cannot be parsed", "restore it from backup").located(
+                name, None, None
+            )
+        ]
+    if not isinstance(tree, dict):
+        return None, [error((), "the secrets file must be a mapping").located(name, None, None)]
+    flat = _flatten(tree)
+    diagnostics = [
+        error(
+            tuple(key.split(".")),
+            "secret has an invalid form",
+            "secrets are 24-256 characters of A-Z a-z 0-9 _ -; delete it to generate a new one",
+        ).located(name, None, None)
+        for key, value in sorted(flat.items())
+        if not isinstance(value, str) or not SECRET_PATTERN.match(value)
+    ]
+    if diagnostics:
+        return None, diagnostics
+    return {k: str(v) for k, v in flat.items()}, []
+
+
+def complete(existing: Mapping[str, str] | None, needed: Iterable[str]) -> tuple[dict[str, str], bool]:
+    """Existing secrets plus new ones for every needed name; and whether anything was added."""
+    values = dict(existing or {})
+    added = False
+    for name in needed:
+        if name not in values:
+            values[name] = new_secret()
+            added = True
+    return values, added
+
+
+def write(path: Path, values: Mapping[str, str], blueprint_name: str) -> None:
+    """Write the secrets file atomically with mode 0600 from the start."""
+    text = HEADER.format(blueprint=blueprint_name) + yaml.safe_dump(
+        _nest(values), sort_keys=True, default_flow_style=False
+    )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_or_create(
+    blueprint: Path, needed: Iterable[str], *, create: bool = True
+) -> tuple[Secrets | None, bool, list[Diagnostic]]:
+    """The secrets for a blueprint: read, completed, and written back when new ones were needed.
+
+    Returns (secrets, changed, diagnostics). With ``create`` False nothing is written, and
+    ``changed`` tells whether the file would change.
+    """
+    path = secrets_path(blueprint)
+    existing, diagnostics = read(path)
+    if diagnostics:
+        return None, False, diagnostics
+    values, added = complete(existing, needed)
+    if added and create:
+        try:
+            write(path, values, blueprint.name)
+        except OSError as exc:
+            return None, True, [
+                error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
+                    str(path), None, None
+                )
+            ]
+    return Secrets(values), added, []

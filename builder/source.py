@@ -1,0 +1,202 @@
+"""Loading a blueprint: bytes -> data plus a map from JSON paths to line:col.
+
+This room reads one file and parses YAML. It refuses what is not a sane blueprint (binary,
+huge, alias bombs, duplicate keys, non-mapping documents) with diagnostics, never exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .diagnostics import Diagnostic, JsonPath, error
+
+MAX_BYTES = 4 * 1024 * 1024
+# A blueprint of 500 instances has a few thousand nodes; aliases that expand past this are a bomb.
+MAX_NODES = 200_000
+
+
+@dataclass(frozen=True)
+class Mark:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+@dataclass
+class Source:
+    """A parsed blueprint and where each of its values came from."""
+
+    name: str
+    text: str
+    data: Any
+    sha256: str
+    values: dict[JsonPath, Mark] = field(default_factory=dict)
+    keys: dict[JsonPath, Mark] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
+
+    def mark_of(self, path: JsonPath, *, key: bool = False) -> Mark | None:
+        """The closest known location of a path (its key when ``key``), walking up if needed."""
+        if key and path in self.keys:
+            return self.keys[path]
+        probe = path
+        while True:
+            if probe in self.values:
+                return self.values[probe]
+            if not probe:
+                return None
+            probe = probe[:-1]
+
+    def locate(self, d: Diagnostic, *, key: bool = False) -> Diagnostic:
+        mark = self.mark_of(d.path, key=key)
+        if mark is None:
+            return d.located(self.name, None, None)
+        return d.located(self.name, mark.line, mark.column)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, mark: Mark, first: Mark) -> None:
+        self.key, self.mark, self.first = key, mark, first
+
+
+def _mark(node: yaml.Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    """Turns a composed YAML node graph into plain data, recording locations and a node budget."""
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self.loader = loader
+        self.budget = MAX_NODES
+        self.values: dict[JsonPath, Mark] = {}
+        self.keys: dict[JsonPath, Mark] = {}
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooBig
+        self.values.setdefault(path, _mark(node))
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            seen: dict[Any, Mark] = {}
+            for key_node, value_node in node.value:
+                key = self.build_scalar_key(key_node)
+                if key in seen:
+                    raise _DuplicateKey(key, _mark(key_node), seen[key])
+                seen[key] = _mark(key_node)
+                self.keys.setdefault((*path, key), _mark(key_node))
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def build_scalar_key(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            # Complex keys cannot come from a blueprint; keep them visible to the schema check.
+            return f"<{node.tag.rsplit(':', 1)[-1]} key>"
+        key = self.loader.construct_object(node, deep=True)
+        return key if isinstance(key, str | int | float | bool) or key is None else str(key)
+
+
+def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[Diagnostic]]:
+    """Parse YAML text; return the source or diagnostics that explain why not."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        d = error((), f"invalid YAML: {problem}", "check indentation, quoting and ':' after keys")
+        if mark is None:
+            return None, [d.located(name, None, None)]
+        return None, [d.located(name, mark.line + 1, mark.column + 1)]
+    except yaml.YAMLError as exc:
+        return None, [error((), f"invalid YAML: {exc}").located(name, None, None)]
+    if node is None:
+        return None, [
+            error((), "the blueprint is empty", "run 'owuibuild init' for a starter").located(
+                name, 1, 1
+            )
+        ]
+    builder = _Builder(loader)
+    try:
+        data = builder.build(node, ())
+    except _TooBig:
+        return None, [
+            error(
+                (),
+                f"the document expands to more than {MAX_NODES} nodes",
+                "YAML aliases that multiply (an 'alias bomb') are refused",
+            ).located(name, 1, 1)
+        ]
+    except _DuplicateKey as dup:
+        return None, [
+            error(
+                (),
+                f"duplicate key {dup.key!r} (first defined on line {dup.first.line})",
+                "each key may appear once in a mapping",
+            ).located(name, dup.mark.line, dup.mark.column)
+        ]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        d = error((), f"invalid YAML value: {getattr(exc, 'problem', None) or exc}")
+        if mark is None:
+            return None, [d.located(name, None, None)]
+        return None, [d.located(name, mark.line + 1, mark.column + 1)]
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "null"
+        return None, [
+            error(
+                (),
+                f"the blueprint must be a mapping, not {kind}",
+                "start with 'apiVersion: owuibuild/v1'",
+            ).located(name, _mark(node).line, _mark(node).column)
+        ]
+    return Source(name, text, data, sha256, builder.values, builder.keys), []
+
+
+def load(path: Path) -> tuple[Source | None, list[Diagnostic]]:
+    """Read and parse a blueprint file."""
+    name = str(path)
+    try:
+        if path.is_dir():
+            return None, [error((), "is a directory, not a blueprint file").located(name, None, None)]
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None, [error((), "no such file").located(name, None, None)]
+    except OSError as exc:
+        return None, [error((), f"cannot read: {exc.strerror or exc}").located(name, None, None)]
+    if len(raw) > MAX_BYTES:
+        return None, [
+            error((), f"the file is larger than {MAX_BYTES // (1024 * 1024)} MiB").located(
+                name, None, None
+            )
+        ]
+    if b"\x00" in raw:
+        return None, [error((), "the file is binary, not YAML text").located(name, None, None)]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [
+            error((), "the file is not UTF-8 text", "save the blueprint as UTF-8").located(
+                name, line, None
+            )
+        ]
+    return parse(text, name, hashlib.sha256(raw).hexdigest())

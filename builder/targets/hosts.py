@@ -1,0 +1,68 @@
+"""Target: the NoCloud seed files of every host: user-data, meta-data, network-config.
+
+user-data is the merge of the host-configuration sections (see owuibuild.hostconfig) that
+apply to the host, serialized from data. It embeds secrets, so it is a secret file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from ..hostconfig import merge, parts_for
+from ..plan import HostPlan, Plan
+from ..secrets import Secrets
+from . import Artifact
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so embedded files stay readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=100)
+
+
+def user_data(plan: Plan, host: HostPlan, secrets: Secrets) -> bytes:
+    doc = merge(parts_for(plan, host, secrets))
+    return ("#cloud-config\n" + dump_yaml(doc)).encode()
+
+
+def meta_data(host: HostPlan) -> bytes:
+    return dump_yaml({"instance-id": host.instance_id, "local-hostname": host.name}).encode()
+
+
+def network_config(plan: Plan, host: HostPlan) -> bytes:
+    net = plan.fleet.network
+    doc = {
+        "version": 2,
+        "ethernets": {
+            "primary": {
+                "match": {"name": net.interface},
+                "addresses": [f"{host.host.address}/{net.cidr.prefixlen}"],
+                "routes": [{"to": "0.0.0.0/0", "via": str(net.gateway)}],
+                "nameservers": {"addresses": [str(a) for a in net.dns]},
+            }
+        },
+    }
+    return dump_yaml(doc).encode()
+
+
+def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:
+    for host in plan.hosts:
+        base = f"hosts/{host.name}"
+        yield Artifact(f"{base}/user-data", user_data(plan, host, secrets), secret=True)
+        yield Artifact(f"{base}/meta-data", meta_data(host))
+        yield Artifact(f"{base}/network-config", network_config(plan, host))

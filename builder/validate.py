@@ -1,0 +1,505 @@
+"""Validation: JSON Schema, schema defaults, and the semantic checks a schema cannot express.
+
+Input is a parsed Source; output is diagnostics located at file:line:col, plus the Fleet model
+when there is no error. Every check runs, so one pass lists every problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Iterator
+from functools import cache
+from importlib import resources
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from .diagnostics import Diagnostic, JsonPath, error, has_errors, warning
+from .model import DISTRO_POSTGRES, Fleet
+from .plan import (
+    OLLAMA_PORT,
+    POSTGRES_PORT,
+    QDRANT_PORT,
+    RESERVED_CONNECTIONS,
+    SSH_PORT,
+    connections_used,
+    database_pools,
+    estimated_memory_mb,
+)
+from .source import Source
+
+# Variables the generator owns: an instance's `env` may not override them.
+OWNED_ENV = frozenset(
+    {
+        "DATABASE_URL",
+        "DATABASE_POOL_SIZE",
+        "DATABASE_POOL_MAX_OVERFLOW",
+        "REDIS_URL",
+        "REDIS_KEY_PREFIX",
+        "WEBSOCKET_MANAGER",
+        "WEBSOCKET_REDIS_URL",
+        "VECTOR_DB",
+        "QDRANT_URI",
+        "QDRANT_API_KEY",
+        "QDRANT_COLLECTION_PREFIX",
+        "OLLAMA_BASE_URL",
+        "OLLAMA_BASE_URLS",
+        "RAG_EMBEDDING_ENGINE",
+        "RAG_EMBEDDING_MODEL",
+        "WEBUI_SECRET_KEY",
+        "WEBUI_URL",
+        "ENABLE_PERSISTENT_CONFIG",
+        "DATA_DIR",
+        "UVICORN_WORKERS",
+        "PORT",
+        "HOST",
+    }
+)
+
+Located = tuple[Diagnostic, bool]  # the diagnostic, and whether it points at a key
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("owuibuild").joinpath("blueprint.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def schema_text() -> str:
+    return resources.files("owuibuild").joinpath("blueprint.schema.json").read_text("utf-8")
+
+
+# -- JSON Schema -------------------------------------------------------------------------------------
+
+
+def _schema_diagnostics(data: Any) -> Iterator[Located]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema())
+    for err in validator.iter_errors(data):
+        yield from _explain(err)
+
+
+def _explain(err: Any) -> Iterator[Located]:
+    path: JsonPath = tuple(err.absolute_path)
+    sub = err.schema if isinstance(err.schema, dict) else {}
+    kind = err.validator
+    if kind == "additionalProperties" and isinstance(err.instance, dict):
+        known = set(sub.get("properties", {}))
+        for key in sorted((k for k in err.instance if k not in known), key=str):
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else _allowed(known)
+            yield error((*path, key), f"unknown key '{key}'", hint), True
+        return
+    if kind == "propertyNames":
+        # jsonschema reports the offending key as the instance of a nested error
+        for child in err.context or []:
+            message = _pattern_message(child.instance, child.schema)
+            yield error((*path, child.instance), message[0], message[1]), True
+        return
+    if kind == "required":
+        missing = str(err.message).split("'")[1] if "'" in err.message else err.message
+        desc = sub.get("properties", {}).get(missing, {}).get("description")
+        yield error(path, f"missing required key '{missing}'", desc), False
+        return
+    if kind == "pattern":
+        msg, hint = _pattern_message(err.instance, sub)
+        yield error(path, msg, hint), False
+        return
+    if kind == "enum":
+        options = ", ".join(json.dumps(v) for v in err.validator_value)
+        yield error(path, f"{json.dumps(err.instance)} is not allowed", f"use one of: {options}"), False
+        return
+    if kind == "const":
+        yield error(path, f"must be {json.dumps(err.validator_value)}", None), False
+        return
+    if kind == "type":
+        yield (
+            error(path, f"expected {_type_name(err.validator_value)}, got {_json_type(err.instance)}"),
+            False,
+        )
+        return
+    yield error(path, _short(err.message), sub.get("description")), False
+
+
+def _pattern_message(value: Any, sub: dict[str, Any]) -> tuple[str, str | None]:
+    shown = json.dumps(value, ensure_ascii=False)
+    if "x-error" in sub:
+        return f"{shown} {sub['x-error']}", sub.get("x-hint")
+    return f"{shown} does not have the expected form", f"expected to match {sub.get('pattern')}"
+
+
+def _allowed(known: set[str]) -> str:
+    return "allowed keys: " + ", ".join(sorted(known)) if known else "no keys are allowed here"
+
+
+def _type_name(expected: Any) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "boolean": "true or false", "number": "a number", "null": "null"}
+    if isinstance(expected, list):
+        return " or ".join(names.get(e, e) for e in expected)
+    return names.get(expected, str(expected))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value, ensure_ascii=False)[:60]}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= 200 else message[:197] + "..."
+
+
+def fill_defaults(data: Any, node: dict[str, Any] | None = None) -> None:
+    """Apply the schema's `default`s in place, wherever the document has the right shape."""
+    root = schema()
+    node = root if node is None else node
+    if "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    if isinstance(data, dict) and node.get("type") == "object":
+        for key, prop in node.get("properties", {}).items():
+            resolved = root["$defs"][prop["$ref"].rsplit("/", 1)[-1]] if "$ref" in prop else prop
+            if key not in data and "default" in prop:
+                data[key] = json.loads(json.dumps(prop["default"]))
+            elif key not in data and "default" in resolved:
+                data[key] = json.loads(json.dumps(resolved["default"]))
+            if key in data:
+                fill_defaults(data[key], prop)
+    elif isinstance(data, list) and isinstance(node.get("items"), dict):
+        for item in data:
+            fill_defaults(item, node["items"])
+
+
+# -- semantic checks ---------------------------------------------------------------------------------
+
+
+def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _addr(value: Any) -> IPv4Address | None:
+    try:
+        return IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _net(value: Any) -> IPv4Network | None:
+    try:
+        return IPv4Network(value, strict=True) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _host_entries(data: dict[str, Any]) -> list[tuple[JsonPath, dict[str, Any]]]:
+    out: list[tuple[JsonPath, dict[str, Any]]] = []
+    shared = data.get("shared")
+    if isinstance(shared, dict) and isinstance(shared.get("host"), dict):
+        out.append((("shared", "host"), shared["host"]))
+    out += [(("hosts", i), h) for i, h in _dicts(data.get("hosts"))]
+    return out
+
+
+def check_names(data: dict[str, Any]) -> Iterator[Located]:
+    seen: dict[str, JsonPath] = {}
+    for path, host in _host_entries(data):
+        name = host.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                yield error((*path, "name"), f"duplicate host name '{name}'",
+                            f"already used at {_fmt(seen[name])}; host names must be unique"), False
+            else:
+                seen[name] = (*path, "name")
+    seen_inst: dict[str, JsonPath] = {}
+    for i, inst in _dicts(data.get("instances")):
+        name = inst.get("name")
+        if isinstance(name, str):
+            if name in seen_inst:
+                yield error(("instances", i, "name"), f"duplicate instance name '{name}'",
+                            f"already used at {_fmt(seen_inst[name])}; instance names must be unique"), False
+            else:
+                seen_inst[name] = ("instances", i, "name")
+
+
+def check_network(data: dict[str, Any]) -> Iterator[Located]:
+    network = data.get("network") if isinstance(data.get("network"), dict) else {}
+    assert isinstance(network, dict)
+    cidr_text = network.get("cidr")
+    cidr = None
+    if isinstance(cidr_text, str):
+        try:
+            cidr = IPv4Network(cidr_text, strict=True)
+        except ValueError:
+            if _net_loose(cidr_text) is not None:
+                yield error(("network", "cidr"), f"'{cidr_text}' has host bits set",
+                            f"write the network address: {_net_loose(cidr_text)}"), False
+    for i, entry in enumerate(network.get("dns") or []) if isinstance(network.get("dns"), list) else []:
+        del i, entry  # dns servers may live outside the fleet's network
+    if cidr is None:
+        return
+    gateway = _addr(network.get("gateway"))
+    if gateway is not None and gateway not in cidr:
+        yield error(("network", "gateway"), f"gateway {gateway} is outside network.cidr {cidr}",
+                    "the gateway must be on the fleet's network"), False
+    seen: dict[IPv4Address, JsonPath] = {}
+    for path, host in _host_entries(data):
+        addr = _addr(host.get("address"))
+        if addr is None:
+            continue
+        apath = (*path, "address")
+        if addr not in cidr:
+            yield error(apath, f"address {addr} is outside network.cidr {cidr}",
+                        "give the host an address inside the fleet's network"), False
+        elif addr in (cidr.network_address, cidr.broadcast_address) and cidr.prefixlen < 31:
+            yield error(apath, f"address {addr} is the network or broadcast address of {cidr}",
+                        "use a host address"), False
+        elif gateway is not None and addr == gateway:
+            yield error(apath, f"address {addr} is the gateway's address",
+                        "give the host an address of its own"), False
+        if addr in seen:
+            yield error(apath, f"address {addr} is already used by {_fmt(seen[addr])}",
+                        "each host needs its own address"), False
+        else:
+            seen[addr] = apath
+
+
+def _net_loose(text: str) -> IPv4Network | None:
+    try:
+        return IPv4Network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def check_admin(data: dict[str, Any]) -> Iterator[Located]:
+    admin = data.get("admin")
+    if not isinstance(admin, dict) or not isinstance(admin.get("allow_from"), list):
+        return
+    for i, text in enumerate(admin["allow_from"]):
+        if isinstance(text, str) and _net(text) is None and _net_loose(text) is not None:
+            yield error(("admin", "allow_from", i), f"'{text}' has host bits set",
+                        f"write the network address: {_net_loose(text)}"), False
+
+
+def _shared_ports(data: dict[str, Any]) -> dict[int, str]:
+    """Ports the shared services take on the shared host."""
+    ports = {SSH_PORT: "SSH", POSTGRES_PORT: "PostgreSQL", QDRANT_PORT: "Qdrant", OLLAMA_PORT: "Ollama"}
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    redis = shared.get("redis") if isinstance(shared.get("redis"), dict) else {}
+    assert isinstance(redis, dict)
+    base = redis.get("base_port", 6379)
+    if not isinstance(base, int):
+        return ports
+    count = len(_dicts(data.get("instances"))) if redis.get("mode", "per-instance") == "per-instance" else 1
+    for n in range(max(count, 1)):
+        ports.setdefault(base + n, "Redis")
+    return ports
+
+
+def check_instances(data: dict[str, Any]) -> Iterator[Located]:
+    hosts = {h.get("name"): path for path, h in _host_entries(data)}
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    shared_ports = _shared_ports(data)
+    used: dict[tuple[str, int], str] = {}
+    env_owned_hint = "owuibuild sets this variable from the plan; remove it from env"
+    for i, inst in _dicts(data.get("instances")):
+        host = inst.get("host")
+        port = inst.get("port")
+        if isinstance(host, str) and host not in hosts:
+            names = sorted(str(n) for n in hosts if isinstance(n, str))
+            close = difflib.get_close_matches(host, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "known hosts: " + ", ".join(names)
+            yield error(("instances", i, "host"), f"unknown host '{host}'", hint), False
+        if isinstance(host, str) and isinstance(port, int):
+            if (host, port) in used:
+                yield error(("instances", i, "port"),
+                            f"port {port} on host '{host}' is already used by instance '{used[(host, port)]}'",
+                            "give each instance on a host its own port"), False
+            else:
+                used[(host, port)] = str(inst.get("name"))
+            if host == shared_name and port in shared_ports:
+                yield error(("instances", i, "port"),
+                            f"port {port} is taken by {shared_ports[port]} on the shared host '{host}'",
+                            "pick a port that no shared service uses"), False
+        env = inst.get("env")
+        if isinstance(env, dict):
+            for key in env:
+                if key in OWNED_ENV:
+                    yield error(("instances", i, "env", key), f"{key} is owned by owuibuild", env_owned_hint), True
+
+
+def check_versions(data: dict[str, Any]) -> Iterator[Located]:
+    os_ = data.get("os") if isinstance(data.get("os"), dict) else {}
+    assert isinstance(os_, dict)
+    distro = os_.get("distro", "debian-12")
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    pg = shared.get("postgres") if isinstance(shared.get("postgres"), dict) else {}
+    assert isinstance(pg, dict)
+    expected = DISTRO_POSTGRES.get(distro)
+    if "version" in pg and expected is not None and pg["version"] != expected:
+        yield error(("shared", "postgres", "version"),
+                    f"PostgreSQL {pg['version']} is not the version {distro} ships ({expected})",
+                    f"use {expected}, or leave the version out"), False
+    ollama = shared.get("ollama") if isinstance(shared.get("ollama"), dict) else {}
+    assert isinstance(ollama, dict)
+    models = ollama.get("models")
+    if isinstance(models, list) and "embedding_model" in ollama and ollama["embedding_model"] not in models:
+        yield warning(("shared", "ollama", "embedding_model"),
+                      f"embedding model '{ollama['embedding_model']}' is not in shared.ollama.models; it is pulled as well",
+                      "list it under models to make that explicit"), False
+
+
+def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    pg = shared.get("postgres") if isinstance(shared.get("postgres"), dict) else {}
+    assert isinstance(pg, dict)
+    max_conn = pg.get("max_connections", 200)
+    instances = _dicts(data.get("instances"))
+    if isinstance(max_conn, int) and instances:
+        requested = []
+        for _, inst in instances:
+            db = inst.get("database") if isinstance(inst.get("database"), dict) else {}
+            assert isinstance(db, dict)
+            p, o = db.get("pool_size"), db.get("max_overflow")
+            requested.append((p if isinstance(p, int) else None, o if isinstance(o, int) else None))
+        pools = database_pools(max_conn, requested)
+        budget = max_conn - RESERVED_CONNECTIONS
+        if pools is None or connections_used(pools) > budget:
+            used = connections_used(pools) if pools else len(instances)
+            need = used + RESERVED_CONNECTIONS
+            yield error(("shared", "postgres", "max_connections"),
+                        f"the instances' database pools need {used} connections, but max_connections {max_conn} "
+                        f"leaves {budget} after a reserve of {RESERVED_CONNECTIONS}",
+                        f"raise max_connections to at least {need}, or lower instances' database.pool_size"), False
+    redis = shared.get("redis") if isinstance(shared.get("redis"), dict) else {}
+    assert isinstance(redis, dict)
+    if redis.get("mode") == "shared":
+        yield warning(("shared", "redis", "mode"),
+                      "all instances share one Redis: Open WebUI's Socket.IO channel 'socketio' has no prefix, "
+                      "so every instance receives the others' events",
+                      "use mode: per-instance to isolate instances"), False
+    base = redis.get("base_port", 6379)
+    if isinstance(base, int) and redis.get("mode", "per-instance") == "per-instance" and base + len(instances) > 65536:
+        yield error(("shared", "redis", "base_port"), "not enough ports for one Redis per instance",
+                    "lower base_port"), False
+    # memory
+    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    redis_count = len(instances) if redis.get("mode", "per-instance") == "per-instance" else 1
+    for path, host in _host_entries(data):
+        mem = host.get("memory_gb")
+        if not isinstance(mem, int):
+            continue
+        count = sum(1 for _, inst in instances if inst.get("host") == host.get("name"))
+        is_shared = host.get("name") == shared_name
+        need = estimated_memory_mb(count, shared=is_shared, redis_servers=redis_count if is_shared else 0)
+        if need > mem * 1024:
+            yield warning((*path, "memory_gb"),
+                          f"host '{host.get('name')}' has {mem} GB but its services and {count} instance(s) "
+                          f"need about {need / 1024:.1f} GB",
+                          "add memory or move instances to another host"), False
+
+
+def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    instances = _dicts(data.get("instances"))
+    for path, host in _host_entries(data):
+        if "data_volume" in host:
+            continue
+        name = host.get("name")
+        lost = []
+        if name == shared_name:
+            lost.append("PostgreSQL databases, Qdrant vectors, Redis data and Ollama models")
+        names = [str(inst.get("name")) for _, inst in instances if inst.get("host") == name]
+        if names:
+            lost.append("Open WebUI data of " + ", ".join(names))
+        if lost:
+            yield warning((*path, "name"),
+                          f"host '{name}' has no data_volume: replacing it loses " + "; ".join(lost),
+                          "add data_volume: {label: owui-data} and attach a disk with that label"), False
+
+
+def check_pins(data: dict[str, Any]) -> Iterator[Located]:
+    from . import artifacts
+
+    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
+    assert isinstance(shared, dict)
+    known = {"ollama": artifacts.OLLAMA_SHA256, "qdrant": artifacts.QDRANT_SHA256}
+    for name, table in known.items():
+        section = shared.get(name)
+        if not isinstance(section, dict):
+            continue
+        version = section.get("version")
+        if isinstance(version, str) and version not in table and "sha256" not in section:
+            yield error(("shared", name, "version"),
+                        f"{name} {version} has no known published checksum",
+                        f"add shared.{name}.sha256 with the release file's sha256, or use one of: "
+                        + ", ".join(sorted(table))), False
+
+
+SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
+    check_names,
+    check_network,
+    check_admin,
+    check_instances,
+    check_versions,
+    check_capacity,
+    check_data_volumes,
+    check_pins,
+)
+
+
+def _fmt(path: JsonPath) -> str:
+    from .diagnostics import format_path
+
+    return format_path(path)
+
+
+def validate(source: Source) -> tuple[Fleet | None, list[Diagnostic]]:
+    """Check a parsed blueprint; return the model when it has no error, and all diagnostics."""
+    located: list[Located] = list(_schema_diagnostics(source.data))
+    schema_ok = not located
+    fill_defaults(source.data)
+    for check in SEMANTIC_CHECKS:
+        try:
+            located.extend(check(source.data))
+        except (TypeError, KeyError, AttributeError, ValueError, AssertionError):
+            # A document with schema errors can break a check's assumptions; the schema
+            # diagnostics already explain the problem.
+            if schema_ok:
+                raise
+    diagnostics = [source.locate(d, key=key) for d, key in located]
+    diagnostics = _dedupe(diagnostics)
+    if has_errors(diagnostics):
+        return None, diagnostics
+    return Fleet.from_data(source.data), diagnostics
+
+
+def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for d in diagnostics:
+        key = (d.severity, d.path, d.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.message))

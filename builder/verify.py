@@ -1,0 +1,102 @@
+"""Verify: re-parse what the targets produced before anything is written.
+
+A compiler checks its own output. Each artifact is parsed back by its format, and secrets are
+traced: a file holding any secret value must be a secret (0600) file, and files that must
+never hold secrets (Packer templates, the manifest, READMEs) hold none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+
+import yaml
+
+from .diagnostics import Diagnostic, error
+from .targets import Artifact
+
+_TOKEN = re.compile(rb"[A-Za-z0-9_-]{24,}")
+
+
+def _yaml(data: bytes) -> None:
+    yaml.safe_load(data)
+
+
+def _user_data(data: bytes) -> None:
+    if data[:2] == b"\x1f\x8b":  # gzip-compressed user-data
+        import gzip
+
+        data = gzip.decompress(data)
+    if not data.startswith(b"#cloud-config\n"):
+        raise ValueError("user-data must start with '#cloud-config'")
+    doc = yaml.safe_load(data)
+    if not isinstance(doc, dict):
+        raise ValueError("user-data is not a mapping")
+
+
+def _json(data: bytes) -> None:
+    json.loads(data)
+
+
+def _hcl(data: bytes) -> None:
+    import hcl2
+
+    hcl2.loads(data.decode("utf-8"))
+
+
+def _env(data: bytes) -> None:
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if line and not line.startswith("#") and "=" not in line:
+            raise ValueError(f"line {n} is not KEY=VALUE")
+
+
+def parser_for(path: str) -> Callable[[bytes], None] | None:
+    name = path.rsplit("/", 1)[-1]
+    if name == "user-data":
+        return _user_data
+    if name in ("meta-data", "network-config") or name.endswith((".yaml", ".yml")):
+        return _yaml
+    if name.endswith(".json"):
+        return _json
+    if name.endswith(".hcl"):
+        return _hcl
+    if name.endswith(".env"):
+        return _env
+    return None
+
+
+def never_secret(path: str) -> bool:
+    return path.startswith("packer/") or path.endswith((".md", ".json", ".hcl"))
+
+
+def leaked_secrets(data: bytes, secrets: frozenset[str], lengths: frozenset[int]) -> bool:
+    """Whether any secret value occurs in ``data`` (secrets are long tokens; look only at tokens)."""
+    for match in _TOKEN.finditer(data):
+        token = match.group().decode("ascii")
+        for size in lengths:
+            for start in range(len(token) - size + 1):
+                if token[start : start + size] in secrets:
+                    return True
+    return False
+
+
+def verify(artifacts: Iterable[Artifact], secrets: Iterable[str]) -> list[Diagnostic]:
+    values = frozenset(secrets)
+    lengths = frozenset(len(v) for v in values)
+    problems: list[Diagnostic] = []
+    for a in artifacts:
+        where = ("output", a.path)
+        parse = parser_for(a.path)
+        if parse is not None:
+            try:
+                parse(a.data)
+            except Exception as exc:  # any parser failure is a generator bug to report
+                problems.append(error(where, f"generated {a.path} does not parse: {exc}",
+                                      "this is a bug in owuibuild; please report it"))
+        if never_secret(a.path) and a.secret:
+            problems.append(error(where, f"{a.path} must never hold secrets but is marked secret"))
+        if not a.secret and values and leaked_secrets(a.data, values, lengths):
+            problems.append(error(where, f"a secret value would be written to non-secret file {a.path}",
+                                  "this is a bug in owuibuild; please report it"))
+    return problems
