@@ -95,4 +95,6 @@ def docker_apt_key() -> str:
     """Docker's apt signing key (armored), embedded so hosts never fetch it unverified."""
     from importlib import resources
 
-    return resources.files("owuibuild").joinpath("data/docker-archive-keyring.asc").read_text("ascii")
+    return (
+        resources.files("owuibuild").joinpath("data/docker-archive-keyring.asc").read_text("ascii")
+    )

@@ -18,8 +18,12 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("owuibuild.commands:init", "Write a commented starter blueprint."),
     "validate": ("owuibuild.commands:validate", "Check a blueprint and list every problem."),
-    "render": ("owuibuild.commands:render", "Compile a blueprint into seeds, bundles and templates."),
+    "render": (
+        "owuibuild.commands:render",
+        "Compile a blueprint into seeds, bundles and templates.",
+    ),
     "schema": ("owuibuild.commands:schema", "Print the blueprint JSON Schema."),
+    "seed": ("owuibuild.commands:seed", "Pack a host's seed files into seed.iso (cidata)."),
 }
 
 
@@ -70,8 +74,11 @@ def main(argv: list[str] | None = None) -> Any:
     except SystemExit:
         raise
     except BaseException as exc:  # the last line of defence: no traceback reaches a user
-        fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL,
-             "this is a bug in owuibuild; please report it with the blueprint")
+        fail(
+            f"internal error: {type(exc).__name__}: {exc}",
+            EXIT_INTERNAL,
+            "this is a bug in owuibuild; please report it with the blueprint",
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,11 @@ from .cli import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
 from .diagnostics import Diagnostic, format_json, format_text
 
 FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
     help="How to print diagnostics: text for people, json for machines.",
 )
 STRICT = click.option("--strict", is_flag=True, help="Treat warnings as errors.")
@@ -34,7 +38,9 @@ def require_file(path: Path) -> None:
         fail(f"{path}: no such file", EXIT_USAGE, "run 'owuibuild init' to write a starter")
 
 
-def report(diagnostics: Sequence[Diagnostic], fmt: str, lines: Sequence[str], **extra: object) -> None:
+def report(
+    diagnostics: Sequence[Diagnostic], fmt: str, lines: Sequence[str], **extra: object
+) -> None:
     if fmt == "json":
         click.echo(format_json(diagnostics, **extra))
     elif diagnostics:
@@ -69,13 +75,31 @@ def validate(blueprint: Path, fmt: str, strict: bool) -> None:
 
 @click.command()
 @blueprint_argument
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
-              help="Output directory. Default: out/<fleet name>. It is replaced as a whole.")
-@click.option("--check", "check_only", is_flag=True,
-              help="Write nothing; exit 1 and list the files that would change.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory. Default: out/<fleet name>. It is replaced as a whole.",
+)
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Write nothing; exit 1 and list the files that would change.",
+)
+@click.option(
+    "--seed-iso/--no-seed-iso",
+    default=True,
+    show_default=True,
+    help="Also write hosts/<host>/seed.iso (a NoCloud cidata volume) for every host.",
+)
 @FORMAT
 @STRICT
-def render(blueprint: Path, output: Path | None, check_only: bool, fmt: str, strict: bool) -> None:
+def render(
+    blueprint: Path, output: Path | None, check_only: bool, seed_iso: bool, fmt: str, strict: bool
+) -> None:
     """Compile BLUEPRINT into OUTPUT: seeds for every host, a bundle for every instance, Packer
     templates, a runbook and manifest.json.
 
@@ -92,7 +116,9 @@ def render(blueprint: Path, output: Path | None, check_only: bool, fmt: str, str
     from .writer import WriteError, check_target, diff, write
 
     require_file(blueprint)
-    compiled = compile_blueprint(blueprint, strict=strict, write_secrets=not check_only)
+    compiled = compile_blueprint(
+        blueprint, strict=strict, write_secrets=not check_only, seed_iso=seed_iso
+    )
     source = compiled.checked.source
     lines = source.lines if source else []
     if not compiled.ok or compiled.plan is None:
@@ -104,11 +130,16 @@ def render(blueprint: Path, output: Path | None, check_only: bool, fmt: str, str
         if compiled.secrets_changed:
             report(compiled.diagnostics, fmt, lines, changes=[], secrets_missing=True)
             if fmt == "text":
-                click.echo("the secrets file is missing secrets; render without --check first",
-                           err=True)
+                click.echo(
+                    "the secrets file is missing secrets; render without --check first", err=True
+                )
             sys.exit(EXIT_INVALID)
-        report(compiled.diagnostics, fmt, lines,
-               changes=[{"path": c.path, "change": c.kind} for c in changes])
+        report(
+            compiled.diagnostics,
+            fmt,
+            lines,
+            changes=[{"path": c.path, "change": c.kind} for c in changes],
+        )
         if fmt == "text":
             for c in changes:
                 click.echo(f"{c.kind:>8}  {out_dir / c.path}")
@@ -122,8 +153,13 @@ def render(blueprint: Path, output: Path | None, check_only: bool, fmt: str, str
         fail(str(exc), EXIT_INVALID, exc.hint)
     except OSError as exc:
         fail(f"cannot write {out_dir}: {exc.strerror or exc}", EXIT_INVALID)
-    report(compiled.diagnostics, fmt, lines, output=str(out_dir),
-           files=[a.path for a in compiled.artifacts])
+    report(
+        compiled.diagnostics,
+        fmt,
+        lines,
+        output=str(out_dir),
+        files=[a.path for a in compiled.artifacts],
+    )
     if fmt == "text":
         note = " (new secrets were added to the secrets file)" if compiled.secrets_changed else ""
         click.echo(f"rendered {len(compiled.artifacts)} files to {out_dir}{note}")
@@ -146,11 +182,45 @@ def init(path: Path) -> None:
         with path.open("xb") as fh:
             fh.write(starter)
     except FileExistsError:
-        fail(f"{path}: already exists; not overwriting it", EXIT_USAGE,
-             "choose another path or remove the file")
+        fail(
+            f"{path}: already exists; not overwriting it",
+            EXIT_USAGE,
+            "choose another path or remove the file",
+        )
     except OSError as exc:
         fail(f"{path}: cannot write: {exc.strerror or exc}", EXIT_USAGE)
     click.echo(f"wrote {path}; edit it, then run: owuibuild render {path}")
+
+
+@click.command()
+@click.argument("host_dir", type=click.Path(path_type=Path, file_okay=False))
+def seed(host_dir: Path) -> None:
+    """Pack HOST_DIR's user-data, meta-data and network-config into HOST_DIR/seed.iso: an
+    ISO 9660 volume labelled cidata for cloud-init's NoCloud datasource, written with mode
+    0600 because it carries user-data. The same files always give the same bytes.
+
+    \b
+    Example:
+      owuibuild seed out/acme-ai/hosts/ai-shared
+    """
+    import os
+
+    from .seed_iso import make_seed_iso
+
+    files: dict[str, bytes] = {}
+    for name in ("user-data", "meta-data", "network-config"):
+        path = host_dir / name
+        if path.is_file():
+            files[name] = path.read_bytes()
+        elif name != "network-config":
+            fail(f"{path}: missing; a NoCloud seed needs user-data and meta-data", EXIT_USAGE)
+    target = host_dir / "seed.iso"
+    tmp = host_dir / ".seed.iso.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(make_seed_iso(files))
+    os.replace(tmp, target)
+    click.echo(f"wrote {target}")
 
 
 @click.command()
@@ -166,4 +236,4 @@ def schema() -> None:
     click.echo(schema_text(), nl=False)
 
 
-__all__ = ["EXIT_INTERNAL", "init", "render", "schema", "validate"]
+__all__ = ["EXIT_INTERNAL", "init", "render", "schema", "seed", "validate"]

@@ -79,7 +79,9 @@ def manifest(artifacts: list[Artifact], blueprint_sha256: str) -> Artifact:
     return Artifact(MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
 
 
-def compile_blueprint(path: Path, *, strict: bool = False, write_secrets: bool = True) -> Compiled:
+def compile_blueprint(
+    path: Path, *, strict: bool = False, write_secrets: bool = True, seed_iso: bool = True
+) -> Compiled:
     from . import secrets as secret_store
     from .targets import render_all
     from .verify import verify
@@ -96,6 +98,8 @@ def compile_blueprint(path: Path, *, strict: bool = False, write_secrets: bool =
     if secrets is None:
         return compiled
     artifacts = render_all(plan, secrets)
+    if not seed_iso:
+        artifacts = [a for a in artifacts if not a.path.endswith("/seed.iso")]
     used = {secrets[name] for name in needed}
     problems = verify(artifacts, used)
     if problems:
@@ -108,5 +112,8 @@ def compile_blueprint(path: Path, *, strict: bool = False, write_secrets: bool =
 
 
 def internal_error(exc: BaseException) -> Diagnostic:
-    return error((), f"internal error: {type(exc).__name__}: {exc}",
-                 "this is a bug in owuibuild; please report it with the blueprint")
+    return error(
+        (),
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in owuibuild; please report it with the blueprint",
+    )

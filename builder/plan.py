@@ -65,7 +65,9 @@ def database_pools(
         if pool is None:
             auto_pool = max(1, per_auto // 2)
             auto_overflow = per_auto - auto_pool
-            out.append((auto_pool, auto_overflow if overflow is None else min(overflow, auto_overflow)))
+            out.append(
+                (auto_pool, auto_overflow if overflow is None else min(overflow, auto_overflow))
+            )
         else:
             out.append((pool, overflow if overflow is not None else 0))
     return out
@@ -183,7 +185,6 @@ class Plan:
         return tuple(i for i in self.instances if i.host.name == host_name)
 
 
-
 def client_networks(instances: Sequence[InstancePlan]) -> tuple[IPv4Network, ...]:
     """The /32 networks of the hosts that run ``instances``, sorted, each once."""
     addresses = sorted({i.host.address for i in instances})
@@ -241,7 +242,9 @@ def make_plan(fleet: Fleet) -> Plan:
             RedisServerPlan(name=i.name, port=i.redis_port, instances=(i,)) for i in all_instances
         )
     else:
-        redis_servers = (RedisServerPlan(name="shared", port=redis.base_port, instances=all_instances),)
+        redis_servers = (
+            RedisServerPlan(name="shared", port=redis.base_port, instances=all_instances),
+        )
 
     admin_nets = tuple(sorted(set(fleet.admin.allow_from)))
     shared_rules: list[FirewallRule] = [FirewallRule("ssh", SSH_PORT, admin_nets)]
@@ -272,7 +275,9 @@ def make_plan(fleet: Fleet) -> Plan:
 
     ow = fleet.openwebui
     image = f"{ow.image}:v{ow.version}" + (f"@{ow.digest}" if ow.digest else "")
-    models = tuple(dict.fromkeys((*fleet.shared.ollama.models, fleet.shared.ollama.embedding_model)))
+    models = tuple(
+        dict.fromkeys((*fleet.shared.ollama.models, fleet.shared.ollama.embedding_model))
+    )
     return Plan(
         fleet=fleet,
         instances=all_instances,

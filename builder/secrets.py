@@ -113,7 +113,9 @@ def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
     return {k: str(v) for k, v in flat.items()}, []
 
 
-def complete(existing: Mapping[str, str] | None, needed: Iterable[str]) -> tuple[dict[str, str], bool]:
+def complete(
+    existing: Mapping[str, str] | None, needed: Iterable[str]
+) -> tuple[dict[str, str], bool]:
     """Existing secrets plus new ones for every needed name; and whether anything was added."""
     values = dict(existing or {})
     added = False
@@ -159,9 +161,13 @@ def load_or_create(
         try:
             write(path, values, blueprint.name)
         except OSError as exc:
-            return None, True, [
-                error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
-                    str(path), None, None
-                )
-            ]
+            return (
+                None,
+                True,
+                [
+                    error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
+                        str(path), None, None
+                    )
+                ],
+            )
     return Secrets(values), added, []

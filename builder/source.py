@@ -175,7 +175,9 @@ def load(path: Path) -> tuple[Source | None, list[Diagnostic]]:
     name = str(path)
     try:
         if path.is_dir():
-            return None, [error((), "is a directory, not a blueprint file").located(name, None, None)]
+            return None, [
+                error((), "is a directory, not a blueprint file").located(name, None, None)
+            ]
         with path.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:

@@ -104,19 +104,24 @@ def _explain(err: Any) -> Iterator[Located]:
         yield error(path, f"missing required key '{missing}'", desc), False
         return
     if kind == "pattern":
-        msg, hint = _pattern_message(err.instance, sub)
-        yield error(path, msg, hint), False
+        msg, pattern_hint = _pattern_message(err.instance, sub)
+        yield error(path, msg, pattern_hint), False
         return
     if kind == "enum":
         options = ", ".join(json.dumps(v) for v in err.validator_value)
-        yield error(path, f"{json.dumps(err.instance)} is not allowed", f"use one of: {options}"), False
+        yield (
+            error(path, f"{json.dumps(err.instance)} is not allowed", f"use one of: {options}"),
+            False,
+        )
         return
     if kind == "const":
         yield error(path, f"must be {json.dumps(err.validator_value)}", None), False
         return
     if kind == "type":
         yield (
-            error(path, f"expected {_type_name(err.validator_value)}, got {_json_type(err.instance)}"),
+            error(
+                path, f"expected {_type_name(err.validator_value)}, got {_json_type(err.instance)}"
+            ),
             False,
         )
         return
@@ -135,10 +140,17 @@ def _allowed(known: set[str]) -> str:
 
 
 def _type_name(expected: Any) -> str:
-    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
-             "boolean": "true or false", "number": "a number", "null": "null"}
+    names = {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "a string",
+        "integer": "an integer",
+        "boolean": "true or false",
+        "number": "a number",
+        "null": "null",
+    }
     if isinstance(expected, list):
-        return " or ".join(names.get(e, e) for e in expected)
+        return " or ".join(names.get(str(e), str(e)) for e in expected)
     return names.get(expected, str(expected))
 
 
@@ -188,7 +200,11 @@ def fill_defaults(data: Any, node: dict[str, Any] | None = None) -> None:
 
 
 def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
-    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
+    return (
+        [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+        if isinstance(value, list)
+        else []
+    )
 
 
 def _addr(value: Any) -> IPv4Address | None:
@@ -220,8 +236,14 @@ def check_names(data: dict[str, Any]) -> Iterator[Located]:
         name = host.get("name")
         if isinstance(name, str):
             if name in seen:
-                yield error((*path, "name"), f"duplicate host name '{name}'",
-                            f"already used at {_fmt(seen[name])}; host names must be unique"), False
+                yield (
+                    error(
+                        (*path, "name"),
+                        f"duplicate host name '{name}'",
+                        f"already used at {_fmt(seen[name])}; host names must be unique",
+                    ),
+                    False,
+                )
             else:
                 seen[name] = (*path, "name")
     seen_inst: dict[str, JsonPath] = {}
@@ -229,8 +251,14 @@ def check_names(data: dict[str, Any]) -> Iterator[Located]:
         name = inst.get("name")
         if isinstance(name, str):
             if name in seen_inst:
-                yield error(("instances", i, "name"), f"duplicate instance name '{name}'",
-                            f"already used at {_fmt(seen_inst[name])}; instance names must be unique"), False
+                yield (
+                    error(
+                        ("instances", i, "name"),
+                        f"duplicate instance name '{name}'",
+                        f"already used at {_fmt(seen_inst[name])}; instance names must be unique",
+                    ),
+                    False,
+                )
             else:
                 seen_inst[name] = ("instances", i, "name")
 
@@ -245,16 +273,30 @@ def check_network(data: dict[str, Any]) -> Iterator[Located]:
             cidr = IPv4Network(cidr_text, strict=True)
         except ValueError:
             if _net_loose(cidr_text) is not None:
-                yield error(("network", "cidr"), f"'{cidr_text}' has host bits set",
-                            f"write the network address: {_net_loose(cidr_text)}"), False
-    for i, entry in enumerate(network.get("dns") or []) if isinstance(network.get("dns"), list) else []:
+                yield (
+                    error(
+                        ("network", "cidr"),
+                        f"'{cidr_text}' has host bits set",
+                        f"write the network address: {_net_loose(cidr_text)}",
+                    ),
+                    False,
+                )
+    for i, entry in (
+        enumerate(network.get("dns") or []) if isinstance(network.get("dns"), list) else []
+    ):
         del i, entry  # dns servers may live outside the fleet's network
     if cidr is None:
         return
     gateway = _addr(network.get("gateway"))
     if gateway is not None and gateway not in cidr:
-        yield error(("network", "gateway"), f"gateway {gateway} is outside network.cidr {cidr}",
-                    "the gateway must be on the fleet's network"), False
+        yield (
+            error(
+                ("network", "gateway"),
+                f"gateway {gateway} is outside network.cidr {cidr}",
+                "the gateway must be on the fleet's network",
+            ),
+            False,
+        )
     seen: dict[IPv4Address, JsonPath] = {}
     for path, host in _host_entries(data):
         addr = _addr(host.get("address"))
@@ -262,17 +304,41 @@ def check_network(data: dict[str, Any]) -> Iterator[Located]:
             continue
         apath = (*path, "address")
         if addr not in cidr:
-            yield error(apath, f"address {addr} is outside network.cidr {cidr}",
-                        "give the host an address inside the fleet's network"), False
+            yield (
+                error(
+                    apath,
+                    f"address {addr} is outside network.cidr {cidr}",
+                    "give the host an address inside the fleet's network",
+                ),
+                False,
+            )
         elif addr in (cidr.network_address, cidr.broadcast_address) and cidr.prefixlen < 31:
-            yield error(apath, f"address {addr} is the network or broadcast address of {cidr}",
-                        "use a host address"), False
+            yield (
+                error(
+                    apath,
+                    f"address {addr} is the network or broadcast address of {cidr}",
+                    "use a host address",
+                ),
+                False,
+            )
         elif gateway is not None and addr == gateway:
-            yield error(apath, f"address {addr} is the gateway's address",
-                        "give the host an address of its own"), False
+            yield (
+                error(
+                    apath,
+                    f"address {addr} is the gateway's address",
+                    "give the host an address of its own",
+                ),
+                False,
+            )
         if addr in seen:
-            yield error(apath, f"address {addr} is already used by {_fmt(seen[addr])}",
-                        "each host needs its own address"), False
+            yield (
+                error(
+                    apath,
+                    f"address {addr} is already used by {_fmt(seen[addr])}",
+                    "each host needs its own address",
+                ),
+                False,
+            )
         else:
             seen[addr] = apath
 
@@ -290,13 +356,24 @@ def check_admin(data: dict[str, Any]) -> Iterator[Located]:
         return
     for i, text in enumerate(admin["allow_from"]):
         if isinstance(text, str) and _net(text) is None and _net_loose(text) is not None:
-            yield error(("admin", "allow_from", i), f"'{text}' has host bits set",
-                        f"write the network address: {_net_loose(text)}"), False
+            yield (
+                error(
+                    ("admin", "allow_from", i),
+                    f"'{text}' has host bits set",
+                    f"write the network address: {_net_loose(text)}",
+                ),
+                False,
+            )
 
 
 def _shared_ports(data: dict[str, Any]) -> dict[int, str]:
     """Ports the shared services take on the shared host."""
-    ports = {SSH_PORT: "SSH", POSTGRES_PORT: "PostgreSQL", QDRANT_PORT: "Qdrant", OLLAMA_PORT: "Ollama"}
+    ports = {
+        SSH_PORT: "SSH",
+        POSTGRES_PORT: "PostgreSQL",
+        QDRANT_PORT: "Qdrant",
+        OLLAMA_PORT: "Ollama",
+    }
     shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
     assert isinstance(shared, dict)
     redis = shared.get("redis") if isinstance(shared.get("redis"), dict) else {}
@@ -304,7 +381,11 @@ def _shared_ports(data: dict[str, Any]) -> dict[int, str]:
     base = redis.get("base_port", 6379)
     if not isinstance(base, int):
         return ports
-    count = len(_dicts(data.get("instances"))) if redis.get("mode", "per-instance") == "per-instance" else 1
+    count = (
+        len(_dicts(data.get("instances")))
+        if redis.get("mode", "per-instance") == "per-instance"
+        else 1
+    )
     for n in range(max(count, 1)):
         ports.setdefault(base + n, "Redis")
     return ports
@@ -314,7 +395,9 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
     hosts = {h.get("name"): path for path, h in _host_entries(data)}
     shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
     assert isinstance(shared, dict)
-    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    shared_name = (
+        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    )
     shared_ports = _shared_ports(data)
     used: dict[tuple[str, int], str] = {}
     env_owned_hint = "owuibuild sets this variable from the plan; remove it from env"
@@ -328,20 +411,37 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
             yield error(("instances", i, "host"), f"unknown host '{host}'", hint), False
         if isinstance(host, str) and isinstance(port, int):
             if (host, port) in used:
-                yield error(("instances", i, "port"),
-                            f"port {port} on host '{host}' is already used by instance '{used[(host, port)]}'",
-                            "give each instance on a host its own port"), False
+                yield (
+                    error(
+                        ("instances", i, "port"),
+                        f"port {port} on host '{host}' is already used by instance '{used[(host, port)]}'",
+                        "give each instance on a host its own port",
+                    ),
+                    False,
+                )
             else:
                 used[(host, port)] = str(inst.get("name"))
             if host == shared_name and port in shared_ports:
-                yield error(("instances", i, "port"),
-                            f"port {port} is taken by {shared_ports[port]} on the shared host '{host}'",
-                            "pick a port that no shared service uses"), False
+                yield (
+                    error(
+                        ("instances", i, "port"),
+                        f"port {port} is taken by {shared_ports[port]} on the shared host '{host}'",
+                        "pick a port that no shared service uses",
+                    ),
+                    False,
+                )
         env = inst.get("env")
         if isinstance(env, dict):
             for key in env:
                 if key in OWNED_ENV:
-                    yield error(("instances", i, "env", key), f"{key} is owned by owuibuild", env_owned_hint), True
+                    yield (
+                        error(
+                            ("instances", i, "env", key),
+                            f"{key} is owned by owuibuild",
+                            env_owned_hint,
+                        ),
+                        True,
+                    )
 
 
 def check_versions(data: dict[str, Any]) -> Iterator[Located]:
@@ -354,16 +454,30 @@ def check_versions(data: dict[str, Any]) -> Iterator[Located]:
     assert isinstance(pg, dict)
     expected = DISTRO_POSTGRES.get(distro)
     if "version" in pg and expected is not None and pg["version"] != expected:
-        yield error(("shared", "postgres", "version"),
-                    f"PostgreSQL {pg['version']} is not the version {distro} ships ({expected})",
-                    f"use {expected}, or leave the version out"), False
+        yield (
+            error(
+                ("shared", "postgres", "version"),
+                f"PostgreSQL {pg['version']} is not the version {distro} ships ({expected})",
+                f"use {expected}, or leave the version out",
+            ),
+            False,
+        )
     ollama = shared.get("ollama") if isinstance(shared.get("ollama"), dict) else {}
     assert isinstance(ollama, dict)
     models = ollama.get("models")
-    if isinstance(models, list) and "embedding_model" in ollama and ollama["embedding_model"] not in models:
-        yield warning(("shared", "ollama", "embedding_model"),
-                      f"embedding model '{ollama['embedding_model']}' is not in shared.ollama.models; it is pulled as well",
-                      "list it under models to make that explicit"), False
+    if (
+        isinstance(models, list)
+        and "embedding_model" in ollama
+        and ollama["embedding_model"] not in models
+    ):
+        yield (
+            warning(
+                ("shared", "ollama", "embedding_model"),
+                f"embedding model '{ollama['embedding_model']}' is not in shared.ollama.models; it is pulled as well",
+                "list it under models to make that explicit",
+            ),
+            False,
+        )
 
 
 def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
@@ -385,23 +499,45 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
         if pools is None or connections_used(pools) > budget:
             used = connections_used(pools) if pools else len(instances)
             need = used + RESERVED_CONNECTIONS
-            yield error(("shared", "postgres", "max_connections"),
-                        f"the instances' database pools need {used} connections, but max_connections {max_conn} "
-                        f"leaves {budget} after a reserve of {RESERVED_CONNECTIONS}",
-                        f"raise max_connections to at least {need}, or lower instances' database.pool_size"), False
+            yield (
+                error(
+                    ("shared", "postgres", "max_connections"),
+                    f"the instances' database pools need {used} connections, but max_connections {max_conn} "
+                    f"leaves {budget} after a reserve of {RESERVED_CONNECTIONS}",
+                    f"raise max_connections to at least {need}, or lower instances' database.pool_size",
+                ),
+                False,
+            )
     redis = shared.get("redis") if isinstance(shared.get("redis"), dict) else {}
     assert isinstance(redis, dict)
     if redis.get("mode") == "shared":
-        yield warning(("shared", "redis", "mode"),
-                      "all instances share one Redis: Open WebUI's Socket.IO channel 'socketio' has no prefix, "
-                      "so every instance receives the others' events",
-                      "use mode: per-instance to isolate instances"), False
+        yield (
+            warning(
+                ("shared", "redis", "mode"),
+                "all instances share one Redis: Open WebUI's Socket.IO channel 'socketio' has no prefix, "
+                "so every instance receives the others' events",
+                "use mode: per-instance to isolate instances",
+            ),
+            False,
+        )
     base = redis.get("base_port", 6379)
-    if isinstance(base, int) and redis.get("mode", "per-instance") == "per-instance" and base + len(instances) > 65536:
-        yield error(("shared", "redis", "base_port"), "not enough ports for one Redis per instance",
-                    "lower base_port"), False
+    if (
+        isinstance(base, int)
+        and redis.get("mode", "per-instance") == "per-instance"
+        and base + len(instances) > 65536
+    ):
+        yield (
+            error(
+                ("shared", "redis", "base_port"),
+                "not enough ports for one Redis per instance",
+                "lower base_port",
+            ),
+            False,
+        )
     # memory
-    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    shared_name = (
+        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    )
     redis_count = len(instances) if redis.get("mode", "per-instance") == "per-instance" else 1
     for path, host in _host_entries(data):
         mem = host.get("memory_gb")
@@ -409,18 +545,27 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
             continue
         count = sum(1 for _, inst in instances if inst.get("host") == host.get("name"))
         is_shared = host.get("name") == shared_name
-        need = estimated_memory_mb(count, shared=is_shared, redis_servers=redis_count if is_shared else 0)
+        need = estimated_memory_mb(
+            count, shared=is_shared, redis_servers=redis_count if is_shared else 0
+        )
         if need > mem * 1024:
-            yield warning((*path, "memory_gb"),
-                          f"host '{host.get('name')}' has {mem} GB but its services and {count} instance(s) "
-                          f"need about {need / 1024:.1f} GB",
-                          "add memory or move instances to another host"), False
+            yield (
+                warning(
+                    (*path, "memory_gb"),
+                    f"host '{host.get('name')}' has {mem} GB but its services and {count} instance(s) "
+                    f"need about {need / 1024:.1f} GB",
+                    "add memory or move instances to another host",
+                ),
+                False,
+            )
 
 
 def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
     shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
     assert isinstance(shared, dict)
-    shared_name = shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    shared_name = (
+        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
+    )
     instances = _dicts(data.get("instances"))
     for path, host in _host_entries(data):
         if "data_volume" in host:
@@ -433,9 +578,14 @@ def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
         if names:
             lost.append("Open WebUI data of " + ", ".join(names))
         if lost:
-            yield warning((*path, "name"),
-                          f"host '{name}' has no data_volume: replacing it loses " + "; ".join(lost),
-                          "add data_volume: {label: owui-data} and attach a disk with that label"), False
+            yield (
+                warning(
+                    (*path, "name"),
+                    f"host '{name}' has no data_volume: replacing it loses " + "; ".join(lost),
+                    "add data_volume: {label: owui-data} and attach a disk with that label",
+                ),
+                False,
+            )
 
 
 def check_pins(data: dict[str, Any]) -> Iterator[Located]:
@@ -450,10 +600,15 @@ def check_pins(data: dict[str, Any]) -> Iterator[Located]:
             continue
         version = section.get("version")
         if isinstance(version, str) and version not in table and "sha256" not in section:
-            yield error(("shared", name, "version"),
-                        f"{name} {version} has no known published checksum",
-                        f"add shared.{name}.sha256 with the release file's sha256, or use one of: "
-                        + ", ".join(sorted(table))), False
+            yield (
+                error(
+                    ("shared", name, "version"),
+                    f"{name} {version} has no known published checksum",
+                    f"add shared.{name}.sha256 with the release file's sha256, or use one of: "
+                    + ", ".join(sorted(table)),
+                ),
+                False,
+            )
 
 
 SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (

@@ -92,11 +92,21 @@ def verify(artifacts: Iterable[Artifact], secrets: Iterable[str]) -> list[Diagno
             try:
                 parse(a.data)
             except Exception as exc:  # any parser failure is a generator bug to report
-                problems.append(error(where, f"generated {a.path} does not parse: {exc}",
-                                      "this is a bug in owuibuild; please report it"))
+                problems.append(
+                    error(
+                        where,
+                        f"generated {a.path} does not parse: {exc}",
+                        "this is a bug in owuibuild; please report it",
+                    )
+                )
         if never_secret(a.path) and a.secret:
             problems.append(error(where, f"{a.path} must never hold secrets but is marked secret"))
         if not a.secret and values and leaked_secrets(a.data, values, lengths):
-            problems.append(error(where, f"a secret value would be written to non-secret file {a.path}",
-                                  "this is a bug in owuibuild; please report it"))
+            problems.append(
+                error(
+                    where,
+                    f"a secret value would be written to non-secret file {a.path}",
+                    "this is a bug in owuibuild; please report it",
+                )
+            )
     return problems

@@ -31,8 +31,14 @@ _Dumper.add_representer(str, _str)
 
 
 def dump_yaml(doc: Any) -> str:
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True, width=100)
+    return yaml.dump(
+        doc,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
 
 
 def user_data(plan: Plan, host: HostPlan, secrets: Secrets) -> bytes:
@@ -60,9 +66,21 @@ def network_config(plan: Plan, host: HostPlan) -> bytes:
     return dump_yaml(doc).encode()
 
 
+SEED_FILES = ("user-data", "meta-data", "network-config")
+
+
 def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:
+    from ..seed_iso import make_seed_iso
+
     for host in plan.hosts:
         base = f"hosts/{host.name}"
-        yield Artifact(f"{base}/user-data", user_data(plan, host, secrets), secret=True)
-        yield Artifact(f"{base}/meta-data", meta_data(host))
-        yield Artifact(f"{base}/network-config", network_config(plan, host))
+        seed = {
+            "user-data": user_data(plan, host, secrets),
+            "meta-data": meta_data(host),
+            "network-config": network_config(plan, host),
+        }
+        yield Artifact(f"{base}/user-data", seed["user-data"], secret=True)
+        yield Artifact(f"{base}/meta-data", seed["meta-data"])
+        yield Artifact(f"{base}/network-config", seed["network-config"])
+        # The ISO carries user-data, so it is as secret as user-data.
+        yield Artifact(f"{base}/seed.iso", make_seed_iso(seed), secret=True)

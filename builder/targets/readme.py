@@ -25,7 +25,9 @@ def mermaid(plan: Plan) -> str:
         f"PostgreSQL :{POSTGRES_PORT}",
         *(f"Redis {r.name} :{r.port}" for r in plan.redis_servers),
     ]
-    lines.append(f'  subgraph {_node(shared)}["{shared.name} ({shared.host.address}) shared services"]')
+    lines.append(
+        f'  subgraph {_node(shared)}["{shared.name} ({shared.host.address}) shared services"]'
+    )
     for n, label in enumerate(services):
         lines.append(f'    {_node(shared)}_s{n}["{label}"]')
     lines.append("  end")

@@ -1,0 +1,94 @@
+"""Shared test fixtures: rendering blueprints in memory and the tier skip rules.
+
+A tier skips only when its tool is missing, and says why. Under CI (CI=true), where .ci/run
+installs every tool, a missing tool fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BLUEPRINTS = REPO / "blueprints"
+EXAMPLES = sorted(p.name for p in BLUEPRINTS.glob("*.yml") if not p.name.endswith(".secrets.yml"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite golden files from the current output (review the diff!)",
+    )
+
+
+def unavailable(reason: str) -> None:
+    """Skip because a tool is missing; under CI that is a failure, since CI installs it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(*names: str) -> None:
+    for name in names:
+        if shutil.which(name) is None:
+            unavailable(f"{name} is not installed (make system-deps installs it)")
+
+
+@dataclass
+class Rendered:
+    plan: object
+    secrets: object
+    files: dict[str, bytes]
+    secret_paths: frozenset[str]
+    blueprint: Path
+
+    def text(self, path: str) -> str:
+        return self.files[path].decode()
+
+
+def compile_path(path: Path) -> Rendered:
+    from owuibuild.pipeline import compile_blueprint
+
+    compiled = compile_blueprint(path)
+    assert compiled.ok, [d.as_dict() for d in compiled.diagnostics]
+    from owuibuild import secrets as store
+
+    values, _ = store.read(store.secrets_path(path))
+    return Rendered(
+        plan=compiled.plan,
+        secrets=store.Secrets(values or {}),
+        files={a.path: a.data for a in compiled.artifacts},
+        secret_paths=frozenset(a.path for a in compiled.artifacts if a.secret),
+        blueprint=path,
+    )
+
+
+@pytest.fixture
+def render_text(tmp_path: Path) -> Callable[[str], Rendered]:
+    """Render blueprint YAML text (in a temp dir, with fresh secrets) and return the files."""
+    counter = iter(range(1000))
+
+    def render(text: str) -> Rendered:
+        path = tmp_path / f"bp{next(counter)}.yml"
+        path.write_text(text)
+        return compile_path(path)
+
+    return render
+
+
+@pytest.fixture
+def render_example(tmp_path: Path) -> Callable[[str], Rendered]:
+    """Render one of blueprints/*.yml by file name (copied to a temp dir, fresh secrets)."""
+
+    def render(name: str) -> Rendered:
+        path = tmp_path / name
+        shutil.copy(BLUEPRINTS / name, path)
+        return compile_path(path)
+
+    return render
