@@ -65,7 +65,7 @@ cp "$CA_BUNDLE" "$ctx/ca-certificates.crt"
 ln "$torch_wheel" "$ctx/wheels/" 2>/dev/null || cp "$torch_wheel" "$ctx/wheels/"
 
 log "building $IMAGE_REF (open-webui $OPENWEBUI_VERSION, $(basename "$torch_wheel"), recipe $recipe)"
-docker build \
+docker build --force-rm \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   --build-arg "OPENWEBUI_VERSION=$OPENWEBUI_VERSION" \
   --label "$LABEL=$recipe" \
