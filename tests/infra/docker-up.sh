@@ -21,13 +21,30 @@ die() { log "ERROR: $*"; exit 1; }
 
 mkdir -p "$CACHE"
 
+# Print the pid of a live (not zombie) dockerd named in the pid file, if any.
+live_dockerd_pid() {
+  local pidfile=/var/run/docker.pid pid
+  [[ -r $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]] || return 1
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] || return 1
+  echo "$pid"
+}
+
 start_dockerd() {
   command -v dockerd >/dev/null || die "dockerd not found (install the docker.io package: tests/infra/system-deps.sh)"
-  mkdir -p "$CACHE/docker"
-  log "starting dockerd (data root $CACHE/docker, log $CACHE/dockerd.log)"
-  # setsid + nohup: the daemon outlives this script and the shell that ran it.
-  setsid nohup dockerd --data-root "$CACHE/docker" >"$CACHE/dockerd.log" 2>&1 </dev/null &
-  local pid=$! waited=0
+  local pid waited=0
+  if pid=$(live_dockerd_pid); then
+    log "dockerd (pid $pid) is running but does not answer yet; waiting"
+  else
+    # A daemon that was killed leaves its pid file behind, and dockerd refuses to start over it.
+    rm -f /var/run/docker.pid
+    mkdir -p "$CACHE/docker"
+    log "starting dockerd (data root $CACHE/docker, log $CACHE/dockerd.log)"
+    # setsid + nohup: the daemon outlives this script and the shell that ran it.
+    setsid nohup dockerd --data-root "$CACHE/docker" >"$CACHE/dockerd.log" 2>&1 </dev/null &
+    pid=$!
+  fi
   until docker info >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 30 "$CACHE/dockerd.log" >&2 || true
