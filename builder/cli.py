@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "schema": ("owuibuild.commands:schema", "Print the blueprint JSON Schema."),
     "seed": ("owuibuild.commands:seed", "Pack a host's seed files into seed.iso (cidata)."),
+    "status": ("owuibuild.status:status", "Probe every service of a running fleet; one table."),
 }
 
 

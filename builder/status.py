@@ -1,0 +1,416 @@
+"""`owuibuild status`: probe a running fleet and print one table.
+
+This room decides which probes a plan implies (the seed's "Monitoring" commands, one per service
+and instance), runs them concurrently with one timeout each, and turns the outcomes into a text
+table or JSON and an exit code. The wire protocols live in `probes`. It reads the blueprint and
+the secrets file and writes neither; no secret reaches the output, which is scrubbed of every
+value in the secrets file before it is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
+from .plan import POSTGRES_PORT, InstancePlan, Plan, SecretRef
+from .probes import (
+    Outcome,
+    ProbeFailure,
+    State,
+    guarded,
+    http_get,
+    pg_login,
+    redis_ping,
+    scrub,
+)
+
+# Every service `status` probes, in table order. `--only` takes these or instance names.
+SERVICES = ("ollama", "qdrant", "postgresql", "redis", "openwebui", "openwebui-db")
+DEFAULT_TIMEOUT = 5.0
+# Probes keep their own deadline; this is only the backstop for one that does not return.
+BACKSTOP_SECONDS = 2.0
+
+Probe = Callable[[float], Outcome]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One probe of one service: where it dials and what it runs (a closure over secrets)."""
+
+    service: str
+    instance: str | None
+    host: str
+    address: str
+    port: int
+    run: Probe = field(repr=False, compare=False)
+
+    @property
+    def target(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Result:
+    check: Check
+    state: State
+    latency_ms: float
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "service": self.check.service,
+            "instance": self.check.instance,
+            "host": self.check.host,
+            "target": self.check.target,
+            "state": self.state.value,
+            "latency_ms": self.latency_ms,
+            "detail": self.detail,
+        }
+
+
+# -- what each HTTP answer means --------------------------------------------------------------------
+
+
+def _json_body(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ProbeFailure(State.DEGRADED, "the answer is not JSON") from None
+
+
+def _model_key(name: str) -> str:
+    """Ollama lists an untagged model as ``name:latest``."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def ollama_probe(address: str, port: int, models: Sequence[str]) -> Probe:
+    def run(timeout: float) -> Outcome:
+        answer = http_get(address, port, "/api/tags", timeout)
+        if answer.status != 200:
+            return Outcome(State.DOWN, f"GET /api/tags: HTTP {answer.status}")
+        doc = _json_body(answer.body)
+        listed = doc.get("models") if isinstance(doc, dict) else None
+        if not isinstance(listed, list):
+            return Outcome(State.DEGRADED, "GET /api/tags: no model list")
+        have = {
+            _model_key(str(m.get("name") or m.get("model")))
+            for m in listed
+            if isinstance(m, dict) and (m.get("name") or m.get("model"))
+        }
+        missing = [m for m in models if _model_key(m) not in have]
+        if missing:
+            return Outcome(State.DEGRADED, f"missing models: {', '.join(missing)}")
+        return Outcome(State.OK, f"{len(models)} models present")
+
+    return run
+
+
+def qdrant_probe(address: str, port: int, api_key: str) -> Probe:
+    def run(timeout: float) -> Outcome:
+        answer = http_get(address, port, "/collections", timeout, {"api-key": api_key})
+        if answer.status in (401, 403):
+            return Outcome(State.AUTH_FAILED, f"GET /collections: HTTP {answer.status}")
+        if answer.status != 200:
+            return Outcome(State.DOWN, f"GET /collections: HTTP {answer.status}")
+        doc = _json_body(answer.body)
+        result = doc.get("result") if isinstance(doc, dict) else None
+        collections = result.get("collections") if isinstance(result, dict) else None
+        if not isinstance(collections, list):
+            return Outcome(State.DEGRADED, "GET /collections: no collection list")
+        return Outcome(State.OK, f"collections: {len(collections)}")
+
+    return run
+
+
+def openwebui_probe(address: str, port: int, path: str) -> Probe:
+    def run(timeout: float) -> Outcome:
+        answer = http_get(address, port, path, timeout)
+        if answer.status != 200:
+            return Outcome(State.DOWN, f"GET {path}: HTTP {answer.status}")
+        doc = _json_body(answer.body)
+        if isinstance(doc, dict) and doc.get("status") is False:
+            return Outcome(State.DEGRADED, f"GET {path}: status false")
+        return Outcome(State.OK, f"GET {path}")
+
+    return run
+
+
+def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
+    def run(timeout: float) -> Outcome:
+        return Outcome(
+            State.AUTH_FAILED, f"no {ref.name} in {secrets_file}: render the blueprint first"
+        )
+
+    return run
+
+
+# -- the probes a plan implies ----------------------------------------------------------------------
+
+
+def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> list[Check]:
+    """Every probe for the fleet, in table order: shared services, then each instance's."""
+    shared = plan.shared.name
+
+    def with_secret(ref: SecretRef, make: Callable[[str], Probe]) -> Probe:
+        value = secrets.get(ref.name)
+        return make(value) if value is not None else missing_secret(ref, secrets_file)
+
+    ollama = urlsplit(plan.ollama_url)
+    qdrant = urlsplit(plan.qdrant_url)
+    checks = [
+        Check(
+            "ollama",
+            None,
+            shared,
+            str(ollama.hostname),
+            int(ollama.port or 80),
+            ollama_probe(str(ollama.hostname), int(ollama.port or 80), plan.ollama_models),
+        ),
+        Check(
+            "qdrant",
+            None,
+            shared,
+            str(qdrant.hostname),
+            int(qdrant.port or 80),
+            with_secret(
+                plan.qdrant_api_key,
+                lambda key: qdrant_probe(str(qdrant.hostname), int(qdrant.port or 80), key),
+            ),
+        ),
+    ]
+    pg_address = str(plan.fleet.shared.host.address)
+
+    def postgres(i: InstancePlan) -> Check:
+        def make(password: str) -> Probe:
+            return lambda t: pg_login(pg_address, POSTGRES_PORT, i.db_role, i.db_name, password, t)
+
+        return Check(
+            "postgresql",
+            i.name,
+            shared,
+            pg_address,
+            POSTGRES_PORT,
+            with_secret(i.db_password, make),
+        )
+
+    def redis(i: InstancePlan) -> Check:
+        address = str(i.redis_address)
+
+        def make(password: str) -> Probe:
+            return lambda t: redis_ping(address, i.redis_port, i.redis_user, password, t)
+
+        return Check(
+            "redis", i.name, shared, address, i.redis_port, with_secret(i.redis_password, make)
+        )
+
+    def webui(i: InstancePlan, service: str, path: str) -> Check:
+        address = str(i.host.address)
+        return Check(
+            service, i.name, i.host.name, address, i.port, openwebui_probe(address, i.port, path)
+        )
+
+    checks += [postgres(i) for i in plan.instances]
+    checks += [redis(i) for i in plan.instances]
+    checks += [webui(i, "openwebui", "/health") for i in plan.instances]
+    checks += [webui(i, "openwebui-db", "/health/db") for i in plan.instances]
+    return checks
+
+
+def select(checks: Sequence[Check], only: Sequence[str]) -> list[Check]:
+    if not only:
+        return list(checks)
+    return [c for c in checks if c.service in only or c.instance in only]
+
+
+# -- running them -----------------------------------------------------------------------------------
+
+
+def _timed(check: Check, timeout: float) -> tuple[Outcome, float]:
+    start = time.monotonic()
+    outcome = guarded(lambda: check.run(timeout))
+    return outcome, (time.monotonic() - start) * 1000
+
+
+def run_checks(
+    checks: Sequence[Check], timeout: float, secret_values: frozenset[str] = frozenset()
+) -> list[Result]:
+    """Run every check at once, each within ``timeout``; results in the order of ``checks``."""
+    redact = tuple(sorted(secret_values, key=len, reverse=True))
+    results: list[Result] = []
+    if not checks:
+        return results
+    pool = ThreadPoolExecutor(max_workers=min(32, len(checks)), thread_name_prefix="probe")
+    try:
+        futures = [pool.submit(_timed, c, timeout) for c in checks]
+        wait(futures, timeout=timeout + BACKSTOP_SECONDS)
+        for check, future in zip(checks, futures, strict=True):
+            if not future.done():
+                outcome, ms = Outcome(State.TIMEOUT, "no answer within the timeout"), timeout * 1000
+            elif future.exception() is not None:
+                # A bug in a probe; its message might quote a server, so only the type is shown.
+                exc = future.exception()
+                outcome, ms = Outcome(State.DOWN, f"probe error: {type(exc).__name__}"), 0.0
+            else:
+                outcome, ms = future.result()
+            detail = scrub(outcome.detail, redact)
+            results.append(Result(check, outcome.state, round(ms, 1), detail))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+COLUMNS = ("SERVICE", "INSTANCE", "HOST", "TARGET", "STATE", "LATENCY", "DETAIL")
+
+
+def table_rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
+    return [
+        (
+            r.check.service,
+            r.check.instance or "-",
+            r.check.host,
+            r.check.target,
+            r.state.value,
+            f"{r.latency_ms:.0f} ms",
+            r.detail,
+        )
+        for r in results
+    ]
+
+
+def format_table(results: Sequence[Result]) -> str:
+    rows = [COLUMNS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i == COLUMNS.index("LATENCY") else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def summary(results: Sequence[Result]) -> dict[str, int]:
+    counts = Counter(r.state.value for r in results)
+    return {s.value: counts[s.value] for s in State if counts[s.value]}
+
+
+def summary_line(fleet: str, results: Sequence[Result]) -> str:
+    counts = summary(results)
+    ok = counts.get(State.OK.value, 0)
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if s != State.OK.value)
+    return f"{fleet}: {ok} of {len(results)} probes ok" + (f"; {others}" if others else "")
+
+
+def format_json(fleet: str, timeout: float, results: Sequence[Result]) -> str:
+    doc = {
+        "fleet": fleet,
+        "ok": all(r.state is State.OK for r in results),
+        "timeout_s": timeout,
+        "summary": summary(results),
+        "checks": [r.as_dict() for r in results],
+    }
+    return json.dumps(doc, indent=2)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("blueprint", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one table for people; json: the same rows for machines.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=300),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds each probe may take in all (connect, log in, answer).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help=f"Probe only this service ({', '.join(SERVICES)}) or instance; repeatable.",
+)
+def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> None:
+    """Probe every service of BLUEPRINT's running fleet at once and print one table: Ollama's
+    models, Qdrant's collections with the API key, a PostgreSQL login of each instance's role
+    to its own database, each instance's Redis PING as its ACL user, and each instance's
+    /health and /health/db.
+
+    States: ok, down, refused, auth-failed, timeout, degraded. Exit 0 when every probe is ok,
+    1 otherwise. Credentials come from <blueprint>.secrets.yml and are never printed.
+    Probes dial from this machine: the fleet's firewall and pg_hba admit only instance hosts
+    to the shared services, so elsewhere expect timeout and refused.
+
+    \b
+    Example:
+      owuibuild status fleet.yml
+      owuibuild status fleet.yml --only postgresql --only redis --timeout 2
+      owuibuild status fleet.yml --only webui3 --format json
+    """
+    from . import secrets as secret_store
+    from .commands import report, require_file
+    from .diagnostics import has_errors
+    from .pipeline import check
+    from .plan import make_plan
+
+    require_file(blueprint)
+    checked = check(blueprint)
+    if not checked.ok or checked.fleet is None:
+        errors = [d for d in checked.diagnostics if d.is_error] or checked.diagnostics
+        report(errors, fmt, checked.source.lines if checked.source else [])
+        sys.exit(EXIT_INVALID)
+    plan = make_plan(checked.fleet)
+
+    secrets_file = secret_store.secrets_path(blueprint)
+    values, problems = secret_store.read(secrets_file)
+    if problems or has_errors(problems):
+        report(problems, "text", [])
+        sys.exit(EXIT_USAGE)
+    if values is None:
+        fail(
+            f"no secrets file at {secrets_file}",
+            EXIT_USAGE,
+            f"status logs in with the credentials that 'owuibuild render {blueprint}' "
+            "generated; keep that file next to the blueprint",
+        )
+
+    names = {*SERVICES, *(i.name for i in plan.instances)}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        fail(
+            f"--only {', '.join(unknown)}: not a service or instance of {plan.fleet.name}",
+            EXIT_USAGE,
+            f"choose from: {', '.join([*SERVICES, *(i.name for i in plan.instances)])}",
+        )
+
+    checks = select(plan_checks(plan, values, secrets_file), only)
+    results = run_checks(checks, timeout, frozenset(values.values()))
+    if fmt == "json":
+        click.echo(format_json(plan.fleet.name, timeout, results))
+    else:
+        click.echo(format_table(results))
+        click.echo()
+        click.echo(summary_line(plan.fleet.name, results))
+    sys.exit(EXIT_OK if all(r.state is State.OK for r in results) else EXIT_INVALID)

@@ -1,0 +1,560 @@
+"""`owuibuild status` against real servers: PostgreSQL 15 and redis-server, started here.
+
+Ollama, Qdrant and Open WebUI are HTTP test doubles (`OllamaDouble`, `QdrantDouble`,
+`OpenWebUIDouble`): none of those servers can be downloaded here, so the doubles answer the few
+requests `status` makes, the way the real ones do. They check our probes, not those servers.
+
+The test fleet lives on loopback addresses (127.77.N.0/24: the shared host at .24, Docker hosts
+at .30 and .31; all of 127.0.0.0/8 is loopback on Linux), so every probe dials loopback only.
+The roles, databases and ACL users get the passwords from the secrets file the render created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from conftest import require_tool, unavailable
+from owuibuild import secrets as store
+from owuibuild.pipeline import compile_blueprint
+from owuibuild.probes import State, pg_login, redis_ping
+
+pytestmark = pytest.mark.services
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15 layout
+INSTANCES = (("webui1", "web-a", 3001), ("webui2", "web-a", 3002), ("webui3", "web-b", 3001))
+REDIS_BASE = 26379
+DEAD_PORT = 3009  # nothing listens here
+SILENT_PORT = 3010  # accepts and never answers
+MODELS = ("qwen2.5:3b", "nomic-embed-text")
+TIMEOUT = 5.0
+
+
+def blueprint_text(net: str, models: tuple[str, ...] = MODELS, **ports: int) -> str:
+    """The test fleet on 127.77.N.0/24; ``ports`` moves an instance (e.g. webui3=3009)."""
+    doc: dict[str, Any] = {
+        "apiVersion": "owuibuild/v1",
+        "name": "loopfleet",
+        "os": {"distro": "debian-12", "timezone": "UTC"},
+        "admin": {
+            "user": "ops",
+            "ssh_authorized_keys": [
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwuibuildExampleKeyReplaceWithYourOwn00000 ops"
+            ],
+            "allow_from": [f"{net}.0/24"],
+        },
+        "network": {"cidr": f"{net}.0/24", "gateway": f"{net}.1", "dns": [f"{net}.1"]},
+        "shared": {
+            "host": {"name": "ai-shared", "address": f"{net}.24", "memory_gb": 32},
+            "ollama": {"models": list(models), "embedding_model": "nomic-embed-text"},
+            "postgres": {"max_connections": 100},
+            "redis": {"mode": "per-instance", "base_port": REDIS_BASE},
+        },
+        "hosts": [
+            {"name": "web-a", "address": f"{net}.30", "memory_gb": 16},
+            {"name": "web-b", "address": f"{net}.31", "memory_gb": 16},
+        ],
+        "instances": [
+            {"name": name, "host": host, "port": ports.get(name, port)}
+            for name, host, port in INSTANCES
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _can_bind(address: str, port: int) -> bool:
+    try:
+        with socket.create_server((address, port)):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Fleet:
+    net: str
+    dir: Path
+    blueprint: Path
+    secrets: dict[str, str]
+
+    @property
+    def shared(self) -> str:
+        return f"{self.net}.24"
+
+    def host(self, name: str) -> str:
+        return f"{self.net}.30" if name == "web-a" else f"{self.net}.31"
+
+    def variant(self, name: str, *, secrets: dict[str, str] | None = None, **kwargs: Any) -> Path:
+        """Another blueprint for the same fleet, next to a copy of its secrets (some changed)."""
+        where = self.dir / name
+        where.mkdir()
+        path = where / "fleet.yml"
+        path.write_text(blueprint_text(self.net, **kwargs))
+        store.write(store.secrets_path(path), {**self.secrets, **(secrets or {})}, path.name)
+        return path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    for n in range(77, 120):
+        net = f"127.77.{n}"
+        wanted = [(f"{net}.24", p) for p in (5432, 6333, 11434, REDIS_BASE, REDIS_BASE + 1)]
+        wanted += [(f"{net}.24", REDIS_BASE + 2), (f"{net}.30", 3001), (f"{net}.30", 3002)]
+        wanted += [(f"{net}.31", p) for p in (3001, DEAD_PORT, SILENT_PORT)]
+        if all(_can_bind(a, p) for a, p in wanted):
+            break
+    else:
+        pytest.fail("no free 127.77.N.0/24 network for the test fleet")
+    where = tmp_path_factory.mktemp("status")
+    blueprint = where / "fleet.yml"
+    blueprint.write_text(blueprint_text(net))
+    compiled = compile_blueprint(blueprint, seed_iso=False)  # creates the secrets file
+    assert compiled.ok, [d.as_dict() for d in compiled.diagnostics]
+    values, problems = store.read(store.secrets_path(blueprint))
+    assert values is not None, problems
+    return Fleet(net, where, blueprint, values)
+
+
+# -- PostgreSQL 15 --------------------------------------------------------------------------------
+
+
+def _as_postgres(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """initdb and pg_ctl refuse to run as root; run them as the postgres user then."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *argv], check=True, text=True, capture_output=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def postgres(fleet: Fleet) -> Iterator[None]:
+    if not (PG_BIN / "initdb").exists():
+        unavailable("PostgreSQL 15 is not installed (make system-deps installs it)")
+    base = Path(tempfile.mkdtemp(prefix="owuibuild-status-pg-"))
+    data = base / "data"
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    try:
+        _as_postgres(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--no-sync"]
+        )
+        conf = (
+            f"listen_addresses = '{fleet.shared}'\nport = 5432\n"
+            f"unix_socket_directories = '{base}'\npassword_encryption = 'scram-sha-256'\n"
+            "fsync = off\n"
+        )
+        hba = ["local all postgres trust"]
+        hba += [f"host {n} {n} 127.0.0.0/8 scram-sha-256" for n, _, _ in INSTANCES]
+        hba += ["host legacy legacy 127.0.0.0/8 password"]  # cleartext: must not be answered
+        # No line for 'stranger': pg_hba turns it away (28000).
+        with (data / "postgresql.conf").open("a") as fh:
+            fh.write(conf)
+        (data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+        sql = ["\\set ON_ERROR_STOP on"]
+        for name, _, _ in INSTANCES:
+            password = fleet.secrets[f"instances.{name}.db_password"]
+            sql += [
+                f"CREATE ROLE {name} LOGIN PASSWORD '{password}';",
+                f"CREATE DATABASE {name} OWNER {name} ENCODING 'UTF8';",
+                f"REVOKE CONNECT ON DATABASE {name} FROM PUBLIC;",
+            ]
+        sql += [
+            "CREATE ROLE stranger LOGIN PASSWORD 'stranger-password-000000000';",
+            "CREATE ROLE legacy LOGIN PASSWORD 'legacy-password-0000000000';",
+            "CREATE DATABASE legacy OWNER legacy;",
+        ]
+        _as_postgres(
+            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start"]
+        )
+        try:
+            _as_postgres(
+                [str(PG_BIN / "psql"), "-h", str(base), "-U", "postgres", "-d", "postgres", "-q"],
+                input="\n".join(sql) + "\n",
+            )
+            yield
+        finally:
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- redis-server ---------------------------------------------------------------------------------
+
+
+def _wait_for_port(address: str, port: int, seconds: float = 10) -> None:
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def redis(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    require_tool("redis-server")
+    where = tmp_path_factory.mktemp("redis")
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, (name, _, _) in enumerate(INSTANCES):
+            password = fleet.secrets[f"instances.{name}.redis_password"]
+            conf = where / f"{name}.conf"
+            conf.write_text(
+                f"bind {fleet.shared}\nport {REDIS_BASE + index}\ndir {where}\n"
+                'save ""\nappendonly no\nprotected-mode yes\n'
+                "user default off\n"
+                f"user {name} on >{password} ~{name}:* &* +@all -@dangerous\n"
+            )
+            conf.chmod(0o600)
+            servers.append(
+                subprocess.Popen(
+                    ["redis-server", str(conf)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for index in range(len(INSTANCES)):
+            _wait_for_port(fleet.shared, REDIS_BASE + index)
+        yield
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(10)
+
+
+# -- HTTP test doubles ------------------------------------------------------------------------------
+
+
+class Double(BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, object]] = {}
+
+    def reply(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path in self.routes:
+            self.reply(200, self.routes[self.path])
+        else:
+            self.reply(404, {"detail": "Not Found"})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class OllamaDouble(Double):
+    """Test double for Ollama's GET /api/tags: lists two pulled models, as Ollama names them."""
+
+    routes: ClassVar[dict[str, object]] = {
+        "/api/tags": {
+            "models": [
+                {"name": "qwen2.5:3b", "model": "qwen2.5:3b", "size": 1929912432},
+                {"name": "nomic-embed-text:latest", "model": "nomic-embed-text:latest"},
+            ]
+        }
+    }
+
+
+class QdrantDouble(Double):
+    """Test double for Qdrant's GET /collections: 401 without the right `api-key` header."""
+
+    api_key: ClassVar[str] = ""
+    routes: ClassVar[dict[str, object]] = {
+        "/collections": {
+            "result": {"collections": [{"name": "webui1_knowledge"}]},
+            "status": "ok",
+            "time": 1.2e-05,
+        }
+    }
+
+    def do_GET(self) -> None:
+        if self.headers.get("api-key") != self.api_key:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+class OpenWebUIDouble(Double):
+    """Test double for Open WebUI's GET /health and /health/db (both {"status": true})."""
+
+    routes: ClassVar[dict[str, object]] = {
+        "/health": {"status": True},
+        "/health/db": {"status": True},
+    }
+
+
+class SilentServer:
+    """Accepts connections and never answers: the case a timeout exists for."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.listener = socket.create_server((address, port))
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def doubles(fleet: Fleet) -> Iterator[None]:
+    qdrant = type(
+        "BoundQdrantDouble", (QdrantDouble,), {"api_key": fleet.secrets["qdrant.api_key"]}
+    )
+    servers = [
+        ThreadingHTTPServer((fleet.shared, 11434), OllamaDouble),
+        ThreadingHTTPServer((fleet.shared, 6333), qdrant),
+    ]
+    servers += [
+        ThreadingHTTPServer((fleet.host(host), port), OpenWebUIDouble)
+        for _, host, port in INSTANCES
+    ]
+    silent = SilentServer(fleet.host("web-b"), SILENT_PORT)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        silent.close()
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+
+
+@pytest.fixture(scope="module")
+def running(fleet: Fleet, postgres: None, redis: None, doubles: None) -> Fleet:
+    return fleet
+
+
+# -- running the command ----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def rows(self) -> list[dict[str, str]]:
+        """The text table as dicts, cut at the header's column offsets."""
+        lines = self.stdout.split("\n\n")[0].splitlines()
+        header = lines[0]
+        names = header.split()
+        starts = [header.index(n) for n in names]
+        ends = [*starts[1:], None]
+        return [
+            {n.lower(): line[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)}
+            for line in lines[1:]
+        ]
+
+    def json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.stdout)
+        return doc
+
+
+def status(blueprint: Path, *args: str) -> Run:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "owuibuild.cli", "status", str(blueprint), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def states(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    return {(r["service"], r["instance"] or "-"): r["state"] for r in rows}
+
+
+ALL_ROWS = {("ollama", "-"), ("qdrant", "-")} | {
+    (service, name)
+    for name, _, _ in INSTANCES
+    for service in ("postgresql", "redis", "openwebui", "openwebui-db")
+}
+
+
+def test_a_healthy_fleet_is_all_ok(running: Fleet) -> None:
+    run = status(running.blueprint)
+    assert run.code == 0, run.stdout + run.stderr
+    assert states(run.rows()) == dict.fromkeys(ALL_ROWS, "ok")
+    assert run.stdout.rstrip().endswith(f"loopfleet: {len(ALL_ROWS)} of {len(ALL_ROWS)} probes ok")
+    assert run.stderr == ""
+    rows = {(r["service"], r["instance"]): r for r in run.rows()}
+    assert rows[("postgresql", "webui3")]["detail"] == "webui3@webui3: SELECT 1"
+    assert rows[("redis", "webui2")]["target"] == f"{running.shared}:{REDIS_BASE + 1}"
+    assert rows[("openwebui", "webui3")]["target"] == f"{running.net}.31:3001"
+    assert all(r["target"].startswith("127.77.") for r in run.rows())
+
+
+def wrong(secret: str) -> str:
+    return "wrong-" + secret[6:]
+
+
+def assert_no_secret(fleet: Fleet, extra: dict[str, str], *runs: Run) -> None:
+    for run in runs:
+        for value in (*fleet.secrets.values(), *extra.values()):
+            assert value not in run.stdout
+            assert value not in run.stderr
+
+
+def test_a_wrong_password_fails_exactly_that_row(running: Fleet) -> None:
+    bad = {"instances.webui2.db_password": wrong(running.secrets["instances.webui2.db_password"])}
+    path = running.variant("wrong-db", secrets=bad)
+    text, js = status(path), status(path, "--format", "json")
+    assert (text.code, js.code) == (1, 1)
+    expected = dict.fromkeys(ALL_ROWS, "ok") | {("postgresql", "webui2"): "auth-failed"}
+    assert states(text.rows()) == expected
+    assert states(js.json()["checks"]) == expected
+    detail = {(r["service"], r["instance"]): r["detail"] for r in text.rows()}
+    assert detail[("postgresql", "webui2")].startswith("SQLSTATE 28P01: password authentication")
+    assert_no_secret(running, bad, text, js)
+
+
+def test_wrong_redis_and_qdrant_credentials_are_auth_failed(running: Fleet) -> None:
+    bad = {
+        "instances.webui3.redis_password": wrong(
+            running.secrets["instances.webui3.redis_password"]
+        ),
+        "qdrant.api_key": wrong(running.secrets["qdrant.api_key"]),
+    }
+    run = status(running.variant("wrong-redis", secrets=bad), "--format", "json")
+    assert run.code == 1
+    assert states(run.json()["checks"]) == dict.fromkeys(ALL_ROWS, "ok") | {
+        ("redis", "webui3"): "auth-failed",
+        ("qdrant", "-"): "auth-failed",
+    }
+    detail = {(r["service"], r["instance"]): r["detail"] for r in run.json()["checks"]}
+    assert detail[("redis", "webui3")].startswith("AUTH: WRONGPASS")
+    assert_no_secret(running, bad, run)
+
+
+def test_json_and_text_give_the_same_rows(running: Fleet) -> None:
+    bad = {"instances.webui1.db_password": wrong(running.secrets["instances.webui1.db_password"])}
+    path = running.variant("same-rows", secrets=bad, webui3=DEAD_PORT)
+    text, js = status(path), status(path, "--format", "json")
+    doc = js.json()
+    assert doc["ok"] is False
+    assert doc["fleet"] == "loopfleet"
+    keys = ("service", "host", "target", "state", "detail")
+    from_json = [
+        {k: str(c[k]) for k in keys} | {"instance": c["instance"] or "-"} for c in doc["checks"]
+    ]
+    from_text = [{k: r[k] for k in (*keys, "instance")} for r in text.rows()]
+    assert from_text == from_json
+    assert all(r["latency"].endswith(" ms") for r in text.rows())
+    assert sum(doc["summary"].values()) == len(doc["checks"])
+
+
+def test_a_dead_port_is_refused(running: Fleet) -> None:
+    run = status(running.variant("dead", webui3=DEAD_PORT), "--format", "json")
+    assert run.code == 1
+    assert states(run.json()["checks"]) == dict.fromkeys(ALL_ROWS, "ok") | {
+        ("openwebui", "webui3"): "refused",
+        ("openwebui-db", "webui3"): "refused",
+    }
+
+
+def test_a_server_that_never_answers_times_out(running: Fleet) -> None:
+    run = status(
+        running.variant("silent", webui3=SILENT_PORT), "--format", "json", "--timeout", "1"
+    )
+    assert run.code == 1
+    checks = {(c["service"], c["instance"]): c for c in run.json()["checks"]}
+    for service in ("openwebui", "openwebui-db"):
+        assert checks[(service, "webui3")]["state"] == "timeout"
+        assert 900 <= checks[(service, "webui3")]["latency_ms"] <= 2000
+    assert sum(c["state"] == "ok" for c in checks.values()) == len(ALL_ROWS) - 2
+    assert run.seconds < 6  # interpreter start-up plus one timeout, not one per probe
+
+
+def test_a_missing_model_is_degraded_and_named(running: Fleet) -> None:
+    path = running.variant("models", models=("qwen2.5:3b", "llama3.2:1b", "nomic-embed-text"))
+    run = status(path)
+    assert run.code == 1
+    (ollama,) = [r for r in run.rows() if r["service"] == "ollama"]
+    assert (ollama["state"], ollama["detail"]) == ("degraded", "missing models: llama3.2:1b")
+
+
+def test_only_probes_what_is_asked(running: Fleet) -> None:
+    run = status(running.blueprint, "--only", "postgresql", "--only", "webui1", "--format", "json")
+    assert run.code == 0
+    assert set(states(run.json()["checks"])) == {
+        ("postgresql", "webui1"),
+        ("postgresql", "webui2"),
+        ("postgresql", "webui3"),
+        ("redis", "webui1"),
+        ("openwebui", "webui1"),
+        ("openwebui-db", "webui1"),
+    }
+
+
+# -- the probes on their own, against the same servers ----------------------------------------------
+
+
+def test_pg_login_refused_by_pg_hba(running: Fleet) -> None:
+    outcome = pg_login(
+        running.shared, 5432, "stranger", "postgres", "stranger-password-000000000", TIMEOUT
+    )
+    assert outcome.state is State.REFUSED
+    assert outcome.detail.startswith("SQLSTATE 28000: no pg_hba.conf entry")
+
+
+def test_pg_login_never_answers_a_cleartext_request(running: Fleet) -> None:
+    outcome = pg_login(
+        running.shared, 5432, "legacy", "legacy", "legacy-password-0000000000", TIMEOUT
+    )
+    assert outcome.state is State.AUTH_FAILED
+    assert "cleartext" in outcome.detail
+
+
+def test_pg_login_of_a_role_to_a_database_it_may_not_reach(running: Fleet) -> None:
+    password = running.secrets["instances.webui1.db_password"]
+    outcome = pg_login(running.shared, 5432, "webui1", "webui2", password, TIMEOUT)
+    assert outcome.state is State.REFUSED  # pg_hba has no webui2/webui1 line
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_probes_time_out_on_a_silent_server(running: Fleet, kind: str) -> None:
+    address = running.host("web-b")
+    start = time.monotonic()
+    if kind == "postgresql":
+        outcome = pg_login(address, SILENT_PORT, "webui1", "webui1", "x" * 30, 0.5)
+    else:
+        outcome = redis_ping(address, SILENT_PORT, "webui1", "x" * 30, 0.5)
+    assert outcome.state is State.TIMEOUT
+    assert 0.4 < time.monotonic() - start < 1.5

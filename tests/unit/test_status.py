@@ -1,0 +1,324 @@
+"""Unit tests of `owuibuild status`: which probes a plan implies, how answers are judged, how
+they run together, and the table and JSON they print.
+
+Nothing here dials a fleet: probes that would are replaced by functions, and the command is only
+run on paths that stop before probing. Real servers are in tests/services/test_status_servers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from owuibuild import status
+from owuibuild.cli import cli
+from owuibuild.probes import HttpAnswer, Outcome, State
+from owuibuild.status import Check, Result
+
+pytestmark = pytest.mark.unit
+
+BLUEPRINTS = Path(__file__).resolve().parents[2] / "blueprints"
+
+
+def fixed(outcome: Outcome, delay: float = 0.0) -> Callable[[float], Outcome]:
+    def run(timeout: float) -> Outcome:
+        time.sleep(delay)
+        return outcome
+
+    return run
+
+
+def check(name: str, run: Callable[[float], Outcome], service: str = "redis") -> Check:
+    return Check(service, name, "ai-shared", "10.0.5.24", 6379, run)
+
+
+# -- the probes a plan implies ----------------------------------------------------------------------
+
+
+def test_every_service_and_instance_gets_its_probes(render_example: Callable[[str], Any]) -> None:
+    rendered = render_example("multi-host.yml")
+    plan = rendered.plan
+    checks = status.plan_checks(plan, rendered.secrets.values, Path("x.secrets.yml"))
+    assert len(checks) == 2 + 4 * len(plan.instances)
+    assert [c.service for c in checks[:2]] == ["ollama", "qdrant"]
+    by_key = {(c.service, c.instance): c for c in checks}
+    assert by_key[("ollama", None)].target == "10.20.1.10:11434"
+    assert by_key[("qdrant", None)].target == "10.20.1.10:6333"
+    for i in plan.instances:
+        assert by_key[("postgresql", i.name)].target == "10.20.1.10:5432"
+        assert by_key[("redis", i.name)].target == f"10.20.1.10:{i.redis_port}"
+        for service in ("openwebui", "openwebui-db"):
+            c = by_key[(service, i.name)]
+            assert (c.host, c.target) == (i.host.name, f"{i.host.address}:{i.port}")
+    assert by_key[("redis", "math")].port != by_key[("redis", "physics")].port  # per-instance
+
+
+def test_a_check_never_shows_its_secret(render_example: Callable[[str], Any]) -> None:
+    rendered = render_example("multi-host.yml")
+    checks = status.plan_checks(rendered.plan, rendered.secrets.values, Path("x.secrets.yml"))
+    text = " ".join(repr(c) for c in checks)
+    assert not any(secret in text for secret in rendered.secrets.all_values())
+
+
+def test_a_missing_secret_is_reported_not_guessed(render_example: Callable[[str], Any]) -> None:
+    rendered = render_example("multi-host.yml")
+    checks = status.plan_checks(rendered.plan, {}, Path("campus.secrets.yml"))
+    results = status.run_checks(
+        [c for c in checks if c.service in ("postgresql", "redis", "qdrant")], 1.0
+    )
+    assert {r.state for r in results} == {State.AUTH_FAILED}
+    assert "no instances.admin-office.db_password in campus.secrets.yml" in {
+        r.detail.split(":")[0] for r in results
+    }
+
+
+def test_only_selects_services_and_instances(render_example: Callable[[str], Any]) -> None:
+    rendered = render_example("multi-host.yml")
+    checks = status.plan_checks(rendered.plan, rendered.secrets.values, Path("s.yml"))
+    assert {c.service for c in status.select(checks, ["redis"])} == {"redis"}
+    chosen = status.select(checks, ["math", "ollama"])
+    assert [(c.service, c.instance) for c in chosen] == [
+        ("ollama", None),
+        ("postgresql", "math"),
+        ("redis", "math"),
+        ("openwebui", "math"),
+        ("openwebui-db", "math"),
+    ]
+
+
+# -- judging HTTP answers ---------------------------------------------------------------------------
+
+
+def answer(monkeypatch: pytest.MonkeyPatch, code: int, body: object) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    monkeypatch.setattr(status, "http_get", lambda *a, **k: HttpAnswer(code, data))
+
+
+def tags(*names: str) -> dict[str, object]:
+    return {"models": [{"name": n, "model": n, "size": 1} for n in names]}
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "expected"),
+    [
+        (200, tags("qwen2.5:3b", "nomic-embed-text:latest"), Outcome(State.OK, "2 models present")),
+        (
+            200,
+            tags("nomic-embed-text:latest"),
+            Outcome(State.DEGRADED, "missing models: qwen2.5:3b"),
+        ),
+        (200, tags("qwen2.5:7b", "nomic-embed-text:v1.5"), State.DEGRADED),
+        (200, b"<html>", Outcome(State.DEGRADED, "the answer is not JSON")),
+        (200, {"models": None}, State.DEGRADED),
+        (500, {}, Outcome(State.DOWN, "GET /api/tags: HTTP 500")),
+    ],
+)
+def test_ollama_wants_every_model(
+    monkeypatch: pytest.MonkeyPatch, code: int, body: object, expected: Outcome | State
+) -> None:
+    answer(monkeypatch, code, body)
+    probe = status.ollama_probe("10.0.5.24", 11434, ["qwen2.5:3b", "nomic-embed-text"])
+    outcome = status.guarded(lambda: probe(1.0))
+    if isinstance(expected, State):
+        assert outcome.state is expected
+    else:
+        assert outcome == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "state"),
+    [
+        (200, {"result": {"collections": [{"name": "webui1_files"}]}, "status": "ok"}, State.OK),
+        (401, b"Invalid api-key", State.AUTH_FAILED),
+        (403, b"", State.AUTH_FAILED),
+        (502, b"", State.DOWN),
+        (200, {"result": {}}, State.DEGRADED),
+    ],
+)
+def test_qdrant_states(
+    monkeypatch: pytest.MonkeyPatch, code: int, body: object, state: State
+) -> None:
+    answer(monkeypatch, code, body)
+    outcome = status.guarded(lambda: status.qdrant_probe("10.0.5.24", 6333, "k" * 32)(1.0))
+    assert outcome.state is state
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "state"),
+    [
+        (200, {"status": True}, State.OK),
+        (200, {"status": False}, State.DEGRADED),
+        (500, {"detail": "db"}, State.DOWN),
+    ],
+)
+def test_openwebui_health_states(
+    monkeypatch: pytest.MonkeyPatch, code: int, body: object, state: State
+) -> None:
+    answer(monkeypatch, code, body)
+    probe = status.openwebui_probe("10.0.5.30", 3001, "/health/db")
+    assert status.guarded(lambda: probe(1.0)).state is state
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("nomic-embed-text", "nomic-embed-text:latest"),
+        ("qwen2.5:3b", "qwen2.5:3b"),
+        ("registry.local:5000/team/model", "registry.local:5000/team/model:latest"),
+    ],
+)
+def test_model_names_compare_with_their_tag(name: str, key: str) -> None:
+    assert status._model_key(name) == key
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+def test_checks_run_concurrently_and_keep_their_order() -> None:
+    checks = [check(f"i{n}", fixed(Outcome(State.OK, str(n)), 0.3)) for n in range(12)]
+    start = time.monotonic()
+    results = status.run_checks(checks, 2.0)
+    assert time.monotonic() - start < 1.5
+    assert [r.detail for r in results] == [str(n) for n in range(12)]
+    assert all(r.latency_ms >= 250 for r in results)
+
+
+def test_a_probe_bug_is_a_state_without_its_message() -> None:
+    def broken(timeout: float) -> Outcome:
+        raise RuntimeError("token=" + "s" * 30)
+
+    (result,) = status.run_checks([check("i", broken)], 1.0)
+    assert (result.state, result.detail) == (State.DOWN, "probe error: RuntimeError")
+
+
+def test_a_probe_that_never_returns_is_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status, "BACKSTOP_SECONDS", 0.1)
+    release = threading.Event()
+    try:
+        start = time.monotonic()
+        (result,) = status.run_checks(
+            [check("i", lambda t: release.wait(5) and Outcome(State.OK))], 0.2
+        )
+        assert time.monotonic() - start < 1.0
+        assert result.state is State.TIMEOUT
+    finally:
+        release.set()
+
+
+def test_details_are_scrubbed_of_every_secret() -> None:
+    secret = "Zq8sV1-secret-value_000000000"
+    run = fixed(Outcome(State.DOWN, f"server said {secret}!"))
+    (result,) = status.run_checks([check("i", run)], 1.0, frozenset({secret}))
+    assert result.detail == "server said [redacted]!"
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+def results() -> list[Result]:
+    return [
+        Result(check("webui1", fixed(Outcome(State.OK))), State.OK, 1.25, "user webui1: PONG"),
+        Result(
+            Check("ollama", None, "ai-shared", "10.0.5.24", 11434, fixed(Outcome(State.OK))),
+            State.DEGRADED,
+            1234.5,
+            "missing models: qwen2.5:3b",
+        ),
+    ]
+
+
+def test_the_table_has_one_aligned_row_per_probe() -> None:
+    lines = status.format_table(results()).splitlines()
+    assert lines[0].split() == list(status.COLUMNS)
+    start = lines[0].index("DETAIL")
+    assert [line[start:] for line in lines[1:]] == [
+        "user webui1: PONG",
+        "missing models: qwen2.5:3b",
+    ]
+    assert lines[1].split()[:6] == ["redis", "webui1", "ai-shared", "10.0.5.24:6379", "ok", "1"]
+    assert lines[2].split()[:6] == [
+        "ollama",
+        "-",
+        "ai-shared",
+        "10.0.5.24:11434",
+        "degraded",
+        "1234",
+    ]
+    assert status.summary_line("acme", results()) == "acme: 1 of 2 probes ok; 1 degraded"
+
+
+def test_json_carries_the_same_rows() -> None:
+    doc = json.loads(status.format_json("acme", 5.0, results()))
+    assert doc["ok"] is False
+    assert doc["summary"] == {"ok": 1, "degraded": 1}
+    assert doc["checks"][1] == {
+        "service": "ollama",
+        "instance": None,
+        "host": "ai-shared",
+        "target": "10.0.5.24:11434",
+        "state": "degraded",
+        "latency_ms": 1234.5,
+        "detail": "missing models: qwen2.5:3b",
+    }
+
+
+# -- the command, up to the point where it would dial -----------------------------------------------
+
+
+@pytest.fixture
+def campus(tmp_path: Path) -> Path:
+    path = tmp_path / "campus.yml"
+    shutil.copy(BLUEPRINTS / "multi-host.yml", path)
+    return path
+
+
+def test_no_secrets_file_is_a_usage_error_that_says_where(campus: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", str(campus)])
+    assert result.exit_code == 2
+    assert f"no secrets file at {campus.with_name('campus.secrets.yml')}" in result.stderr
+    assert "owuibuild render" in result.stderr
+
+
+def test_a_readable_secrets_file_is_refused(campus: Path) -> None:
+    secrets = campus.with_name("campus.secrets.yml")
+    shutil.copy(BLUEPRINTS / "multi-host.secrets.yml", secrets)
+    secrets.chmod(0o644)
+    result = CliRunner().invoke(cli, ["status", str(campus)])
+    assert result.exit_code == 2
+    assert "readable by others" in result.stderr
+
+
+def test_an_unknown_only_name_is_a_usage_error(campus: Path) -> None:
+    secrets = campus.with_name("campus.secrets.yml")
+    shutil.copy(BLUEPRINTS / "multi-host.secrets.yml", secrets)
+    secrets.chmod(0o600)
+    result = CliRunner().invoke(cli, ["status", str(campus), "--only", "mongodb"])
+    assert result.exit_code == 2
+    assert "--only mongodb: not a service or instance of campus" in result.stderr
+
+
+def test_an_invalid_blueprint_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("apiVersion: owuibuild/v1\nname: Not_A_Label\n")
+    result = CliRunner().invoke(cli, ["status", str(bad), "--format", "json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["ok"] is False
+
+
+def test_a_missing_blueprint_is_a_usage_error(tmp_path: Path) -> None:
+    assert CliRunner().invoke(cli, ["status", str(tmp_path / "none.yml")]).exit_code == 2
+
+
+def test_help_has_an_example() -> None:
+    result = CliRunner().invoke(cli, ["status", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+    assert "owuibuild status fleet.yml" in result.stdout
+    assert "status" in CliRunner().invoke(cli, ["--help"]).stdout
