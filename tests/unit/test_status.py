@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from owuibuild import status
 from owuibuild.cli import cli
+from owuibuild.pipeline import compile_blueprint
 from owuibuild.probes import HttpAnswer, Outcome, State
 from owuibuild.status import Check, Result
 
@@ -286,19 +287,23 @@ def test_no_secrets_file_is_a_usage_error_that_says_where(campus: Path) -> None:
     assert "owuibuild render" in result.stderr
 
 
-def test_a_readable_secrets_file_is_refused(campus: Path) -> None:
+@pytest.fixture
+def campus_secrets(campus: Path) -> Path:
+    """The secrets file a first render writes (mode 0600), next to the campus blueprint."""
+    assert compile_blueprint(campus, seed_iso=False).ok
     secrets = campus.with_name("campus.secrets.yml")
-    shutil.copy(BLUEPRINTS / "multi-host.secrets.yml", secrets)
-    secrets.chmod(0o644)
+    assert secrets.is_file()
+    return secrets
+
+
+def test_a_readable_secrets_file_is_refused(campus: Path, campus_secrets: Path) -> None:
+    campus_secrets.chmod(0o644)
     result = CliRunner().invoke(cli, ["status", str(campus)])
     assert result.exit_code == 2
     assert "readable by others" in result.stderr
 
 
-def test_an_unknown_only_name_is_a_usage_error(campus: Path) -> None:
-    secrets = campus.with_name("campus.secrets.yml")
-    shutil.copy(BLUEPRINTS / "multi-host.secrets.yml", secrets)
-    secrets.chmod(0o600)
+def test_an_unknown_only_name_is_a_usage_error(campus: Path, campus_secrets: Path) -> None:
     result = CliRunner().invoke(cli, ["status", str(campus), "--only", "mongodb"])
     assert result.exit_code == 2
     assert "--only mongodb: not a service or instance of campus" in result.stderr
