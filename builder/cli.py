@@ -16,6 +16,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 # name -> (module:function, short help). Commands are imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bake": ("owuibuild.bake:bake", "Bake a golden image with Packer (init, validate, build)."),
     "init": ("owuibuild.commands:init", "Write a commented starter blueprint."),
     "validate": ("owuibuild.commands:validate", "Check a blueprint and list every problem."),
     "render": (

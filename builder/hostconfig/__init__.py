@@ -138,3 +138,52 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     if runcmd:
         doc["runcmd"] = runcmd
     return doc
+
+
+@dataclass(frozen=True)
+class InstallSteps:
+    """The software half of a host's parts: what a golden image for that host runs.
+
+    Derived from the same parts as the host's user-data, so "what gets installed" has one
+    definition: the packages, the apt sources they come from, the install commands, and the
+    files those commands reference by path (install scripts), in the order cloud-init would
+    apply them. Configuration commands and other files are left out on purpose.
+    """
+
+    packages: tuple[str, ...]
+    apt_sources: Mapping[str, Mapping[str, Any]]
+    files: tuple[File, ...]
+    commands: tuple[Command, ...]
+    sections: tuple[str, ...]  # names of the parts that contributed, for the reader
+
+
+def _referenced_files(parts: list[Part], commands: list[Command]) -> tuple[File, ...]:
+    """Files named in ``commands`` (and, transitively, in the files so found), in part order."""
+    every = [f for p in parts for f in p.files]
+    texts = [" ".join(c) for c in commands]
+    chosen: dict[str, File] = {}
+    while True:
+        found = [f for f in every if f.path not in chosen and any(f.path in t for t in texts)]
+        if not found:
+            break
+        for f in found:
+            chosen[f.path] = f
+            texts.append(f.content)
+    return tuple(f for f in every if f.path in chosen)
+
+
+def install_steps(parts: Iterable[Part]) -> InstallSteps:
+    """What the golden image runs for these parts (see InstallSteps). Pure."""
+    parts = list(parts)
+    # merge() is the one place that knows how packages and apt sources combine.
+    software = merge(
+        Part(name=p.name, packages=p.packages, apt_sources=p.apt_sources) for p in parts
+    )
+    commands = [c for p in parts for c in p.install]
+    return InstallSteps(
+        packages=tuple(software.get("packages", ())),
+        apt_sources=software.get("apt", {}).get("sources", {}),
+        files=_referenced_files(parts, commands),
+        commands=tuple(commands),
+        sections=tuple(p.name for p in parts if p.packages or p.apt_sources or p.install),
+    )
