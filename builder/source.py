@@ -18,6 +18,9 @@ from .diagnostics import Diagnostic, JsonPath, error
 MAX_BYTES = 4 * 1024 * 1024
 # A blueprint of 500 instances has a few thousand nodes; aliases that expand past this are a bomb.
 MAX_NODES = 200_000
+# Blueprints are a few levels deep; anything deeper is hostile or a mistake (and would
+# exhaust Python's recursion limit in the YAML composer).
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,16 @@ class _TooBig(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: Mark) -> None:
+        self.mark = mark
+
+
+class _KeyNotText(Exception):
+    def __init__(self, key: object, mark: Mark, path: JsonPath) -> None:
+        self.key, self.mark, self.path = key, mark, path
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: object, mark: Mark, first: Mark) -> None:
         self.key, self.mark, self.first = key, mark, first
@@ -86,12 +99,14 @@ class _Builder:
         self.budget -= 1
         if self.budget < 0:
             raise _TooBig
+        if len(path) > MAX_DEPTH:
+            raise _TooDeep(_mark(node))
         self.values.setdefault(path, _mark(node))
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             seen: dict[Any, Mark] = {}
             for key_node, value_node in node.value:
-                key = self.build_scalar_key(key_node)
+                key = self.build_scalar_key(key_node, path)
                 if key in seen:
                     raise _DuplicateKey(key, _mark(key_node), seen[key])
                 seen[key] = _mark(key_node)
@@ -102,22 +117,36 @@ class _Builder:
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         return self.loader.construct_object(node, deep=True)
 
-    def build_scalar_key(self, node: yaml.Node) -> Any:
+    def build_scalar_key(self, node: yaml.Node, parent: JsonPath) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             # Complex keys cannot come from a blueprint; keep them visible to the schema check.
             return f"<{node.tag.rsplit(':', 1)[-1]} key>"
         key = self.loader.construct_object(node, deep=True)
-        return key if isinstance(key, str | int | float | bool) or key is None else str(key)
+        if not isinstance(key, str):
+            raise _KeyNotText(key, _mark(node), (*parent, str(key)))
+        return key
 
 
 def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[Diagnostic]]:
     """Parse YAML text; return the source or diagnostics that explain why not."""
-    loader = yaml.SafeLoader(text)
     try:
+        loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
         finally:
             loader.dispose()
+    except RecursionError:
+        return None, [_too_deep(name, None)]
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return None, [
+            error(
+                (),
+                f"the file holds a control character ({exc.character!r}) YAML does not allow",
+                "remove it; blueprints are plain UTF-8 text",
+            ).located(name, line, column)
+        ]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -144,6 +173,18 @@ def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[D
                 "YAML aliases that multiply (an 'alias bomb') are refused",
             ).located(name, 1, 1)
         ]
+    except _TooDeep as deep:
+        return None, [_too_deep(name, deep.mark)]
+    except RecursionError:
+        return None, [_too_deep(name, None)]
+    except _KeyNotText as bad:
+        return None, [
+            error(
+                bad.path,
+                f"mapping key {bad.key!r} is not text",
+                "quote the key, or check the indentation",
+            ).located(name, bad.mark.line, bad.mark.column)
+        ]
     except _DuplicateKey as dup:
         return None, [
             error(
@@ -168,6 +209,15 @@ def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[D
             ).located(name, _mark(node).line, _mark(node).column)
         ]
     return Source(name, text, data, sha256, builder.values, builder.keys), []
+
+
+def _too_deep(name: str, mark: Mark | None) -> Diagnostic:
+    d = error(
+        (),
+        f"the document is nested more than {MAX_DEPTH} levels deep",
+        "a blueprint is only a few levels deep; check the brackets and indentation",
+    )
+    return d.located(name, mark.line if mark else None, mark.column if mark else None)
 
 
 def load(path: Path) -> tuple[Source | None, list[Diagnostic]]:

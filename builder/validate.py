@@ -6,6 +6,7 @@ when there is no error. Every check runs, so one pass lists every problem.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 from collections.abc import Callable, Iterator
@@ -108,14 +109,14 @@ def _explain(err: Any) -> Iterator[Located]:
         yield error(path, msg, pattern_hint), False
         return
     if kind == "enum":
-        options = ", ".join(json.dumps(v) for v in err.validator_value)
+        options = ", ".join(_show(v) for v in err.validator_value)
         yield (
-            error(path, f"{json.dumps(err.instance)} is not allowed", f"use one of: {options}"),
+            error(path, f"{_show(err.instance)} is not allowed", f"use one of: {options}"),
             False,
         )
         return
     if kind == "const":
-        yield error(path, f"must be {json.dumps(err.validator_value)}", None), False
+        yield error(path, f"must be {_show(err.validator_value)}", None), False
         return
     if kind == "type":
         yield (
@@ -128,8 +129,13 @@ def _explain(err: Any) -> Iterator[Located]:
     yield error(path, _short(err.message), sub.get("description")), False
 
 
+def _show(value: Any) -> str:
+    """A value as the user wrote it, in JSON notation (YAML dates and the like as text)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _pattern_message(value: Any, sub: dict[str, Any]) -> tuple[str, str | None]:
-    shown = json.dumps(value, ensure_ascii=False)
+    shown = _show(value)
     if "x-error" in sub:
         return f"{shown} {sub['x-error']}", sub.get("x-hint")
     return f"{shown} does not have the expected form", f"expected to match {sub.get('pattern')}"
@@ -164,7 +170,9 @@ def _json_type(value: Any) -> str:
     if isinstance(value, float):
         return "a number"
     if isinstance(value, str):
-        return f"the string {json.dumps(value, ensure_ascii=False)[:60]}"
+        return f"the string {_show(value)[:60]}"
+    if isinstance(value, datetime.date):
+        return "a date (quote it to make it text)"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -421,6 +429,15 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
                 )
             else:
                 used[(host, port)] = str(inst.get("name"))
+            if port == SSH_PORT and host != shared_name:
+                yield (
+                    error(
+                        ("instances", i, "port"),
+                        f"port {port} is taken by SSH on host '{host}'",
+                        "pick another port; sshd listens on port 22 of every host",
+                    ),
+                    False,
+                )
             if host == shared_name and port in shared_ports:
                 yield (
                     error(
@@ -497,7 +514,13 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
         pools = database_pools(max_conn, requested)
         budget = max_conn - RESERVED_CONNECTIONS
         if pools is None or connections_used(pools) > budget:
-            used = connections_used(pools) if pools else len(instances)
+            # with no pools to show, the minimum: explicit pools plus one connection per
+            # auto-sized instance
+            used = (
+                connections_used(pools)
+                if pools
+                else sum((p or 0) + (o or 0) if p is not None else 1 for p, o in requested)
+            )
             need = used + RESERVED_CONNECTIONS
             yield (
                 error(
