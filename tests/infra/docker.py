@@ -83,10 +83,16 @@ def _script(name: str, *args: str, timeout: float) -> None:
     try:
         proc = _run(cmd, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out = (
+            exc.stdout.decode(errors="replace")
+            if isinstance(exc.stdout, bytes)
+            else (exc.stdout or "")
+        )
         raise RuntimeError(f"{name} timed out after {timeout:.0f}s:\n{_tail(out)}") from exc
     if proc.returncode != 0:
-        raise RuntimeError(f"{name} {' '.join(args)} failed (exit {proc.returncode}):\n{_tail(proc.stdout)}")
+        raise RuntimeError(
+            f"{name} {' '.join(args)} failed (exit {proc.returncode}):\n{_tail(proc.stdout)}"
+        )
 
 
 def _tail(text: str, lines: int = 40) -> str:
