@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Test infrastructure is imported as `infra.<module>` (tests/infra is a package).
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 BLUEPRINTS = REPO / "blueprints"
 EXAMPLES = sorted(p.name for p in BLUEPRINTS.glob("*.yml") if not p.name.endswith(".secrets.yml"))
 
