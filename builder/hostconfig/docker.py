@@ -1,0 +1,214 @@
+"""Section: Docker hosts. Docker Engine with compose v2, and the Open WebUI instances a host runs.
+
+Applies to every host with instances, the shared host included. It installs Docker from a signed
+apt source (Debian 12: Docker's repository, its key embedded; Ubuntu 24.04: the archive), writes
+each instance's bundle (from owuibuild.bundle) to its bundle directory, runs each instance with
+one systemd unit, and keeps published ports to the fleet's network unless an instance is public.
+
+Published ports are DNATed by Docker before the input chain sees them, so the host firewall does
+not cover them; Docker's DOCKER-USER chain, in the forward path, is where they are filtered.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from ..artifacts import docker_apt_key
+from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
+from ..plan import HostPlan, InstancePlan, Plan
+from ..secrets import Secrets
+from . import Command, File, Part
+
+ORDER = 60
+
+DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+DOCKER_REPO = "https://download.docker.com/linux"
+# Debian 12 has no compose v2 package, so Docker's own repository provides both.
+PACKAGES = {
+    "debian-12": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"),
+    "ubuntu-24.04": ("docker.io", "docker-compose-v2"),
+}
+REPO_DISTRO = {"debian-12": "debian"}  # distros that need Docker's repository
+
+DOCKER = "/usr/bin/docker"
+PORTS_SCRIPT = "/usr/local/sbin/owuibuild-docker-ports"
+PORTS_UNIT = "owuibuild-docker-ports.service"
+PORTS_CHAIN = "OWUIBUILD-PORTS"
+UNIT_DIR = "/etc/systemd/system"
+# First boot of a vanilla image pulls a multi-gigabyte image before the instance can start.
+START_TIMEOUT_SECONDS = 1800
+
+_UNIT_WORD = re.compile(r"[A-Za-z0-9_./:@=+-]+")
+
+
+def apt_source(plan: Plan) -> dict[str, dict[str, str]]:
+    distro = plan.fleet.os.distro
+    if distro not in REPO_DISTRO:
+        return {}
+    line = (
+        f"deb [arch=amd64 signed-by={DOCKER_KEYRING}] {DOCKER_REPO}/{REPO_DISTRO[distro]} "
+        f"{plan.fleet.os.codename} stable"
+    )
+    return {"docker": {"source": line}}
+
+
+def _exec(*argv: str) -> str:
+    """A unit's command line. Every word here comes from the plan and needs no quoting;
+    anything else is a bug, so refuse it rather than quote it wrong."""
+    for word in argv:
+        if not _UNIT_WORD.fullmatch(word):
+            raise ValueError(f"unexpected character in unit command word {word!r}")
+    return " ".join(argv)
+
+
+def unit_text(sections: list[tuple[str, list[tuple[str, str]]]]) -> str:
+    out: list[str] = []
+    for name, entries in sections:
+        if out:
+            out.append("")
+        out.append(f"[{name}]")
+        out += [f"{key}={value}" for key, value in entries]
+    return "\n".join(out) + "\n"
+
+
+def compose_argv(inst: InstancePlan, *args: str) -> tuple[str, ...]:
+    compose = f"{inst.bundle_dir}/{COMPOSE_FILE}"
+    return (DOCKER, "compose", "-p", inst.name, "-f", compose, *args)
+
+
+def instance_unit(inst: InstancePlan) -> str:
+    needs = f"docker.service network-online.target {PORTS_UNIT}"
+    return unit_text(
+        [
+            (
+                "Unit",
+                [
+                    ("Description", f"Open WebUI instance {inst.name} (owuibuild)"),
+                    ("Requires", needs),
+                    ("After", needs),
+                    # DATA_DIR is on the data volume: never start on the bare root disk.
+                    ("RequiresMountsFor", inst.data_dir),
+                ],
+            ),
+            (
+                "Service",
+                [
+                    ("Type", "oneshot"),
+                    ("RemainAfterExit", "yes"),
+                    ("WorkingDirectory", inst.bundle_dir),
+                    ("ExecStartPre", _exec("/usr/bin/install", "-d", "-m", "0750", inst.data_dir)),
+                    (
+                        "ExecStart",
+                        _exec(*compose_argv(inst, "up", "--detach", "--wait", "--remove-orphans")),
+                    ),
+                    ("ExecStop", _exec(*compose_argv(inst, "down"))),
+                    ("Restart", "on-failure"),
+                    ("RestartSec", "30s"),
+                    ("TimeoutStartSec", str(START_TIMEOUT_SECONDS)),
+                ],
+            ),
+            ("Install", [("WantedBy", "multi-user.target")]),
+        ]
+    )
+
+
+def ports_unit() -> str:
+    return unit_text(
+        [
+            (
+                "Unit",
+                [
+                    (
+                        "Description",
+                        "owuibuild: keep published Open WebUI ports to the fleet network",
+                    ),
+                    ("Requires", "docker.service"),
+                    ("After", "docker.service"),
+                    # Docker recreates its chains when it restarts; so do we.
+                    ("PartOf", "docker.service"),
+                ],
+            ),
+            (
+                "Service",
+                [
+                    ("Type", "oneshot"),
+                    ("RemainAfterExit", "yes"),
+                    ("ExecStart", _exec(PORTS_SCRIPT)),
+                ],
+            ),
+            ("Install", [("WantedBy", "docker.service multi-user.target")]),
+        ]
+    )
+
+
+def ports_script(plan: Plan, host: HostPlan) -> str:
+    """Drop connections to a private instance's published port from outside the fleet network.
+
+    Docker has already rewritten the destination to the container's port when DOCKER-USER sees
+    a packet, so the published address and port are matched on the connection's original
+    direction (conntrack).
+    """
+    q = shlex.quote
+    chain = q(PORTS_CHAIN)
+    lines = [
+        "#!/bin/sh",
+        "# Generated by owuibuild: published Open WebUI ports answer only the fleet network.",
+        "set -eu",
+        f"iptables -w -N {chain} 2>/dev/null || iptables -w -F {chain}",
+    ]
+    for inst in host.instances:
+        if inst.instance.public:
+            continue
+        lines.append(
+            f"iptables -w -A {chain} -p tcp -m conntrack --ctdir ORIGINAL"
+            f" --ctorigdst {q(inst.bind_address)} --ctorigdstport {inst.port}"
+            f" ! -s {q(str(plan.fleet.network.cidr))} -j DROP"
+            f"  # {inst.name}"
+        )
+    lines += [
+        f"iptables -w -A {chain} -j RETURN",
+        "iptables -w -N DOCKER-USER 2>/dev/null || true",
+        f"iptables -w -C DOCKER-USER -j {chain} 2>/dev/null"
+        f" || iptables -w -I DOCKER-USER -j {chain}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[File, ...]:
+    return (
+        File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst)),
+        File(f"{inst.bundle_dir}/{env_file_name(inst)}", env_file(plan, inst, secrets), "0600"),
+        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(inst)),
+    )
+
+
+def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
+    if not host.runs_docker:
+        return None
+    distro = plan.fleet.os.distro
+    files: list[File] = []
+    if distro in REPO_DISTRO:
+        files.append(File(DOCKER_KEYRING, docker_apt_key()))
+    files += [
+        File(PORTS_SCRIPT, ports_script(plan, host), "0755"),
+        File(f"{UNIT_DIR}/{PORTS_UNIT}", ports_unit()),
+    ]
+    for inst in host.instances:
+        files += instance_files(plan, inst, secrets)
+    configure: list[Command] = [
+        ("systemctl", "daemon-reload"),
+        ("systemctl", "enable", "--now", "docker.service"),
+        ("systemctl", "enable", "--now", PORTS_UNIT),
+    ]
+    # --no-block: a first pull can take minutes; cloud-init need not wait for it.
+    configure += [
+        ("systemctl", "enable", "--now", "--no-block", i.unit_name) for i in host.instances
+    ]
+    return Part(
+        name="docker",
+        packages=PACKAGES[distro],
+        apt_sources=apt_source(plan),
+        files=tuple(files),
+        configure=tuple(configure),
+    )

@@ -1,0 +1,275 @@
+"""Instance bundles (compose.yaml + env file) and the Docker host section, checked as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Rendered
+from owuibuild import bundle
+from owuibuild.hostconfig import docker as docker_section
+from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, Plan
+
+pytestmark = pytest.mark.unit
+
+BLUEPRINT = """\
+apiVersion: owuibuild/v1
+name: unitfleet
+os: {distro: DISTRO, timezone: UTC}
+admin:
+  user: ops
+  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest ops@laptop]
+  allow_from: [10.9.0.0/24]
+network: {cidr: 10.9.0.0/24, gateway: 10.9.0.1, dns: [10.9.0.1]}
+shared:
+  host: {name: shared, address: 10.9.0.10, memory_gb: 64, data_volume: {label: owui-data}}
+  postgres: {max_connections: 100}
+hosts:
+  - {name: web-a, address: 10.9.0.20, memory_gb: 64, data_volume: {label: owui-data}}
+  - {name: web-b, address: 10.9.0.21, memory_gb: 64, data_volume: {label: owui-data}}
+openwebui:
+  digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+instances:
+  - {name: one, host: web-a, port: 3001, url: https://one.example.org,
+     env: {WEBUI_NAME: "It's \\"one\\" $HOME #1 \\\\"}}
+  - {name: two, host: web-a, port: 3002, public: true, database: {pool_size: 3, max_overflow: 2}}
+  - {name: three, host: web-b, port: 3001}
+"""
+
+
+@pytest.fixture
+def rendered(render_text: Callable[[str], Rendered]) -> Rendered:
+    return render_text(BLUEPRINT.replace("DISTRO", "debian-12"))
+
+
+def plan_of(r: Rendered) -> Plan:
+    assert isinstance(r.plan, Plan)
+    return r.plan
+
+
+def secret_values(r: Rendered) -> list[str]:
+    return list(r.secrets.values.values())  # type: ignore[attr-defined]
+
+
+def compose(r: Rendered, name: str) -> dict[str, Any]:
+    doc = yaml.safe_load(r.files[f"instances/{name}/compose.yaml"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def env_lines(r: Rendered, name: str) -> dict[str, str]:
+    text = r.text(f"instances/{name}/{name}.env")
+    pairs = [line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return dict((k, v) for k, v in pairs)
+
+
+def user_data(r: Rendered, host: str) -> dict[str, Any]:
+    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def written(r: Rendered, host: str) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in user_data(r, host).get("write_files", [])}
+
+
+# -- bundle files --------------------------------------------------------------------------------
+
+
+def test_each_instance_gets_compose_and_secret_env_file(rendered: Rendered) -> None:
+    for name in ("one", "two", "three"):
+        assert f"instances/{name}/compose.yaml" not in rendered.secret_paths
+        assert f"instances/{name}/{name}.env" in rendered.secret_paths
+
+
+def test_compose_holds_no_secret(rendered: Rendered) -> None:
+    for name in ("one", "two", "three"):
+        text = rendered.text(f"instances/{name}/compose.yaml")
+        for value in secret_values(rendered):
+            assert value not in text
+
+
+def test_env_file_holds_the_instance_secrets(rendered: Rendered) -> None:
+    env = env_lines(rendered, "one")
+    values = rendered.secrets.values  # type: ignore[attr-defined]
+    assert env["WEBUI_SECRET_KEY"] == values["instances.one.webui_secret_key"]
+    assert env["QDRANT_API_KEY"] == values["qdrant.api_key"]
+    assert values["instances.one.db_password"] in env["DATABASE_URL"]
+    assert values["instances.one.redis_password"] in env["REDIS_URL"]
+    assert values["instances.two.db_password"] not in rendered.text("instances/one/one.env")
+
+
+def test_compose_service_shape(rendered: Rendered) -> None:
+    plan = plan_of(rendered)
+    doc = compose(rendered, "one")
+    assert doc["name"] == "one"
+    service = doc["services"][bundle.SERVICE]
+    assert service["image"] == plan.openwebui_image
+    assert service["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+    assert service["restart"] == "unless-stopped"
+    assert service["env_file"] == ["one.env"]
+    assert "/health" in service["healthcheck"]["test"][-1]
+    assert service["logging"]["driver"] == "json-file"
+    assert set(service["logging"]["options"]) == {"max-size", "max-file"}
+    assert "environment" not in service
+
+
+def test_port_is_published_on_the_private_address(rendered: Rendered) -> None:
+    (port,) = compose(rendered, "one")["services"][bundle.SERVICE]["ports"]
+    assert port == {"target": 8080, "host_ip": "10.9.0.20", "published": "3001", "protocol": "tcp"}
+
+
+def test_public_instance_is_published_on_all_addresses(rendered: Rendered) -> None:
+    (port,) = compose(rendered, "two")["services"][bundle.SERVICE]["ports"]
+    assert port["host_ip"] == "0.0.0.0"
+
+
+def test_data_dir_is_a_named_volume_on_the_data_mount(rendered: Rendered) -> None:
+    doc = compose(rendered, "three")
+    (mount,) = doc["services"][bundle.SERVICE]["volumes"]
+    assert mount == {"type": "volume", "source": bundle.VOLUME, "target": CONTAINER_DATA_DIR}
+    opts = doc["volumes"][bundle.VOLUME]["driver_opts"]
+    assert opts == {"type": "none", "o": "bind", "device": f"{DATA_MOUNT}/instances/three"}
+    assert env_lines(rendered, "three")["DATA_DIR"] == CONTAINER_DATA_DIR
+
+
+def test_environment_from_the_plan(rendered: Rendered) -> None:
+    plan = plan_of(rendered)
+    inst = {i.name: i for i in plan.instances}
+    env = env_lines(rendered, "three")
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://three:")
+    assert env["DATABASE_URL"].endswith("@10.9.0.10:5432/three")
+    assert env["DATABASE_POOL_SIZE"] == str(inst["three"].db_pool_size)
+    assert env["DATABASE_POOL_MAX_OVERFLOW"] == str(inst["three"].db_max_overflow)
+    port = inst["three"].redis_port
+    assert env["REDIS_URL"].endswith(f"@10.9.0.10:{port}/0")
+    assert env["REDIS_URL"].startswith("redis://three:")
+    assert env["WEBSOCKET_REDIS_URL"] == env["REDIS_URL"]
+    assert env["WEBSOCKET_MANAGER"] == "redis"
+    assert env["REDIS_KEY_PREFIX"] == "three"
+    assert env["VECTOR_DB"] == "qdrant"
+    assert env["QDRANT_URI"] == plan.qdrant_url
+    assert env["QDRANT_COLLECTION_PREFIX"] == "three"
+    assert env["OLLAMA_BASE_URL"] == plan.ollama_url
+    assert env["RAG_EMBEDDING_ENGINE"] == "ollama"
+    assert env["RAG_EMBEDDING_MODEL"] == plan.fleet.shared.ollama.embedding_model
+    assert env["ENABLE_PERSISTENT_CONFIG"] == "false"
+    assert env["UVICORN_WORKERS"] == "1"
+    assert "WEBUI_URL" not in env
+
+
+def test_pool_sizes_given_in_the_blueprint(rendered: Rendered) -> None:
+    env = env_lines(rendered, "two")
+    assert (env["DATABASE_POOL_SIZE"], env["DATABASE_POOL_MAX_OVERFLOW"]) == ("3", "2")
+
+
+def test_url_and_blueprint_env(rendered: Rendered) -> None:
+    env = env_lines(rendered, "one")
+    assert env["WEBUI_URL"] == "https://one.example.org"
+    assert list(env)[-1] == "WEBUI_NAME"
+    assert env["WEBUI_NAME"].startswith('"')
+
+
+def test_secret_keys_differ_between_instances(rendered: Rendered) -> None:
+    keys = {env_lines(rendered, n)["WEBUI_SECRET_KEY"] for n in ("one", "two", "three")}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("", ""),
+        ("plain-value_1.2:3/4@x", "plain-value_1.2:3/4@x"),
+        ("Sales AI", '"Sales AI"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("$HOME and ${X}", '"\\$HOME and \\${X}"'),
+        ("ends with \\", '"ends with \\0134"'),
+        ("a #comment", '"a #comment"'),
+        ("it's", '"it\'s"'),
+        ("ünï €", '"ünï €"'),
+    ],
+)
+def test_env_value_quoting(value: str, written: str) -> None:
+    assert bundle.env_value(value) == written
+
+
+def test_env_value_refuses_newlines() -> None:
+    with pytest.raises(ValueError):
+        bundle.env_value("two\nlines")
+
+
+# -- Docker host section -------------------------------------------------------------------------
+
+
+def test_debian_installs_docker_from_its_signed_repository(rendered: Rendered) -> None:
+    doc = user_data(rendered, "web-a")
+    (source,) = doc["apt"]["sources"].values()
+    assert f"signed-by={docker_section.DOCKER_KEYRING}" in source["source"]
+    assert "download.docker.com/linux/debian bookworm stable" in source["source"]
+    key = written(rendered, "web-a")[docker_section.DOCKER_KEYRING]["content"]
+    assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert {"docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"} <= set(
+        doc["packages"]
+    )
+
+
+def test_ubuntu_installs_docker_from_the_archive(render_text: Callable[[str], Rendered]) -> None:
+    r = render_text(BLUEPRINT.replace("DISTRO", "ubuntu-24.04"))
+    doc = user_data(r, "web-a")
+    assert {"docker.io", "docker-compose-v2"} <= set(doc["packages"])
+    assert "docker-ce" not in doc["packages"]
+    assert "docker" not in doc.get("apt", {}).get("sources", {})
+    assert docker_section.DOCKER_KEYRING not in written(r, "web-a")
+
+
+def test_shared_host_without_instances_gets_no_docker(rendered: Rendered) -> None:
+    doc = user_data(rendered, "shared")
+    assert "docker-ce" not in doc.get("packages", [])
+    assert not any(p.startswith("/opt/owuibuild/") for p in written(rendered, "shared"))
+
+
+def test_shared_host_with_instances_gets_docker(render_example: Callable[[str], Rendered]) -> None:
+    r = render_example("homelab.yml")
+    files = written(r, "homelab")
+    assert "/opt/owuibuild/family/compose.yaml" in files
+    assert "docker-ce" in user_data(r, "homelab")["packages"]
+
+
+def test_host_embeds_exactly_the_rendered_bundles(rendered: Rendered) -> None:
+    files = written(rendered, "web-a")
+    for name in ("one", "two"):
+        compose_file = files[f"/opt/owuibuild/{name}/compose.yaml"]
+        env_file = files[f"/opt/owuibuild/{name}/{name}.env"]
+        assert compose_file["content"] == rendered.text(f"instances/{name}/compose.yaml")
+        assert env_file["content"] == rendered.text(f"instances/{name}/{name}.env")
+        assert env_file["permissions"] == "0600"
+        assert env_file["owner"] == "root:root"
+    assert "/opt/owuibuild/three/compose.yaml" not in files
+    assert "/opt/owuibuild/three/compose.yaml" in written(rendered, "web-b")
+
+
+def test_one_unit_per_instance(rendered: Rendered) -> None:
+    plan = plan_of(rendered)
+    files = written(rendered, "web-a")
+    runcmd = user_data(rendered, "web-a")["runcmd"]
+    for inst in plan.instances_on("web-a"):
+        unit = files[f"/etc/systemd/system/{inst.unit_name}"]["content"]
+        assert "Requires=docker.service network-online.target" in unit
+        assert "After=docker.service network-online.target" in unit
+        assert f"RequiresMountsFor={inst.data_dir}" in unit
+        compose_path = f"{inst.bundle_dir}/compose.yaml"
+        assert f"compose -p {inst.name} -f {compose_path} up --detach --wait" in unit
+        assert f"ExecStop=/usr/bin/docker compose -p {inst.name} -f {compose_path} down" in unit
+        assert "Restart=on-failure" in unit
+        assert ["systemctl", "enable", "--now", "--no-block", inst.unit_name] in runcmd
+        for value in secret_values(rendered):
+            assert value not in unit
+
+
+def test_private_ports_are_limited_in_docker_user(rendered: Rendered) -> None:
+    script = written(rendered, "web-a")[docker_section.PORTS_SCRIPT]["content"]
+    assert "--ctorigdst 10.9.0.20 --ctorigdstport 3001 ! -s 10.9.0.0/24 -j DROP" in script
+    assert "--ctorigdstport 3002" not in script  # `two` is public
+    assert "DOCKER-USER -j OWUIBUILD-PORTS" in script

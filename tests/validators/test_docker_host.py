@@ -1,0 +1,186 @@
+"""Validators tier: what a Docker host's user-data carries, checked by the real tools.
+
+- cloud-init's own schema, strictly, plus no unknown top-level key (Debian's python3 has the
+  `cloudinit` package; `cloud-init schema` alone does not report unknown keys);
+- the systemd units, with `systemd-analyze verify`;
+- the embedded shell script, with shellcheck.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import EXAMPLES, Rendered, require_tool, unavailable
+from owuibuild.hostconfig import docker as docker_section
+from owuibuild.plan import Plan
+
+pytestmark = pytest.mark.validators
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# Run by Debian's python3, which has cloud-init's package. Prints a JSON list of problems.
+CLOUD_INIT_CHECK = """
+import json, sys, yaml
+from cloudinit.config.schema import SchemaValidationError, get_schema, validate_cloudconfig_schema
+problems = []
+for path in sys.argv[1:]:
+    cfg = yaml.safe_load(open(path, encoding="utf-8"))
+    schema = get_schema()
+    known = set()
+    for part in schema.get("allOf", []):
+        if "$ref" in part:
+            part = schema["$defs"][part["$ref"].rsplit("/", 1)[-1]]
+        known.update(part.get("properties", {}))
+    known.update(schema.get("properties", {}))
+    problems += [f"{path}: unknown top-level key {k!r}" for k in cfg if k not in known]
+    try:
+        validate_cloudconfig_schema(cfg, schema, strict=True, log_details=False)
+    except SchemaValidationError as exc:
+        problems += [f"{path}: {p}: {m}" for p, m in exc.schema_errors]
+print(json.dumps(problems))
+"""
+
+VARIANTS = {
+    "debian-12": "debian-12",
+    "ubuntu-24.04": "ubuntu-24.04",
+}
+
+BLUEPRINT = """\
+apiVersion: owuibuild/v1
+name: dockerhosts
+os: {distro: DISTRO, timezone: UTC}
+admin:
+  user: ops
+  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest ops@laptop]
+  allow_from: [10.9.0.0/24]
+network: {cidr: 10.9.0.0/24, gateway: 10.9.0.1, dns: [10.9.0.1]}
+shared:
+  host: {name: shared, address: 10.9.0.10, memory_gb: 64, data_volume: {label: owui-data}}
+hosts:
+  - {name: web-a, address: 10.9.0.20, memory_gb: 64, data_volume: {label: owui-data}}
+instances:
+  - {name: one, host: web-a, port: 3001, env: {WEBUI_NAME: "One $ \\"quoted\\""}}
+  - {name: two, host: web-a, port: 3002, public: true}
+  - {name: three, host: shared, port: 3003}
+"""
+
+
+def docker_hosts(r: Rendered) -> list[str]:
+    assert isinstance(r.plan, Plan)
+    return [h.name for h in r.plan.hosts if h.runs_docker]
+
+
+def write_files(r: Rendered, host: str) -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    return {f["path"]: f for f in doc.get("write_files", [])}
+
+
+def rendered_variants(
+    render_example: Callable[[str], Rendered], render_text: Callable[[str], Rendered]
+) -> list[Rendered]:
+    out = [render_example(name) for name in EXAMPLES]
+    out += [render_text(BLUEPRINT.replace("DISTRO", d)) for d in VARIANTS]
+    return out
+
+
+def require_cloud_init() -> None:
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import cloudinit.config.schema"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        unavailable("cloud-init's Python package is not installed (apt cloud-init)")
+
+
+def test_docker_host_user_data_passes_cloud_init_schema_strictly(
+    render_example: Callable[[str], Rendered],
+    render_text: Callable[[str], Rendered],
+    tmp_path: Path,
+) -> None:
+    require_cloud_init()
+    paths: list[str] = []
+    for n, r in enumerate(rendered_variants(render_example, render_text)):
+        for host in docker_hosts(r):
+            path = tmp_path / f"{n}-{host}.yaml"
+            path.write_bytes(r.files[f"hosts/{host}/user-data"])
+            paths.append(str(path))
+    assert len(paths) >= 5
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-c", CLOUD_INIT_CHECK, *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+    gate = subprocess.run(
+        ["cloud-init", "schema", "--config-file", paths[0]], capture_output=True, text=True
+    )
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+
+
+def test_units_pass_systemd_analyze_verify(
+    render_text: Callable[[str], Rendered], tmp_path: Path
+) -> None:
+    require_tool("systemd-analyze")
+    if not Path("/usr/bin/docker").exists() or not Path("/usr/sbin/iptables").exists():
+        unavailable("verify needs /usr/bin/docker and /usr/sbin/iptables (apt docker.io)")
+    r = render_text(BLUEPRINT.replace("DISTRO", "debian-12"))
+    for host in docker_hosts(r):
+        unit_dir = tmp_path / host
+        unit_dir.mkdir()
+        files = write_files(r, host)
+        units = []
+        for path, entry in files.items():
+            if path.startswith("/etc/systemd/system/"):
+                unit = unit_dir / Path(path).name
+                unit.write_text(entry["content"])
+                units.append(str(unit))
+        assert units
+        # ExecStart must name an existing executable: stand the script in for its own path.
+        script = files[docker_section.PORTS_SCRIPT]["content"]
+        assert script.startswith("#!/bin/sh")
+        env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:")
+        out = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", *units],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        problems = [
+            line
+            for line in (out.stdout + out.stderr).splitlines()
+            # The script and the data mount exist only on the generated host.
+            if docker_section.PORTS_SCRIPT not in line
+        ]
+        assert out.returncode == 0 or not problems, "\n".join(problems)
+        assert not problems, "\n".join(problems)
+
+
+def test_embedded_scripts_pass_shellcheck(
+    render_example: Callable[[str], Rendered],
+    render_text: Callable[[str], Rendered],
+    tmp_path: Path,
+) -> None:
+    require_tool("shellcheck")
+    checked = 0
+    for n, r in enumerate(rendered_variants(render_example, render_text)):
+        for host in docker_hosts(r):
+            script = write_files(r, host)[docker_section.PORTS_SCRIPT]
+            path = tmp_path / f"{n}-{host}.sh"
+            path.write_text(script["content"])
+            out = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+            assert out.returncode == 0, out.stdout
+            checked += 1
+    assert checked >= 5
+    assert shutil.which("shellcheck")
