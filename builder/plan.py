@@ -36,6 +36,13 @@ MEMORY_MB_OLLAMA_IDLE = 512
 DATA_MOUNT = "/var/lib/owuibuild"
 BUNDLE_ROOT = "/opt/owuibuild"
 CONTAINER_DATA_DIR = "/app/backend/data"
+# State of the shared services, on the data volume (see DATA_MOUNT).
+POSTGRES_DATA_ROOT = f"{DATA_MOUNT}/postgresql"  # clusters live at <root>/<version>/main
+REDIS_DATA_ROOT = f"{DATA_MOUNT}/redis"  # one directory per redis-server
+QDRANT_DATA = f"{DATA_MOUNT}/qdrant"  # storage/ and snapshots/ below it
+OLLAMA_DATA = f"{DATA_MOUNT}/ollama"  # the ollama user's home; models/ below it
+# Where generated scripts and install stamps live on every host.
+SCRIPT_DIR = "/usr/local/lib/owuibuild"
 
 
 # -- pure helpers shared by validation and planning -------------------------------------------------

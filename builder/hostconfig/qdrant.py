@@ -1,0 +1,87 @@
+"""Section: Qdrant on the shared host.
+
+The pinned musl release (static, so it runs on Debian 12 and Ubuntu 24.04 alike) from the
+blueprint's mirror or upstream, checksum verified before it is extracted; a `qdrant` system
+user; a configuration with absolute storage and snapshot paths on the data volume, the
+private address, telemetry off and the API key from the secrets (so the file is 0600, owned
+by qdrant); and a hardened unit that restarts on failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .. import artifacts
+from ..plan import DATA_MOUNT, QDRANT_DATA, QDRANT_PORT, HostPlan, Plan
+from ..quoting import render_template
+from ..secrets import Secrets
+from . import File, Part
+from ._release import install, system_user
+from .datavolume import state_dir_command
+
+ORDER = 220
+
+BINARY = "/usr/local/bin/qdrant"
+CONFIG = "/etc/qdrant/config.yaml"
+UNIT = "/etc/systemd/system/qdrant.service"
+STORAGE = f"{QDRANT_DATA}/storage"
+SNAPSHOTS = f"{QDRANT_DATA}/snapshots"
+
+
+def artifact(plan: Plan) -> artifacts.Artifact:
+    q = plan.fleet.shared.qdrant
+    found = artifacts.qdrant(q.version, q.sha256)
+    if found is None:  # validation refuses unpinned versions
+        raise ValueError(f"qdrant {q.version} has no sha256")
+    return found
+
+
+def config(plan: Plan, secrets: Secrets) -> dict[str, Any]:
+    return {
+        "log_level": "INFO",
+        "storage": {"storage_path": STORAGE, "snapshots_path": SNAPSHOTS},
+        "service": {
+            "host": str(plan.shared.host.address),
+            "http_port": QDRANT_PORT,
+            "grpc_port": None,  # gRPC off: Open WebUI uses HTTP, and the firewall opens only it
+            "api_key": secrets[plan.qdrant_api_key.name],
+            "enable_cors": False,
+        },
+        "telemetry_disabled": True,
+    }
+
+
+def unit() -> str:
+    return render_template(
+        "qdrant.service.j2", mount=DATA_MOUNT, binary=BINARY, config=CONFIG, state=QDRANT_DATA
+    )
+
+
+def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
+    if host.role != "shared":
+        return None
+    script, install_command = install(plan, artifact(plan), files=[("qdrant", BINARY)])
+    return Part(
+        name="qdrant",
+        packages=("ca-certificates", "curl"),
+        files=(
+            script,
+            File(UNIT, unit()),
+            File(
+                CONFIG,
+                yaml.safe_dump(config(plan, secrets), sort_keys=False),
+                permissions="0600",
+                owner="qdrant:qdrant",
+                defer=True,
+            ),
+        ),
+        install=(install_command,),
+        configure=(
+            state_dir_command("qdrant", "0750", QDRANT_DATA, STORAGE, SNAPSHOTS),
+            ("systemctl", "daemon-reload"),
+            ("systemctl", "enable", "--now", "qdrant.service"),
+        ),
+        extra={"users": [system_user("qdrant", QDRANT_DATA)]},
+    )

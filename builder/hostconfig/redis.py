@@ -1,0 +1,97 @@
+"""Section: Redis on the shared host.
+
+One redis-server@<name> per isolation unit (plan.redis_servers): by default one per instance,
+because Open WebUI's Socket.IO channel has no prefix and instances sharing a Redis receive each
+other's events. Each server binds the private address on its own port with protected-mode on;
+the default user is off and every instance has its own ACL user. In the opt-in shared mode
+each user is confined to its key prefix ``<name>:*``. ACL lines carry passwords, so each
+configuration file is 0600 and owned by redis.
+"""
+
+from __future__ import annotations
+
+from ..plan import DATA_MOUNT, REDIS_DATA_ROOT, SCRIPT_DIR, HostPlan, Plan, RedisServerPlan
+from ..quoting import Quoted, render_template, shell_command, systemd_path
+from ..secrets import Secrets
+from . import File, Part
+from .datavolume import state_dir_command
+
+ORDER = 210
+
+SETUP_SCRIPT = f"{SCRIPT_DIR}/redis-setup.sh"
+DROPIN = "/etc/systemd/system/redis-server@.service.d/owuibuild.conf"
+
+
+def conf_path(server: RedisServerPlan) -> str:
+    return f"/etc/redis/redis-{server.name}.conf"
+
+
+def data_dir(server: RedisServerPlan) -> str:
+    return f"{REDIS_DATA_ROOT}/{server.name}"
+
+
+def unit(server: RedisServerPlan) -> str:
+    return f"redis-server@{server.name}.service"
+
+
+def redis_conf(plan: Plan, server: RedisServerPlan, secrets: Secrets) -> str:
+    shared = len(server.instances) > 1 or plan.fleet.shared.redis.mode == "shared"
+    users = [
+        {
+            "name": i.redis_user,
+            "password": ">" + secrets[i.redis_password.name],
+            "key_pattern": f"~{i.redis_key_prefix}:*" if shared else "~*",
+            "shared": shared,
+        }
+        for i in server.instances
+    ]
+    return render_template(
+        "redis.conf.j2",
+        name=server.name,
+        address=str(plan.shared.host.address),
+        port=server.port,
+        pidfile=f"/run/redis-{server.name}/redis-server.pid",
+        dir=data_dir(server),
+        maxmemory_mb=plan.fleet.shared.redis.maxmemory_mb,
+        users=users,
+    )
+
+
+def setup_script(plan: Plan) -> str:
+    servers = plan.redis_servers
+    return render_template(
+        "redis-setup.sh.j2",
+        state_dir_commands=[
+            shell_command(state_dir_command("redis", "0750", REDIS_DATA_ROOT)),
+            *(shell_command(state_dir_command("redis", "0750", data_dir(s))) for s in servers),
+        ],
+        units=[unit(s) for s in servers],
+    )
+
+
+def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
+    if host.role != "shared" or not plan.redis_servers:
+        return None
+    # The distribution's unit may write only its own paths (ProtectSystem=strict).
+    read_write = Quoted(systemd_path(REDIS_DATA_ROOT) + "/%i")
+    return Part(
+        name="redis",
+        packages=("redis-server",),
+        files=(
+            File(
+                DROPIN, render_template("dropin.conf.j2", mount=DATA_MOUNT, read_write=read_write)
+            ),
+            *(
+                File(
+                    conf_path(s),
+                    redis_conf(plan, s, secrets),
+                    permissions="0600",
+                    owner="redis:redis",
+                    defer=True,
+                )
+                for s in plan.redis_servers
+            ),
+            File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),
+        ),
+        configure=(("/bin/sh", SETUP_SCRIPT),),
+    )

@@ -1,0 +1,194 @@
+"""Quoting: how a value is written into each native configuration language, and the Jinja2
+environment that renders the native config templates under ``templates/shared``.
+
+Every ``{{ ... }}`` in those templates must go through one of the filters here: the
+environment's ``finalize`` refuses any other string, so a template cannot paste a raw value.
+A value that a language cannot represent (a newline in a systemd directive, say) raises
+``QuotingError`` instead of being mangled. Pure functions; templates are read from the package.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+
+class QuotingError(ValueError):
+    """A value cannot be written safely into the target language."""
+
+
+class Quoted(str):
+    """A string that already went through a quoting filter."""
+
+    __slots__ = ()
+
+
+def _no_controls(value: str, language: str, *, allow: str = "") -> str:
+    for ch in value:
+        if (ord(ch) < 0x20 or ord(ch) == 0x7F) and ch not in allow:
+            raise QuotingError(f"{language}: control character {ch!r} in {value!r}")
+    return value
+
+
+def shell(value: object) -> Quoted:
+    """One POSIX shell word."""
+    text = _no_controls(str(value), "shell", allow="\t")
+    return Quoted(shlex.quote(text))
+
+
+def shell_command(argv: tuple[str, ...] | list[str]) -> Quoted:
+    """A whole command line, each word quoted."""
+    return Quoted(" ".join(shell(a) for a in argv))
+
+
+def sql_literal(value: object) -> Quoted:
+    """A SQL string literal (standard_conforming_strings = on, the default since 9.1)."""
+    text = str(value)
+    if "\0" in text:
+        raise QuotingError(f"SQL: NUL in {text!r}")
+    return Quoted("'" + text.replace("'", "''") + "'")
+
+
+def sql_ident(value: object) -> Quoted:
+    """A SQL identifier, always double-quoted (so it is never folded or taken as a keyword)."""
+    text = str(value)
+    if "\0" in text or not text:
+        raise QuotingError(f"SQL identifier {text!r} is empty or holds NUL")
+    if len(text.encode()) > 63:
+        raise QuotingError(f"SQL identifier {text!r} is longer than 63 bytes")
+    return Quoted('"' + text.replace('"', '""') + '"')
+
+
+def pg_conf(value: object) -> Quoted:
+    """A postgresql.conf string value."""
+    text = _no_controls(str(value), "postgresql.conf")
+    return Quoted("'" + text.replace("\\", "\\\\").replace("'", "''") + "'")
+
+
+_HBA_TOKEN = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+
+
+def hba(value: object) -> Quoted:
+    """A pg_hba.conf database or user name, quoted so it never means a keyword like 'all'.
+
+    pg_hba.conf has no escape for '"', so names holding one are refused.
+    """
+    text = _no_controls(str(value), "pg_hba.conf")
+    if not text or '"' in text or " " in text:
+        raise QuotingError(f"pg_hba.conf cannot hold the name {text!r}")
+    return Quoted(f'"{text}"')
+
+
+def hba_address(value: object) -> Quoted:
+    """A pg_hba.conf address (CIDR)."""
+    text = str(value)
+    if not _HBA_TOKEN.match(text):
+        raise QuotingError(f"pg_hba.conf: {text!r} is not an address")
+    return Quoted(text)
+
+
+def systemd(value: object) -> Quoted:
+    """A double-quoted systemd word (Environment=, or one argument of an Exec line).
+
+    '%' starts a specifier and '$' a variable in Exec lines, so both are doubled.
+    """
+    text = _no_controls(str(value), "systemd")
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return Quoted(f'"{text}"')
+
+
+def systemd_path(value: object) -> Quoted:
+    """A path in a systemd directive that takes paths (no quoting there: refuse odd ones)."""
+    text = str(value)
+    if not re.match(r"^/[A-Za-z0-9_./@-]*$", text):
+        raise QuotingError(f"systemd: {text!r} is not a plain absolute path")
+    return Quoted(text)
+
+
+def redis(value: object) -> Quoted:
+    """A redis.conf argument: double-quoted, with the escapes redis's sdssplitargs knows."""
+    out = []
+    for ch in str(value):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return Quoted('"' + "".join(out) + '"')
+
+
+_NFT_WORD = re.compile(r"^[A-Za-z0-9_./:-]+$")
+
+
+def nft(value: object) -> Quoted:
+    """An nftables word: an address, a network or a name. nft strings have no escapes."""
+    text = str(value)
+    if not _NFT_WORD.match(text):
+        raise QuotingError(f"nftables cannot hold {text!r}")
+    return Quoted(text)
+
+
+def nft_comment(value: object) -> Quoted:
+    text = str(value)
+    if not re.match(r"^[A-Za-z0-9 _./:-]{0,128}$", text):
+        raise QuotingError(f"nftables comment cannot hold {text!r}")
+    return Quoted(f'"{text}"')
+
+
+FILTERS = {
+    "sh": shell,
+    "sql_literal": sql_literal,
+    "sql_ident": sql_ident,
+    "pg_conf": pg_conf,
+    "hba": hba,
+    "hba_address": hba_address,
+    "systemd": systemd,
+    "systemd_path": systemd_path,
+    "redis": redis,
+    "nft": nft,
+    "nft_comment": nft_comment,
+}
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Quoted | int):  # numbers need no quoting in any of these languages
+        return value
+    raise QuotingError(f"template printed {value!r} without a quoting filter")
+
+
+def _load(name: str) -> str:
+    return resources.files("owuibuild").joinpath("templates", "shared", name).read_text("utf-8")
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def render_template(template: str, /, **context: Any) -> str:
+    """Render ``templates/shared/<name>`` with the quoting filters."""
+    return environment().get_template(template).render(**context)
