@@ -12,15 +12,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-
 from owuibuild.seed_iso import make_seed_iso
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
-from vm import (  # noqa: E402
+from vm import (
     DEFAULT_MAC,
     GUEST_ADDRESS,
     GUEST_DNS,
@@ -78,6 +78,20 @@ ethernets:
     }
 
 
+def _http_get(port: int, path: str, timeout: float) -> bytes:
+    """GET from a forwarded port; user-mode networking accepts before the guest does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                body: bytes = r.read()
+                return body
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def test_boot_seed_cloud_init_done_ssh_and_static_network(tmp_path: Path) -> None:
     _skip_unless_tools()
 
@@ -93,7 +107,10 @@ def test_boot_seed_cloud_init_done_ssh_and_static_network(tmp_path: Path) -> Non
     public_key = key.with_suffix(".pub").read_text().strip()
     seed = make_seed_iso(_seed(public_key, f"iid-harness-{uuid.uuid4().hex[:12]}"))
 
-    with VM(base, seed, name="harness") as vm:
+    data_disk = tmp_path / "data.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(data_disk), "64M"], check=True)
+
+    with VM(base, seed, name="harness", forwards={8080: None}, data_disk=data_disk) as vm:
         ssh_at = vm.wait_for_ssh(key, USER, timeout=600)
         status = vm.wait_for_cloud_init(timeout=900)
         done_at = vm.uptime()
@@ -122,6 +139,26 @@ def test_boot_seed_cloud_init_done_ssh_and_static_network(tmp_path: Path) -> Non
         # The harness only ever dials 127.0.0.1; the guest sees us from the gateway.
         peer = vm.ssh("echo $SSH_CONNECTION", check=True).stdout.split()
         assert peer[0] == GUEST_GATEWAY, peer
+
+        # The extra disk is the second virtio disk.
+        size = vm.ssh("lsblk -bdno SIZE /dev/vdb", check=True).stdout.strip()
+        assert size == str(64 * 1024 * 1024), size
+
+        # A guest port forwarded to 127.0.0.1 on the host.
+        vm.ssh(
+            "setsid -f python3 -m http.server 8080 --directory /etc >/dev/null 2>&1 </dev/null",
+            check=True,
+        )
+        assert _http_get(vm.host_port(8080), "/hostname", timeout=60).strip() == b"harness"
+
+        # Reboot: same instance, so per-instance modules do not run again.
+        before = vm.boot_id()
+        vm.ssh(["sudo", "rm", MARKER], check=True)
+        print(f"reboot back to ssh in {vm.reboot(timeout=600):.1f} s")
+        assert vm.boot_id() != before
+        again = vm.wait_for_cloud_init(timeout=600)
+        assert again.status == "done" and again.errors == [], again
+        assert vm.ssh(["test", "-f", MARKER]).returncode != 0, "runcmd ran twice"
 
         vm.shutdown(timeout=120)
         assert not vm.is_running()

@@ -130,6 +130,14 @@ log "mmdebstrap $SUITE -> $root"
 mmdebstrap "${mm_args[@]}" >&2
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service ssh.service >&2
 
+# Locales: Debian's locale-gen ignores its arguments and only builds what
+# /etc/locale.gen lists, so cloud-init's default (en_US.UTF-8) must be listed
+# and built here, or its locale module fails in update-locale.
+sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$root/etc/locale.gen"
+grep -q '^en_US.UTF-8 UTF-8' "$root/etc/locale.gen" || die "en_US.UTF-8 missing from locale.gen"
+chroot "$root" locale-gen >&2
+printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
+
 # --- make it look like a freshly captured cloud image ---------------------
 # Datasources: NoCloud first (seed ISO labelled cidata), then ConfigDrive,
 # and None as the fallback so that a missing seed is visible, not a hang.

@@ -281,6 +281,9 @@ class VM:
             str(self.cpus),
             "-m",
             str(self.memory_mb),
+            "-nodefaults",  # no floppy, parallel port, VGA: less for TCG to emulate
+            "-vga",
+            "none",
             "-nographic",
             "-monitor",
             "none",
