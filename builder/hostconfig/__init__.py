@@ -146,8 +146,8 @@ class InstallSteps:
 
     Derived from the same parts as the host's user-data, so "what gets installed" has one
     definition: the packages, the apt sources they come from, the install commands, and the
-    files those commands reference by path (install scripts), in the order cloud-init would
-    apply them. Configuration commands and other files are left out on purpose.
+    files those commands or apt sources reference by path (install scripts, keyrings).
+    Configuration commands and other files are left out on purpose.
     """
 
     packages: tuple[str, ...]
@@ -157,10 +157,10 @@ class InstallSteps:
     sections: tuple[str, ...]  # names of the parts that contributed, for the reader
 
 
-def _referenced_files(parts: list[Part], commands: list[Command]) -> tuple[File, ...]:
-    """Files named in ``commands`` (and, transitively, in the files so found), in part order."""
+def _referenced_files(parts: list[Part], texts: list[str]) -> tuple[File, ...]:
+    """Files named in ``texts`` (and, transitively, in the files so found), in part order."""
     every = [f for p in parts for f in p.files]
-    texts = [" ".join(c) for c in commands]
+    texts = list(texts)
     chosen: dict[str, File] = {}
     while True:
         found = [f for f in every if f.path not in chosen and any(f.path in t for t in texts)]
@@ -180,10 +180,13 @@ def install_steps(parts: Iterable[Part]) -> InstallSteps:
         Part(name=p.name, packages=p.packages, apt_sources=p.apt_sources) for p in parts
     )
     commands = [c for p in parts for c in p.install]
+    sources = software.get("apt", {}).get("sources", {})
+    # Install scripts named by the commands, and keyrings named by the apt sources.
+    texts = [" ".join(c) for c in commands] + [repr(s) for s in sources.values()]
     return InstallSteps(
         packages=tuple(software.get("packages", ())),
-        apt_sources=software.get("apt", {}).get("sources", {}),
-        files=_referenced_files(parts, commands),
+        apt_sources=sources,
+        files=_referenced_files(parts, texts),
         commands=tuple(commands),
         sections=tuple(p.name for p in parts if p.packages or p.apt_sources or p.install),
     )

@@ -642,6 +642,9 @@ APT_INSTALL = (
     "install",
 )
 OLLAMA_HOST = "127.0.0.1:11434"
+# Where baked models go: on the root disk, outside the data volume's mount point, so they
+# are not hidden when the data volume is mounted; readable by every user.
+BAKED_OLLAMA_MODELS = "/usr/local/share/ollama/models"
 
 
 def _sh(argv: Sequence[str]) -> str:
@@ -693,10 +696,17 @@ def install_script(plan: Plan, image: Image, steps: InstallSteps) -> str:
         f"# Install steps of the sections {', '.join(steps.sections) or '(none)'} of host",
         f"# {image.host.name}, exactly what its user-data installs at first boot (one",
         "# definition: owuibuild.hostconfig). Services stay unconfigured; no secrets.",
+        "# File contents below are single-quoted on purpose: written as is, never expanded.",
+        "# shellcheck disable=SC2016",
         "set -eu",
         "export DEBIAN_FRONTEND=noninteractive",
         "step() { printf '==> owuibuild: %s\\n' \"$*\"; }",
     ]
+    early = [f for f in steps.files if not f.defer]
+    if early:  # cloud-init writes these before apt and packages (e.g. keyrings)
+        out += step("files")
+        for f in early:
+            out += _write_file(f.path, f.content, f.permissions, f.owner)
     if steps.apt_sources:
         out += step("apt sources")
         if any("key" in s for s in steps.apt_sources.values()):
@@ -710,9 +720,10 @@ def install_script(plan: Plan, image: Image, steps: InstallSteps) -> str:
     if steps.packages:
         out += step(f"packages: {' '.join(steps.packages)}")
         out += ["apt-get update", _sh([*APT_INSTALL, *steps.packages])]
-    if steps.files:
-        out += step("install scripts")
-        for f in steps.files:
+    deferred = [f for f in steps.files if f.defer]
+    if deferred:  # cloud-init writes these after packages (write_files with defer)
+        out += step("deferred files")
+        for f in deferred:
             out += _write_file(f.path, f.content, f.permissions, f.owner)
     for command in steps.commands:
         out += step(_sh(command)[:70])
@@ -729,20 +740,22 @@ def install_script(plan: Plan, image: Image, steps: InstallSteps) -> str:
 
 
 def _pull_models(models: Sequence[str]) -> list[str]:
-    """Pull with a temporary ``ollama serve`` as the ollama user, into its default store."""
+    """Pull with a temporary ``ollama serve`` on loopback into :data:`BAKED_OLLAMA_MODELS`."""
+    env = f"OLLAMA_HOST={OLLAMA_HOST} OLLAMA_MODELS={BAKED_OLLAMA_MODELS}"
     return [
-        f"runuser -u ollama -- env OLLAMA_HOST={OLLAMA_HOST} ollama serve "
-        ">/tmp/owuibuild-ollama-serve.log 2>&1 &",
+        _sh(["mkdir", "-p", BAKED_OLLAMA_MODELS]),
+        f"env {env} ollama serve >/tmp/owuibuild-ollama-serve.log 2>&1 &",
         "serve_pid=$!",
         "i=0",
-        f"until OLLAMA_HOST={OLLAMA_HOST} ollama list >/dev/null 2>&1; do",
+        f"until env {env} ollama list >/dev/null 2>&1; do",
         '\ti=$((i + 1)); [ "$i" -lt 60 ] || { cat /tmp/owuibuild-ollama-serve.log; exit 1; }',
         "\tsleep 1",
         "done",
-        *(f"OLLAMA_HOST={OLLAMA_HOST} " + _sh(["ollama", "pull", m]) for m in models),
+        *(f"env {env} " + _sh(["ollama", "pull", m]) for m in models),
         'kill "$serve_pid"',
         'wait "$serve_pid" || true',
         "rm -f /tmp/owuibuild-ollama-serve.log",
+        _sh(["chmod", "-R", "a+rX", BAKED_OLLAMA_MODELS]),
     ]
 
 

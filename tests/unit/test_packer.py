@@ -180,13 +180,19 @@ def test_install_steps_take_only_software() -> None:
             configure=(("systemctl", "enable", "thing"),),
         ),
         Part("c", files=(File("/etc/other", "x"),)),
+        Part(
+            "d",
+            apt_sources={"d": {"source": "deb [signed-by=/etc/apt/keyrings/d.asc] x y z"}},
+            files=(File("/etc/apt/keyrings/d.asc", "KEY"),),
+        ),
     ]
     steps = install_steps(parts)
     assert steps.packages == ("curl", "jq")
-    assert set(steps.apt_sources) == {"x.list"}
+    assert set(steps.apt_sources) == {"x.list", "d"}
     assert steps.commands == (("/usr/local/sbin/install-thing",),)
-    assert [f.path for f in steps.files] == [script.path, sourced.path]  # transitive, no config
-    assert steps.sections == ("a", "b")
+    # Install scripts (transitively) and keyrings named by apt sources; never config.
+    assert [f.path for f in steps.files] == [script.path, sourced.path, "/etc/apt/keyrings/d.asc"]
+    assert steps.sections == ("a", "b", "d")
 
 
 def test_apt_source_baked_like_cloud_init() -> None:

@@ -1,0 +1,152 @@
+"""Boot tier: a real bake of the shared golden image, then an offline look inside it.
+
+``owuibuild bake`` runs the real Packer (qemu builder, accelerator tcg) on the cached Debian 12
+base image, with the Ollama and Qdrant artifacts served by the local mirror of TEST DOUBLES
+(tests/doubles: they check our install steps, not Ollama or Qdrant). The image is then read
+without booting it: converted to raw and walked with debugfs. What must be in it is derived
+from the same install steps the templates were made from (owuibuild.hostconfig), so this test
+follows the sections as they grow.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from owuibuild import secrets as store
+from owuibuild.hostconfig import install_steps, parts_for
+from owuibuild.pipeline import compile_blueprint
+from owuibuild.targets.packer import BAKED_OLLAMA_MODELS, images
+
+pytestmark = pytest.mark.boot
+
+BUILD_USER = "owuibuild-build"
+
+
+@dataclass
+class RootFs:
+    """The image's root file system, read with debugfs (no mount, no root-only loop devices)."""
+
+    device: str
+
+    def run(self, request: str) -> str:
+        proc = subprocess.run(
+            ["debugfs", "-R", request, self.device], capture_output=True, text=True, timeout=120
+        )
+        return proc.stdout
+
+    def exists(self, path: str) -> bool:
+        proc = subprocess.run(
+            ["debugfs", "-R", f"stat {path}", self.device],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return "File not found" not in proc.stderr and "Inode:" in proc.stdout
+
+    def cat(self, path: str) -> str:
+        return self.run(f"cat {path}")
+
+    def ls(self, path: str) -> list[str]:
+        names = re.findall(r"/(\d+)/(\d+)/(\d+)/(\d+)/([^/]*)/", self.run(f"ls -p {path}"))
+        return [n[4] for n in names if n[4] not in (".", "..")]
+
+
+@pytest.fixture(scope="module")
+def rootfs(baked_shared: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootFs]:
+    raw = tmp_path_factory.mktemp("baked") / "disk.raw"
+    disk = baked_shared.disk  # type: ignore[attr-defined]
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
+        check=True,
+        timeout=900,
+    )
+    table = subprocess.run(
+        ["sfdisk", "--dump", str(raw)], capture_output=True, text=True, check=True
+    ).stdout
+    start = int(re.search(r"start=\s*(\d+)", table)[1])  # type: ignore[index]
+    yield RootFs(f"{raw}?offset={start * 512}")
+    raw.unlink(missing_ok=True)
+
+
+def installed_packages(status: str) -> set[str]:
+    found = set()
+    for stanza in status.split("\n\n"):
+        name = re.search(r"^Package: (\S+)$", stanza, re.M)
+        if name and re.search(r"^Status: install ok installed$", stanza, re.M):
+            found.add(name[1])
+    return found
+
+
+def test_bake_shared_image(baked_shared: object, rootfs: RootFs) -> None:
+    print(
+        f"shared image {'from cache' if baked_shared.cached else 'baked'} in "  # type: ignore[attr-defined]
+        f"{baked_shared.seconds:.0f} s: {baked_shared.disk}"
+    )  # type: ignore[attr-defined]
+    compiled = compile_blueprint(baked_shared.blueprint, write_secrets=False)  # type: ignore[attr-defined]
+    assert compiled.ok and compiled.plan is not None
+    plan = compiled.plan
+    values, _ = store.read(baked_shared.secrets_file)  # type: ignore[attr-defined]
+    assert values
+    shared = images(plan)[0]
+    steps = install_steps(parts_for(plan, shared.host, store.Secrets(values)))
+
+    # The software: every package of the install steps, and the files they wrote.
+    status = rootfs.cat("/var/lib/dpkg/status")
+    missing = set(steps.packages) - installed_packages(status)
+    assert not missing, f"packages not installed in the image: {sorted(missing)}"
+    for f in steps.files:
+        assert rootfs.exists(f.path), f"install file {f.path} missing"
+
+    # Ollama and Qdrant (when the sections install them): the doubles' binaries, and the models.
+    image_text = "\n".join(" ".join(c) for c in steps.commands) + "\n".join(
+        f.content for f in steps.files
+    )
+    if "ollama" in steps.sections or "ollama" in image_text:
+        binaries = [
+            p
+            for p in ("/usr/local/bin/ollama", "/usr/bin/ollama", "/opt/ollama/bin/ollama")
+            if rootfs.exists(p)
+        ]
+        assert binaries, "no ollama binary in the image"
+        assert "TEST DOUBLE" in rootfs.cat(binaries[0])
+        manifests = rootfs.run(f"ls -p {BAKED_OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
+        for model in plan.ollama_models:
+            assert model.split(":")[0] in manifests, f"model {model} not baked"
+    if "qdrant" in steps.sections or "qdrant" in image_text:
+        binaries = [
+            p
+            for p in ("/usr/local/bin/qdrant", "/usr/bin/qdrant", "/opt/qdrant/qdrant")
+            if rootfs.exists(p)
+        ]
+        assert binaries, "no qdrant binary in the image"
+        assert "TEST DOUBLE" in rootfs.cat(binaries[0])
+
+    # Sealed: no SSH host key, clean cloud-init, no build user, no seal script.
+    assert not [n for n in rootfs.ls("/etc/ssh") if n.startswith("ssh_host_")]
+    cloud = rootfs.ls("/var/lib/cloud")
+    assert not {"instance", "instances", "seed", "data"} & set(cloud), cloud
+    assert not [n for n in rootfs.ls("/var/log") if n.startswith("cloud-init")]
+    assert rootfs.cat("/etc/machine-id").strip() in ("", "uninitialized")
+    assert BUILD_USER not in rootfs.cat("/etc/passwd")
+    assert not rootfs.exists(f"/home/{BUILD_USER}")
+    assert not rootfs.exists("/etc/sudoers.d/90-cloud-init-users")
+    assert not rootfs.exists("/tmp/owuibuild-seal.sh")
+
+    # No secret of the blueprint anywhere on the disk (raw bytes, files and free space).
+    patterns = rootfs.device.split("?")[0] + ".secrets"
+    Path(patterns).write_text("\n".join(values.values()) + "\n")
+    proc = subprocess.run(
+        ["grep", "-a", "-c", "-F", "-f", patterns, rootfs.device.split("?")[0]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    Path(patterns).unlink()
+    assert proc.stdout.strip() == "0", "a secret value is on the image's disk"
+    assert shutil.which("debugfs")
