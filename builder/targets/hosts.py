@@ -6,6 +6,7 @@ apply to the host, serialized from data. It embeds secrets, so it is a secret fi
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,9 +42,43 @@ def dump_yaml(doc: Any) -> str:
     )
 
 
+# Largest user-data each platform accepts, in bytes (None: no limit). cloud-init reads
+# gzip-compressed user-data, so a document over the limit is gzipped before it is refused.
+USER_DATA_LIMITS: dict[str, int | None] = {
+    "ec2": 16384,
+    "azure": 65536,
+    "openstack": 65536,
+    "gce": 262144,
+}
+
+
+class UserDataTooLarge(ValueError):
+    """Even gzip-compressed, a host's user-data exceeds its platform's limit."""
+
+
+def fit_user_data(raw: bytes, platform: str, host: str) -> bytes:
+    """``raw`` when it fits the platform's limit, else its deterministic gzip form.
+
+    Raises UserDataTooLarge when even that does not fit. (Targets cannot report warnings; the
+    gzip form is self-describing: verify and cloud-init both recognise its magic bytes.)
+    """
+    limit = USER_DATA_LIMITS.get(platform)
+    if limit is None or len(raw) <= limit:
+        return raw
+    packed = gzip.compress(raw, compresslevel=9, mtime=0)  # no name, no clock: reproducible
+    if len(packed) > limit:
+        raise UserDataTooLarge(
+            f"user-data of host '{host}' is {len(raw)} bytes ({len(packed)} gzipped), over the "
+            f"{limit}-byte limit of platform {platform}: move instances to other hosts, or use "
+            "a platform without the limit (nocloud, proxmox, libvirt)"
+        )
+    return packed
+
+
 def user_data(plan: Plan, host: HostPlan, secrets: Secrets) -> bytes:
     doc = merge(parts_for(plan, host, secrets))
-    return ("#cloud-config\n" + dump_yaml(doc)).encode()
+    raw = ("#cloud-config\n" + dump_yaml(doc)).encode()
+    return fit_user_data(raw, plan.fleet.platform, host.name)
 
 
 def meta_data(host: HostPlan) -> bytes:
