@@ -30,12 +30,21 @@ def blueprint_argument(func: click.decorators.FC) -> click.decorators.FC:
     return click.argument("blueprint", type=click.Path(path_type=Path))(func)
 
 
-def require_file(path: Path) -> None:
-    """A missing path or a directory is a usage error: one line, exit 2."""
+def require_file(path: Path, fmt: str = "text") -> None:
+    """A missing path or a directory is a usage error: one line (or JSON), exit 2."""
+    problem, hint = None, None
     if path.is_dir():
-        fail(f"{path}: is a directory, not a blueprint file", EXIT_USAGE)
-    if not path.exists():
-        fail(f"{path}: no such file", EXIT_USAGE, "run 'owuibuild init' to write a starter")
+        problem = "is a directory, not a blueprint file"
+    elif not path.exists():
+        problem, hint = "no such file", "run 'owuibuild init' to write a starter"
+    if problem is None:
+        return
+    if fmt == "json":
+        from .diagnostics import error
+
+        click.echo(format_json([error((), problem, hint).located(str(path), None, None)]))
+        sys.exit(EXIT_USAGE)
+    fail(f"{path}: {problem}", EXIT_USAGE, hint)
 
 
 def report(
@@ -62,7 +71,7 @@ def validate(blueprint: Path, fmt: str, strict: bool) -> None:
     """
     from .pipeline import check
 
-    require_file(blueprint)
+    require_file(blueprint, fmt)
     checked = check(blueprint, strict=strict)
     lines = checked.source.lines if checked.source else []
     report(checked.diagnostics, fmt, lines)
@@ -115,7 +124,7 @@ def render(
     from .pipeline import compile_blueprint
     from .writer import WriteError, check_target, diff, write
 
-    require_file(blueprint)
+    require_file(blueprint, fmt)
     compiled = compile_blueprint(
         blueprint, strict=strict, write_secrets=not check_only, seed_iso=seed_iso
     )
@@ -126,6 +135,10 @@ def render(
         sys.exit(EXIT_INVALID)
     out_dir = output if output is not None else Path("out") / compiled.plan.fleet.name
     if check_only:
+        try:
+            check_target(out_dir)
+        except WriteError as exc:
+            fail(str(exc), EXIT_INVALID, exc.hint)
         changes = diff(out_dir, compiled.artifacts)
         if compiled.secrets_changed:
             report(compiled.diagnostics, fmt, lines, changes=[], secrets_missing=True)

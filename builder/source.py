@@ -143,7 +143,8 @@ def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[D
         return None, [
             error(
                 (),
-                f"the file holds a control character ({exc.character!r}) YAML does not allow",
+                f"the file holds a control character ({_codepoint(exc.character)}) "
+                "that YAML does not allow",
                 "remove it; blueprints are plain UTF-8 text",
             ).located(name, line, column)
         ]
@@ -209,6 +210,11 @@ def parse(text: str, name: str, sha256: str = "") -> tuple[Source | None, list[D
             ).located(name, _mark(node).line, _mark(node).column)
         ]
     return Source(name, text, data, sha256, builder.values, builder.keys), []
+
+
+def _codepoint(character: object) -> str:
+    code = character if isinstance(character, int) else ord(str(character)[:1] or "\0")
+    return f"U+{code:04X}"
 
 
 def _too_deep(name: str, mark: Mark | None) -> Diagnostic:

@@ -19,8 +19,12 @@ from .targets import Artifact
 _TOKEN = re.compile(rb"[A-Za-z0-9_-]{24,}")
 
 
+# libyaml's parser when present: re-parsing every file is most of a large render's time.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _yaml(data: bytes) -> None:
-    yaml.safe_load(data)
+    yaml.load(data, Loader=_Loader)
 
 
 def _user_data(data: bytes) -> None:
@@ -30,7 +34,7 @@ def _user_data(data: bytes) -> None:
         data = gzip.decompress(data)
     if not data.startswith(b"#cloud-config\n"):
         raise ValueError("user-data must start with '#cloud-config'")
-    doc = yaml.safe_load(data)
+    doc = yaml.load(data, Loader=_Loader)
     if not isinstance(doc, dict):
         raise ValueError("user-data is not a mapping")
 

@@ -263,11 +263,6 @@ def test_no_timestamps_in_output(blueprint: Path, tmp_path: Path) -> None:
     assert set(manifest) == {"generator", "blueprint_sha256", "files"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(secrets.write): os.open(O_CREAT|O_TRUNC, 0o600) keeps the mode of a stale temp "
-    "file left by a crashed run with the same pid, so the secrets file can end up 0644",
-)
 def test_write_is_0600_even_over_a_stale_temp_file(tmp_path: Path) -> None:
     path = tmp_path / "x.secrets.yml"
     stale = path.with_name(f".{path.name}.tmp-{os.getpid()}")
