@@ -1,0 +1,150 @@
+"""Redis: the generated redis.conf files (with their ACL users) on real redis-server processes.
+
+The blueprint and the address mapping are test_postgres's: ADDRESS_MAP rewrites the shared
+host's address to a loopback alias in the generated configuration. Besides that, only the
+paths (dir, pidfile) and the ports (free ones, in case a Redis already runs here) change:
+the data directory is rewritten in place, the rest appended (redis.conf's last line wins).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Rendered, require_tool
+from owuibuild.hostconfig import redis
+from test_postgres import SHARED, free_port, map_addresses, render_blueprint
+
+pytestmark = pytest.mark.services
+
+
+@dataclass
+class RedisServer:
+    name: str
+    port: int
+    users: dict[str, str]  # user -> password
+
+
+@dataclass
+class Fleet:
+    rendered: Rendered
+    servers: list[RedisServer]
+
+    def password(self, user: str) -> str:
+        inst = next(i for i in self.rendered.plan.instances if i.redis_user == user)  # type: ignore[attr-defined]
+        value: str = self.rendered.secrets[inst.redis_password.name]  # type: ignore[index]
+        return value
+
+
+def cli(port: int, *args: str, user: str | None = None, password: str | None = None) -> str:
+    command = ["redis-cli", "-h", SHARED, "-p", str(port), "--no-auth-warning"]
+    if user is not None:
+        command += ["--user", user, "--pass", password or ""]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).strip()
+
+
+def start(rendered: Rendered, root: Path) -> Iterator[Fleet]:
+    plan = rendered.plan
+    processes = []
+    servers = []
+    try:
+        for server in plan.redis_servers:  # type: ignore[attr-defined]
+            port = free_port()
+            data = root / server.name
+            data.mkdir()
+            conf = map_addresses(redis.redis_conf(plan, server, rendered.secrets))  # type: ignore[arg-type]
+            # redis changes into `dir` while it reads the file, so that line is rewritten.
+            conf = conf.replace(f'dir "{redis.data_dir(server)}"', f'dir "{data}"')
+            conf += f"\n# test overrides\npidfile {data}/redis.pid\nport {port}\nsupervised no\n"
+            path = root / f"redis-{server.name}.conf"
+            path.write_text(conf)
+            processes.append(subprocess.Popen(["redis-server", str(path)],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            servers.append(RedisServer(server.name, port,
+                                       {i.redis_user: "" for i in server.instances}))
+        fleet = Fleet(rendered, servers)
+        for s in servers:
+            for _ in range(100):
+                if "NOAUTH" in cli(s.port, "PING") or "denied" in cli(s.port, "PING"):
+                    break
+                time.sleep(0.1)
+        yield fleet
+    finally:
+        for p in processes:
+            p.terminate()
+            p.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def per_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    require_tool("redis-server", "redis-cli")
+    rendered = render_blueprint(tmp_path_factory.mktemp("bp"))
+    yield from start(rendered, tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    require_tool("redis-server", "redis-cli")
+    rendered = render_blueprint(tmp_path_factory.mktemp("bp"), redis_mode="shared")
+    yield from start(rendered, tmp_path_factory.mktemp("redis"))
+
+
+USERS = ["alpha", "beta", "gamma-local"]
+
+
+def test_one_server_per_instance_on_the_private_address(per_instance: Fleet) -> None:
+    assert [s.name for s in per_instance.servers] == USERS
+    for s in per_instance.servers:
+        assert list(s.users) == [s.name]
+        info = cli(s.port, "CONFIG", "GET", "bind", user=s.name, password=per_instance.password(s.name))
+        # CONFIG is an admin command: instance users may not run it.
+        assert "NOPERM" in info
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_each_user_works_on_its_own_server_only(per_instance: Fleet, user: str) -> None:
+    secret = per_instance.password(user)
+    for s in per_instance.servers:
+        if s.name == user:
+            assert cli(s.port, "SET", f"{user}:k", "v", user=user, password=secret) == "OK"
+            assert cli(s.port, "GET", f"{user}:k", user=user, password=secret) == "v"
+            assert cli(s.port, "PUBLISH", "socketio", "x", user=user, password=secret) == "0"
+        else:
+            answer = cli(s.port, "PING", user=user, password=secret)
+            assert "WRONGPASS" in answer, (s.name, answer)
+
+
+def test_default_user_is_off(per_instance: Fleet) -> None:
+    for s in per_instance.servers:
+        assert "NOAUTH" in cli(s.port, "PING")
+        assert "WRONGPASS" in cli(s.port, "PING", user="default", password="")
+        assert "WRONGPASS" in cli(s.port, "PING", user="default", password="nopass")
+
+
+def test_protected_mode_and_maxmemory_from_the_blueprint(per_instance: Fleet) -> None:
+    plan = per_instance.rendered.plan
+    text = redis.redis_conf(plan, plan.redis_servers[0], per_instance.rendered.secrets)  # type: ignore[attr-defined,arg-type]
+    assert "\nprotected-mode yes\n" in text
+    assert f"\nmaxmemory {plan.fleet.shared.redis.maxmemory_mb}mb\n" in text  # type: ignore[attr-defined]
+
+
+def test_shared_mode_confines_each_user_to_its_prefix(shared: Fleet) -> None:
+    (server,) = shared.servers
+    assert set(server.users) == set(USERS)
+    for user in USERS:
+        secret = shared.password(user)
+        assert cli(server.port, "SET", f"{user}:k", "v", user=user, password=secret) == "OK"
+        for other in USERS:
+            if other != user:
+                answer = cli(server.port, "GET", f"{other}:k", user=user, password=secret)
+                assert "NOPERM" in answer, answer
+        assert "NOPERM" in cli(server.port, "FLUSHALL", user=user, password=secret)
+        assert "NOPERM" in cli(server.port, "KEYS", "*", user=user, password=secret)
+    assert "NOAUTH" in cli(server.port, "PING")
