@@ -102,12 +102,21 @@ class Redis:
 
 
 @dataclass(frozen=True)
+class Backups:
+    enabled: bool
+    keep: int
+    on_calendar: str
+    directory: str | None
+
+
+@dataclass(frozen=True)
 class Shared:
     host: Host
     ollama: Ollama
     qdrant: Qdrant
     postgres: Postgres
     redis: Redis
+    backups: Backups
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,12 @@ class Fleet:
                     p.get("version", DISTRO_POSTGRES[os_.distro]), p["max_connections"]
                 ),
                 redis=Redis(r["mode"], r["maxmemory_mb"], r["base_port"]),
+                backups=Backups(
+                    s["backups"]["enabled"],
+                    s["backups"]["keep"],
+                    s["backups"]["on_calendar"],
+                    s["backups"].get("directory"),
+                ),
             ),
             hosts=tuple(Host.from_data(h) for h in d["hosts"]),
             openwebui=OpenWebUI(

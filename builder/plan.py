@@ -43,6 +43,7 @@ QDRANT_DATA = f"{DATA_MOUNT}/qdrant"  # storage/ and snapshots/ below it
 OLLAMA_DATA = f"{DATA_MOUNT}/ollama"  # the ollama user's home; models/ below it
 # Where generated scripts and install stamps live on every host.
 SCRIPT_DIR = "/usr/local/lib/owuibuild"
+BACKUP_DIR = f"{DATA_MOUNT}/backups"  # default; shared.backups.directory overrides it
 
 
 # -- pure helpers shared by validation and planning -------------------------------------------------
@@ -176,6 +177,7 @@ class Plan:
     openwebui_image: str  # full reference: repo:tag[@digest]
     ollama_models: tuple[str, ...]  # models to pull, embedding model included
     qdrant_api_key: SecretRef
+    backup_dir: str  # where the backup timer writes dumps and snapshots
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
@@ -296,6 +298,7 @@ def make_plan(fleet: Fleet) -> Plan:
         openwebui_image=image,
         ollama_models=models,
         qdrant_api_key=SecretRef("qdrant.api_key"),
+        backup_dir=fleet.shared.backups.directory or BACKUP_DIR,
     )
 
 
