@@ -1,0 +1,277 @@
+"""Unit tests of the shared-host sections: what each contributes, taken from the plan, with
+secrets only in 0600 files owned by the service user, never in a command line."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Rendered
+from owuibuild import quoting
+from owuibuild.hostconfig import firewall, ollama, postgres, qdrant, redis
+from owuibuild.plan import DATA_MOUNT, FirewallRule
+from owuibuild.targets import hosts
+
+pytestmark = pytest.mark.unit
+
+
+def doc(rendered: Rendered, host: str) -> dict[str, Any]:
+    data = rendered.files[f"hosts/{host}/user-data"]
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    loaded: dict[str, Any] = yaml.safe_load(data)
+    return loaded
+
+
+def files(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in d.get("write_files", [])}
+
+
+@pytest.fixture
+def seed(render_example: Callable[[str], Rendered]) -> Rendered:
+    return render_example("seed-example.yml")
+
+
+def test_secrets_only_in_0600_files_owned_by_their_service(seed: Rendered) -> None:
+    secret_values = seed.secrets.all_values()  # type: ignore[attr-defined]
+    d = doc(seed, "ai-shared")
+    owners = {}
+    for f in d["write_files"]:
+        if any(v in f["content"] for v in secret_values):
+            assert f["permissions"] == "0600", f["path"]
+            assert f.get("defer") is True, f["path"]
+            owners[f["path"]] = f["owner"]
+    assert owners["/etc/qdrant/config.yaml"] == "qdrant:qdrant"
+    assert owners["/etc/redis/redis-webui1.conf"] == "redis:redis"
+    # PostgreSQL gets SCRAM verifiers, not the passwords themselves.
+    assert "/etc/owuibuild/postgresql/init.sql" not in owners
+    assert files(d)["/etc/owuibuild/postgresql/init.sql"]["permissions"] == "0600"
+    assert files(d)["/etc/owuibuild/postgresql/init.sql"]["owner"] == "postgres:postgres"
+    commands = yaml.safe_dump([d.get("runcmd", []), d.get("bootcmd", [])])
+    assert not any(v in commands for v in secret_values)
+
+
+def test_install_steps_need_no_secret_and_no_configuration(seed: Rendered) -> None:
+    plan, secrets = seed.plan, seed.secrets
+    for section in (qdrant, ollama):
+        part = section.part(plan, plan.shared, secrets)  # type: ignore[attr-defined]
+        assert part is not None and len(part.install) == 1
+        script = next(f for f in part.files if f.path == part.install[0][1])
+        assert not any(v in script.content for v in secrets.all_values())  # type: ignore[attr-defined]
+        assert script.permissions == "0755" and not script.defer
+        artifact = section.artifact(plan)
+        assert f"SHA256={artifact.sha256}" in script.content
+        # the checksum is verified before anything is extracted
+        assert script.content.index("sha256sum --check --quiet -") < script.content.index("tar ")
+        assert "already installed" in script.content
+        assert artifact.url(plan.fleet.mirror) in script.content  # type: ignore[attr-defined]
+
+
+def test_mirror_replaces_upstream(render_text: Callable[[str], Rendered]) -> None:
+    text = (REPO_BLUEPRINT + "mirror: http://mirror.test/owui\n")
+    d = doc(render_text(text), "ai-shared")
+    script = files(d)["/usr/local/lib/owuibuild/install-qdrant.sh"]["content"]
+    assert "URL=http://mirror.test/owui/qdrant-x86_64-unknown-linux-musl-v1.19.1.tar.gz" in script
+    assert "github.com" not in script
+
+
+def test_postgres_is_derived_from_the_plan(seed: Rendered) -> None:
+    plan = seed.plan
+    conf = postgres.postgresql_conf(plan)  # type: ignore[arg-type]
+    assert "listen_addresses = '10.0.5.24,localhost'" in conf
+    assert "max_connections = 200" in conf
+    assert f"data_directory = '{DATA_MOUNT}/postgresql/15/main'" in conf
+    hba = postgres.pg_hba_conf(plan)  # type: ignore[arg-type]
+    lines = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    assert lines[0] == ["local", "all", "postgres", "peer"]
+    assert ["host", '"webui3"', '"webui3"', "10.0.5.30/32", "scram-sha-256"] in lines
+    assert lines[-3:] == [["local", "all", "all", "reject"],
+                          ["host", "all", "all", "0.0.0.0/0", "reject"],
+                          ["host", "all", "all", "::/0", "reject"]]
+
+
+def test_scram_verifier_is_reproducible_and_salted_per_role() -> None:
+    # tests/services/test_postgres.py proves a real server accepts it.
+    verifier = postgres.scram_verifier("pencil", "user")
+    assert verifier.startswith("SCRAM-SHA-256$4096:")
+    assert verifier == postgres.scram_verifier("pencil", "user")
+    assert verifier != postgres.scram_verifier("pencil", "other")
+
+
+def test_redis_servers_per_instance_and_shared(seed: Rendered,
+                                               render_text: Callable[[str], Rendered]) -> None:
+    d = doc(seed, "ai-shared")
+    confs = {p: f for p, f in files(d).items() if p.startswith("/etc/redis/")}
+    assert sorted(confs) == [f"/etc/redis/redis-webui{n}.conf" for n in range(1, 6)]
+    text = confs["/etc/redis/redis-webui2.conf"]["content"]
+    assert "port 6380\n" in text and 'bind "10.0.5.24"' in text and "user default off" in text
+    assert '"~*"' in text
+    shared = doc(render_text(REPO_BLUEPRINT.replace("per-instance", "shared")), "ai-shared")
+    (conf,) = [f["content"] for p, f in files(shared).items() if p.startswith("/etc/redis/")]
+    assert '"~webui1:*"' in conf and '"~webui5:*"' in conf and "-@dangerous" in conf
+
+
+def test_ollama_unit_and_models(seed: Rendered) -> None:
+    plan = seed.plan
+    unit = ollama.unit(plan)  # type: ignore[arg-type]
+    assert 'Environment="OLLAMA_HOST=10.0.5.24:11434"' in unit
+    assert f'Environment="OLLAMA_MODELS={DATA_MOUNT}/ollama/models"' in unit
+    assert 'Environment="OLLAMA_KEEP_ALIVE=5m"' in unit
+    assert f"RequiresMountsFor={DATA_MOUNT}" in unit
+    models = ollama.models_unit(plan)  # type: ignore[arg-type]
+    assert "[Install]" not in models  # never part of a boot target
+    d = doc(seed, "ai-shared")
+    assert ["systemctl", "start", "--no-block", "owui-ollama-models.service"] in d["runcmd"]
+    script = files(d)[ollama.MODELS_SCRIPT]["content"]
+    assert "for model in qwen2.5:3b nomic-embed-text; do" in script
+
+
+def test_qdrant_config(seed: Rendered) -> None:
+    config = qdrant.config(seed.plan, seed.secrets)  # type: ignore[arg-type]
+    assert config["service"]["host"] == "10.0.5.24"
+    assert config["service"]["api_key"] == seed.secrets["qdrant.api_key"]  # type: ignore[index]
+    assert config["telemetry_disabled"] is True
+    assert config["storage"]["storage_path"].startswith(DATA_MOUNT + "/")
+
+
+def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
+    d = doc(seed, "ai-shared")
+    for path, f in files(d).items():
+        if path.startswith("/etc/systemd/system/") and "firewall" not in path:
+            if "ollama-models" in path:
+                continue  # it only talks to ollama.service, which requires the mount
+            assert f"RequiresMountsFor={DATA_MOUNT}" in f["content"], path
+
+
+def test_data_volume_is_never_reformatted(seed: Rendered) -> None:
+    d = doc(seed, "ai-shared")
+    assert d["fs_setup"] == [{"label": "owui-data", "filesystem": "ext4", "device": "/dev/vdb",
+                              "partition": "auto", "overwrite": False}]
+    assert d["mounts"][0][:3] == ["LABEL=owui-data", DATA_MOUNT, "ext4"]
+    assert "nofail" in d["mounts"][0][3]
+    assert "disk_setup" not in d
+
+
+def test_firewall_on_every_host(render_example: Callable[[str], Rendered]) -> None:
+    rendered = render_example("multi-host.yml")
+    for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+        text = files(doc(rendered, host.name))[firewall.RULESET]["content"]
+        assert "flush ruleset" not in text
+        assert "policy drop" in text
+        assert 'ip saddr { 10.20.0.0/28 } tcp dport 22 accept comment "ssh"' in text
+    shared = files(doc(rendered, "ai-shared"))[firewall.RULESET]["content"]
+    assert ("ip saddr { 10.20.2.10/32, 10.20.2.11/32, 10.20.2.12/32 } tcp dport 5432 accept"
+            in shared)
+
+
+def test_accept_statement_for_forwarded_ports() -> None:
+    from ipaddress import IPv4Network
+
+    rule = FirewallRule("openwebui-x", 3000, (IPv4Network("0.0.0.0/0"),))
+    assert firewall.accept_statement(rule) == 'tcp dport 3000 accept comment "openwebui-x"'
+    stmt = firewall.accept_statement(
+        FirewallRule("o", 3000, (IPv4Network("10.0.0.0/8"),)), "meta l4proto tcp ct original proto-dst"
+    )
+    assert stmt == 'ip saddr { 10.0.0.0/8 } meta l4proto tcp ct original proto-dst 3000 accept comment "o"'
+
+
+def test_sections_only_on_the_shared_host(render_example: Callable[[str], Rendered]) -> None:
+    rendered = render_example("multi-host.yml")
+    plan, secrets = rendered.plan, rendered.secrets
+    for host in plan.docker_hosts:  # type: ignore[attr-defined]
+        for section in (postgres, redis, qdrant, ollama):
+            assert section.part(plan, host, secrets) is None  # type: ignore[attr-defined]
+
+
+# -- user-data size limits ---------------------------------------------------------------------
+
+
+def test_small_user_data_is_kept_raw() -> None:
+    assert hosts.fit_user_data(b"#cloud-config\n{}\n", "ec2", "h") == b"#cloud-config\n{}\n"
+
+
+def test_large_user_data_is_gzipped_reproducibly() -> None:
+    raw = b"#cloud-config\n" + b"# padding line that compresses well\n" * 1000
+    packed = hosts.fit_user_data(raw, "ec2", "h")
+    assert packed[:2] == b"\x1f\x8b" and gzip.decompress(packed) == raw
+    assert packed == hosts.fit_user_data(raw, "ec2", "h")
+    assert hosts.fit_user_data(raw, "nocloud", "h") == raw
+
+
+def test_user_data_that_cannot_fit_is_refused() -> None:
+    import os
+
+    raw = b"#cloud-config\n" + os.urandom(20000).hex().encode()
+    with pytest.raises(hosts.UserDataTooLarge, match="16384-byte limit of platform ec2"):
+        hosts.fit_user_data(raw, "ec2", "h")
+
+
+# -- quoting -----------------------------------------------------------------------------------
+
+HOSTILE = ["it's", 'say "hi"', "$(reboot)", "`id`", "back\\slash", "100%", "ünïcødé ✓", "a;b"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_shell_quoting_round_trips(value: str) -> None:
+    import subprocess
+
+    out = subprocess.run(["sh", "-c", f"printf %s {quoting.shell(value)}"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == value
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_sql_and_conf_quoting(value: str) -> None:
+    assert quoting.sql_literal(value) == "'" + value.replace("'", "''") + "'"
+    assert quoting.sql_ident(value).startswith('"')
+    assert "\n" not in quoting.pg_conf(value)
+
+
+@pytest.mark.parametrize("value", ["line\nbreak", "nul\0", "cr\r"])
+def test_line_based_languages_refuse_control_characters(value: str) -> None:
+    for quote in (quoting.shell, quoting.pg_conf, quoting.systemd, quoting.hba):
+        with pytest.raises(quoting.QuotingError):
+            quote(value)
+    assert "\n" not in quoting.redis(value)
+
+
+def test_systemd_escapes_specifiers_and_variables() -> None:
+    assert quoting.systemd('A=%h $HOME "q" \\') == '"A=%%h $$HOME \\"q\\" \\\\"'
+
+
+def test_templates_refuse_unquoted_values() -> None:
+    env = quoting.environment()
+    with pytest.raises(quoting.QuotingError):
+        env.from_string("{{ value }}").render(value="raw")
+    assert env.from_string("{{ value|sh }} {{ n }}").render(value="a b", n=3) == "'a b' 3"
+
+
+def test_hba_refuses_what_it_cannot_hold() -> None:
+    with pytest.raises(quoting.QuotingError):
+        quoting.hba('a"b')
+    assert quoting.hba("all") == '"all"'  # quoted, so never the keyword
+
+
+REPO_BLUEPRINT = """
+apiVersion: owuibuild/v1
+name: unit
+admin:
+  user: ops
+  ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwuibuildExampleKeyReplaceWithYourOwn00000 ops@x"]
+  allow_from: [10.0.5.0/24]
+network: {cidr: 10.0.5.0/24, gateway: 10.0.5.1, dns: [10.0.5.1]}
+shared:
+  host: {name: ai-shared, address: 10.0.5.24, data_volume: {label: owui-data, device: /dev/vdb}}
+  redis: {mode: per-instance}
+hosts:
+  - {name: web-a, address: 10.0.5.30, data_volume: {label: owui-data}}
+instances:
+  - {name: webui1, host: web-a, port: 3001}
+  - {name: webui2, host: web-a, port: 3002}
+  - {name: webui3, host: web-a, port: 3003}
+  - {name: webui4, host: web-a, port: 3004}
+  - {name: webui5, host: web-a, port: 3005}
+"""
