@@ -83,9 +83,18 @@ class Ollama:
 
 
 @dataclass(frozen=True)
+class QdrantTLS:
+    ca_cert: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Qdrant:
     version: str
     sha256: str | None
+    replication_factor: int
+    tls: QdrantTLS | None
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,16 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Host names that run each shared service (all default to the shared host)."""
+
+    postgres: str
+    redis: str
+    qdrant: tuple[str, ...]
+    ollama: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Images:
     builders: tuple[str, ...]
     bake_models: bool
@@ -157,6 +176,7 @@ class Fleet:
     openwebui: OpenWebUI
     instances: tuple[Instance, ...]
     images: Images
+    placement: Placement
 
     @staticmethod
     def from_data(d: dict[str, Any]) -> Fleet:
@@ -191,7 +211,12 @@ class Fleet:
                     o["num_parallel"],
                     o["max_loaded_models"],
                 ),
-                qdrant=Qdrant(q["version"], q.get("sha256")),
+                qdrant=Qdrant(
+                    q["version"],
+                    q.get("sha256"),
+                    q["replication_factor"],
+                    QdrantTLS(**q["tls"]) if "tls" in q else None,
+                ),
                 postgres=Postgres(
                     p.get("version", DISTRO_POSTGRES[os_.distro]), p["max_connections"]
                 ),
@@ -221,6 +246,12 @@ class Fleet:
                 for i in d["instances"]
             ),
             images=Images(tuple(d["images"]["builders"]), d["images"]["bake_models"]),
+            placement=Placement(
+                postgres=d["placement"].get("postgres", s["host"]["name"]),
+                redis=d["placement"].get("redis", s["host"]["name"]),
+                qdrant=tuple(d["placement"].get("qdrant", [s["host"]["name"]])),
+                ollama=tuple(d["placement"].get("ollama", [s["host"]["name"]])),
+            ),
         )
 
     @property

@@ -6,7 +6,7 @@ themselves: they ask the plan. This module is pure (no I/O, no clock, no randomn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -19,6 +19,7 @@ MAX_CONNECTIONS_PER_INSTANCE = 20
 
 OLLAMA_PORT = 11434
 QDRANT_PORT = 6333
+QDRANT_P2P_PORT = 6335  # Qdrant's cluster (Raft/peer) port
 POSTGRES_PORT = 5432
 SSH_PORT = 22
 OPENWEBUI_CONTAINER_PORT = 8080
@@ -148,13 +149,17 @@ class RedisServerPlan:
     instances: tuple[InstancePlan, ...]
 
 
+SERVICES = ("postgres", "redis", "qdrant", "ollama")
+
+
 @dataclass(frozen=True)
 class HostPlan:
     host: Host
-    role: str  # "shared" or "docker"
+    role: str  # "shared" (the blueprint's shared host) or "docker" (a host from `hosts:`)
     instances: tuple[InstancePlan, ...]
     firewall: tuple[FirewallRule, ...]
     instance_id: str  # stable cloud-init instance-id
+    services: frozenset[str] = frozenset()  # shared services placed on this host (SERVICES)
 
     @property
     def name(self) -> str:
@@ -163,6 +168,19 @@ class HostPlan:
     @property
     def runs_docker(self) -> bool:
         return bool(self.instances)
+
+
+@dataclass(frozen=True)
+class QdrantCluster:
+    """Qdrant's distributed mode across three or more hosts."""
+
+    nodes: tuple[Host, ...]
+    p2p_port: int
+    replication_factor: int
+    bootstrap: Host  # the first node; the others join it
+
+    def peer_url(self, host: Host) -> str:
+        return f"http://{host.address}:{self.p2p_port}"
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,12 @@ class Plan:
     ollama_models: tuple[str, ...]  # models to pull, embedding model included
     qdrant_api_key: SecretRef
     backup_dir: str  # where the backup timer writes dumps and snapshots
+    postgres_host: Host
+    redis_host: Host
+    qdrant_hosts: tuple[Host, ...]
+    ollama_hosts: tuple[Host, ...]
+    ollama_urls: tuple[str, ...]  # every Ollama node; instances balance across them
+    qdrant_cluster: QdrantCluster | None
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
@@ -192,6 +216,9 @@ class Plan:
 
     def instances_on(self, host_name: str) -> tuple[InstancePlan, ...]:
         return tuple(i for i in self.instances if i.host.name == host_name)
+
+    def hosts_running(self, service: str) -> tuple[HostPlan, ...]:
+        return tuple(h for h in self.hosts if service in h.services)
 
 
 def client_networks(instances: Sequence[InstancePlan]) -> tuple[IPv4Network, ...]:
@@ -213,7 +240,11 @@ def make_plan(fleet: Fleet) -> Plan:
     )
     if pools is None:  # validation reports this; a plan cannot be made without it
         raise ValueError("database pools do not fit max_connections")
-    shared_addr = fleet.shared.host.address
+    placement = fleet.placement
+    postgres_host = hosts_by_name[placement.postgres]
+    redis_host = hosts_by_name[placement.redis]
+    qdrant_hosts = tuple(hosts_by_name[n] for n in placement.qdrant)
+    ollama_hosts = tuple(hosts_by_name[n] for n in placement.ollama)
     redis = fleet.shared.redis
     instances: list[InstancePlan] = []
     for index, (inst, (pool, overflow)) in enumerate(zip(fleet.instances, pools, strict=True)):
@@ -231,7 +262,7 @@ def make_plan(fleet: Fleet) -> Plan:
                 db_role=ident,
                 db_pool_size=pool,
                 db_max_overflow=overflow,
-                redis_address=shared_addr,
+                redis_address=redis_host.address,
                 redis_port=redis.base_port + (index if redis.mode == "per-instance" else 0),
                 redis_user=inst.name,
                 redis_key_prefix=inst.name,
@@ -256,31 +287,56 @@ def make_plan(fleet: Fleet) -> Plan:
         )
 
     admin_nets = tuple(sorted(set(fleet.admin.allow_from)))
-    shared_rules: list[FirewallRule] = [FirewallRule("ssh", SSH_PORT, admin_nets)]
     clients = client_networks(all_instances)
-    if clients:
-        shared_rules += [
-            FirewallRule("postgresql", POSTGRES_PORT, clients),
-            FirewallRule("qdrant", QDRANT_PORT, clients),
-            FirewallRule("ollama", OLLAMA_PORT, clients),
-        ]
-    for server in redis_servers:
-        shared_rules.append(
-            FirewallRule(f"redis-{server.name}", server.port, client_networks(server.instances))
+    cluster = (
+        QdrantCluster(
+            nodes=qdrant_hosts,
+            p2p_port=QDRANT_P2P_PORT,
+            replication_factor=fleet.shared.qdrant.replication_factor,
+            bootstrap=qdrant_hosts[0],
         )
+        if len(qdrant_hosts) > 1
+        else None
+    )
+    peers = tuple(
+        IPv4Network(f"{h.address}/32") for h in sorted(qdrant_hosts, key=lambda h: h.address)
+    )
 
-    def host_plan(host: Host, role: str, base_rules: list[FirewallRule]) -> HostPlan:
+    def services_of(host: Host) -> frozenset[str]:
+        placed = {
+            "postgres": host == postgres_host,
+            "redis": host == redis_host,
+            "qdrant": host in qdrant_hosts,
+            "ollama": host in ollama_hosts,
+        }
+        return frozenset(name for name, on in placed.items() if on)
+
+    def host_plan(host: Host, role: str) -> HostPlan:
+        services = services_of(host)
         on_host = tuple(i for i in all_instances if i.host.name == host.name)
-        rules = list(base_rules)
+        rules = [FirewallRule("ssh", SSH_PORT, admin_nets)]
+        if clients and "postgres" in services:
+            rules.append(FirewallRule("postgresql", POSTGRES_PORT, clients))
+        if clients and "qdrant" in services:
+            rules.append(FirewallRule("qdrant", QDRANT_PORT, clients))
+        if cluster is not None and "qdrant" in services:
+            rules.append(FirewallRule("qdrant-p2p", QDRANT_P2P_PORT, peers))
+        if clients and "ollama" in services:
+            rules.append(FirewallRule("ollama", OLLAMA_PORT, clients))
+        if "redis" in services:
+            for server in redis_servers:
+                rules.append(
+                    FirewallRule(
+                        f"redis-{server.name}", server.port, client_networks(server.instances)
+                    )
+                )
         for i in on_host:
             sources = (IPv4Network("0.0.0.0/0"),) if i.instance.public else (fleet.network.cidr,)
             rules.append(FirewallRule(f"openwebui-{i.name}", i.port, sources))
-        return HostPlan(host, role, on_host, tuple(rules), _instance_id(fleet, host))
+        return HostPlan(host, role, on_host, tuple(rules), _instance_id(fleet, host), services)
 
-    shared = host_plan(fleet.shared.host, "shared", shared_rules)
-    docker_hosts = tuple(
-        host_plan(h, "docker", [FirewallRule("ssh", SSH_PORT, admin_nets)]) for h in fleet.hosts
-    )
+    shared = host_plan(fleet.shared.host, "shared")
+    docker_hosts = tuple(host_plan(h, "docker") for h in fleet.hosts)
 
     ow = fleet.openwebui
     image = f"{ow.image}:v{ow.version}" + (f"@{ow.digest}" if ow.digest else "")
@@ -293,18 +349,30 @@ def make_plan(fleet: Fleet) -> Plan:
         shared=shared,
         docker_hosts=docker_hosts,
         redis_servers=redis_servers,
-        ollama_url=f"http://{shared_addr}:{OLLAMA_PORT}",
-        qdrant_url=f"http://{shared_addr}:{QDRANT_PORT}",
+        ollama_url=f"http://{ollama_hosts[0].address}:{OLLAMA_PORT}",
+        qdrant_url=f"http://{qdrant_hosts[0].address}:{QDRANT_PORT}",
         openwebui_image=image,
         ollama_models=models,
         qdrant_api_key=SecretRef("qdrant.api_key"),
         backup_dir=fleet.shared.backups.directory or BACKUP_DIR,
+        postgres_host=postgres_host,
+        redis_host=redis_host,
+        qdrant_hosts=qdrant_hosts,
+        ollama_hosts=ollama_hosts,
+        ollama_urls=tuple(f"http://{h.address}:{OLLAMA_PORT}" for h in ollama_hosts),
+        qdrant_cluster=cluster,
     )
 
 
-def estimated_memory_mb(host_instances: int, *, shared: bool, redis_servers: int = 0) -> int:
+def estimated_memory_mb(
+    host_instances: int, *, services: Collection[str] = (), redis_servers: int = 0
+) -> int:
     """Rough resident memory a host needs; for the overcommit warning only."""
+    per_service = {
+        "postgres": MEMORY_MB_POSTGRES,
+        "qdrant": MEMORY_MB_QDRANT,
+        "ollama": MEMORY_MB_OLLAMA_IDLE,
+        "redis": 16 * redis_servers,
+    }
     total = MEMORY_MB_OS + host_instances * MEMORY_MB_OPENWEBUI
-    if shared:
-        total += MEMORY_MB_POSTGRES + MEMORY_MB_QDRANT + MEMORY_MB_OLLAMA_IDLE + 16 * redis_servers
-    return total
+    return total + sum(mb for name, mb in per_service.items() if name in services)

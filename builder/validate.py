@@ -20,6 +20,7 @@ from .model import DISTRO_POSTGRES, Fleet
 from .plan import (
     OLLAMA_PORT,
     POSTGRES_PORT,
+    QDRANT_P2P_PORT,
     QDRANT_PORT,
     RESERVED_CONNECTIONS,
     SSH_PORT,
@@ -374,39 +375,119 @@ def check_admin(data: dict[str, Any]) -> Iterator[Located]:
             )
 
 
-def _shared_ports(data: dict[str, Any]) -> dict[int, str]:
-    """Ports the shared services take on the shared host."""
-    ports = {
-        SSH_PORT: "SSH",
-        POSTGRES_PORT: "PostgreSQL",
-        QDRANT_PORT: "Qdrant",
-        OLLAMA_PORT: "Ollama",
-    }
-    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
-    assert isinstance(shared, dict)
-    redis = shared.get("redis") if isinstance(shared.get("redis"), dict) else {}
-    assert isinstance(redis, dict)
+SERVICE_LABELS = {
+    "postgres": "PostgreSQL",
+    "redis": "Redis",
+    "qdrant": "Qdrant",
+    "ollama": "Ollama",
+}
+
+
+def _mapping(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    node: Any = data
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _placed(data: dict[str, Any]) -> dict[str, set[str]]:
+    """Host name -> the shared services placed on it (everything on the shared host by default)."""
+    shared_name = _mapping(data, "shared", "host").get("name")
+    placement = _mapping(data, "placement")
+    out: dict[str, set[str]] = {}
+    for service in SERVICE_LABELS:
+        chosen = placement.get(service, shared_name)
+        for name in chosen if isinstance(chosen, list) else [chosen]:
+            if isinstance(name, str):
+                out.setdefault(name, set()).add(service)
+    return out
+
+
+def _service_ports(data: dict[str, Any], services: set[str]) -> dict[int, str]:
+    """Ports the given shared services take on a host."""
+    ports = {SSH_PORT: "SSH"}
+    if "postgres" in services:
+        ports[POSTGRES_PORT] = "PostgreSQL"
+    if "qdrant" in services:
+        ports[QDRANT_PORT] = "Qdrant"
+        ports[QDRANT_PORT + 1] = "Qdrant (gRPC)"
+        if len(_mapping(data, "placement").get("qdrant") or []) > 1:
+            ports[QDRANT_P2P_PORT] = "Qdrant (cluster)"
+    if "ollama" in services:
+        ports[OLLAMA_PORT] = "Ollama"
+    redis = _mapping(data, "shared", "redis")
     base = redis.get("base_port", 6379)
-    if not isinstance(base, int):
-        return ports
-    count = (
-        len(_dicts(data.get("instances")))
-        if redis.get("mode", "per-instance") == "per-instance"
-        else 1
-    )
-    for n in range(max(count, 1)):
-        ports.setdefault(base + n, "Redis")
+    if "redis" in services and isinstance(base, int):
+        per_instance = redis.get("mode", "per-instance") == "per-instance"
+        count = len(_dicts(data.get("instances"))) if per_instance else 1
+        for n in range(max(count, 1)):
+            ports.setdefault(base + n, "Redis")
     return ports
+
+
+def check_placement(data: dict[str, Any]) -> Iterator[Located]:
+    hosts = {h.get("name") for _, h in _host_entries(data)}
+    names = sorted(str(n) for n in hosts if isinstance(n, str))
+    placement = _mapping(data, "placement")
+    for service in SERVICE_LABELS:
+        chosen = placement.get(service)
+        entries = (
+            [((service, i), n) for i, n in enumerate(chosen)]
+            if isinstance(chosen, list)
+            else [((service,), chosen)]
+            if chosen is not None
+            else []
+        )
+        for sub, name in entries:
+            if isinstance(name, str) and name not in hosts:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = (
+                    f"did you mean '{close[0]}'?" if close else "known hosts: " + ", ".join(names)
+                )
+                yield (
+                    error(
+                        ("placement", *sub),
+                        f"{SERVICE_LABELS[service]} is placed on unknown host '{name}'",
+                        hint,
+                    ),
+                    False,
+                )
+    nodes = placement.get("qdrant")
+    count = len(nodes) if isinstance(nodes, list) else 1
+    qdrant = _mapping(data, "shared", "qdrant")
+    if count == 2:
+        yield (
+            error(
+                ("placement", "qdrant"),
+                "a Qdrant cluster of 2 nodes cannot keep a Raft majority when one fails",
+                "use one node, or three or more",
+            ),
+            False,
+        )
+    factor = qdrant.get("replication_factor")
+    if count >= 3 and isinstance(factor, int) and factor > count:
+        yield (
+            error(
+                ("shared", "qdrant", "replication_factor"),
+                f"replication_factor {factor} is more than the {count} Qdrant nodes",
+                f"use at most {count}",
+            ),
+            False,
+        )
+    if count == 1 and "tls" in qdrant:
+        yield (
+            warning(
+                ("shared", "qdrant", "tls"),
+                "peer TLS applies only to a Qdrant cluster; with one node it is unused",
+                "place Qdrant on three or more hosts, or remove tls",
+            ),
+            True,
+        )
 
 
 def check_instances(data: dict[str, Any]) -> Iterator[Located]:
     hosts = {h.get("name"): path for path, h in _host_entries(data)}
-    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
-    assert isinstance(shared, dict)
-    shared_name = (
-        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
-    )
-    shared_ports = _shared_ports(data)
+    placed = _placed(data)
     used: dict[tuple[str, int], str] = {}
     env_owned_hint = "owuibuild sets this variable from the plan; remove it from env"
     for i, inst in _dicts(data.get("instances")):
@@ -429,7 +510,8 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
                 )
             else:
                 used[(host, port)] = str(inst.get("name"))
-            if port == SSH_PORT and host != shared_name:
+            taken = _service_ports(data, placed.get(host, set()))
+            if port == SSH_PORT:
                 yield (
                     error(
                         ("instances", i, "port"),
@@ -438,11 +520,11 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
                     ),
                     False,
                 )
-            if host == shared_name and port in shared_ports:
+            elif port in taken:
                 yield (
                     error(
                         ("instances", i, "port"),
-                        f"port {port} is taken by {shared_ports[port]} on the shared host '{host}'",
+                        f"port {port} is taken by {taken[port]} on host '{host}'",
                         "pick a port that no shared service uses",
                     ),
                     False,
@@ -558,18 +640,16 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
             False,
         )
     # memory
-    shared_name = (
-        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
-    )
+    placed = _placed(data)
     redis_count = len(instances) if redis.get("mode", "per-instance") == "per-instance" else 1
     for path, host in _host_entries(data):
         mem = host.get("memory_gb")
         if not isinstance(mem, int):
             continue
         count = sum(1 for _, inst in instances if inst.get("host") == host.get("name"))
-        is_shared = host.get("name") == shared_name
+        services = placed.get(str(host.get("name")), set())
         need = estimated_memory_mb(
-            count, shared=is_shared, redis_servers=redis_count if is_shared else 0
+            count, services=services, redis_servers=redis_count if "redis" in services else 0
         )
         if need > mem * 1024:
             yield (
@@ -584,19 +664,19 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
 
 
 def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
-    shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
-    assert isinstance(shared, dict)
-    shared_name = (
-        shared.get("host", {}).get("name") if isinstance(shared.get("host"), dict) else None
-    )
+    placed = _placed(data)
     instances = _dicts(data.get("instances"))
+    state = {
+        "postgres": "PostgreSQL databases",
+        "qdrant": "Qdrant vectors",
+        "redis": "Redis data",
+        "ollama": "Ollama models",
+    }
     for path, host in _host_entries(data):
         if "data_volume" in host:
             continue
         name = host.get("name")
-        lost = []
-        if name == shared_name:
-            lost.append("PostgreSQL databases, Qdrant vectors, Redis data and Ollama models")
+        lost = [state[s] for s in state if s in placed.get(str(name), set())]
         names = [str(inst.get("name")) for _, inst in instances if inst.get("host") == name]
         if names:
             lost.append("Open WebUI data of " + ", ".join(names))
@@ -643,6 +723,7 @@ SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_capacity,
     check_data_volumes,
     check_pins,
+    check_placement,
 )
 
 

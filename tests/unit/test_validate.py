@@ -130,8 +130,13 @@ def test_instance_port_clashing_with_a_shared_service(port: int, service: str) -
     new = f"{{name: two, host: shared, port: {port}}}"
     text = edit(BASE, "{name: two, host: web-b, port: 3001}", new)
     d = one(diagnose(text), "instances[1].port")
-    assert d.message == f"port {port} is taken by {service} on the shared host 'shared'"
-    assert d.hint == "pick a port that no shared service uses"
+    assert d.message == f"port {port} is taken by {service} on host 'shared'"
+    expected_hint = (
+        "pick another port; sshd listens on port 22 of every host"
+        if port == 22
+        else "pick a port that no shared service uses"
+    )
+    assert d.hint == expected_hint
     assert_at(text, d, new, str(port))
 
 
@@ -157,7 +162,7 @@ def test_redis_ports_follow_base_port() -> None:
         base, "{name: two, host: web-b, port: 3001}", "{name: two, host: shared, port: 7001}"
     )
     assert one(diagnose(taken), "instances[1].port").message == (
-        "port 7001 is taken by Redis on the shared host 'shared'"
+        "port 7001 is taken by Redis on host 'shared'"
     )
 
 
