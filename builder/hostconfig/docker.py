@@ -157,15 +157,18 @@ def ports_script(plan: Plan, host: HostPlan) -> str:
         "set -eu",
         f"iptables -w -N {chain} 2>/dev/null || iptables -w -F {chain}",
     ]
+    rules = {r.service: r for r in host.firewall}
     for inst in host.instances:
-        if inst.instance.public:
-            continue
-        lines.append(
-            f"iptables -w -A {chain} -p tcp -m conntrack --ctdir ORIGINAL"
-            f" --ctorigdst {q(inst.bind_address)} --ctorigdstport {inst.port}"
-            f" ! -s {q(str(plan.fleet.network.cidr))} -j DROP"
-            f"  # {inst.name}"
+        rule = rules[f"openwebui-{inst.name}"]
+        if any(net.prefixlen == 0 for net in rule.sources):
+            continue  # a public listener
+        match = (
+            f"iptables -w -A {chain} -p {q(rule.proto)} -m conntrack --ctdir ORIGINAL"
+            f" --ctorigdst {q(inst.bind_address)} --ctorigdstport {rule.port}"
         )
+        lines.append(f"# {inst.name}: only {', '.join(str(n) for n in rule.sources)}")
+        lines += [f"{match} -s {q(str(net))} -j RETURN" for net in rule.sources]
+        lines.append(f"{match} -j DROP")
     lines += [
         f"iptables -w -A {chain} -j RETURN",
         "iptables -w -N DOCKER-USER 2>/dev/null || true",

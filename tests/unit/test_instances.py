@@ -270,6 +270,9 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
 
 def test_private_ports_are_limited_in_docker_user(rendered: Rendered) -> None:
     script = written(rendered, "web-a")[docker_section.PORTS_SCRIPT]["content"]
-    assert "--ctorigdst 10.9.0.20 --ctorigdstport 3001 ! -s 10.9.0.0/24 -j DROP" in script
+    match = "-m conntrack --ctdir ORIGINAL --ctorigdst 10.9.0.20 --ctorigdstport 3001"
+    assert f"{match} -s 10.9.0.0/24 -j RETURN\n" in script
+    assert f"{match} -j DROP\n" in script
+    assert script.index(f"{match} -s") < script.index(f"{match} -j DROP")
     assert "--ctorigdstport 3002" not in script  # `two` is public
     assert "DOCKER-USER -j OWUIBUILD-PORTS" in script

@@ -138,9 +138,11 @@ def test_units_pass_systemd_analyze_verify(
         unit_dir = tmp_path / host
         unit_dir.mkdir()
         files = write_files(r, host)
+        assert isinstance(r.plan, Plan)
+        ours = {i.unit_name for i in r.plan.instances_on(host)} | {docker_section.PORTS_UNIT}
         units = []
         for path, entry in files.items():
-            if path.startswith("/etc/systemd/system/"):
+            if path.startswith("/etc/systemd/system/") and Path(path).name in ours:
                 unit = unit_dir / Path(path).name
                 unit.write_text(entry["content"])
                 units.append(str(unit))

@@ -1,0 +1,457 @@
+"""Containers tier: two Open WebUI instances from generated bundles, against real servers.
+
+A test blueprint puts its fleet on 10.213.7.0/24, a subnet that exists only on a Docker network
+this test creates. On it:
+
+- a "shared host" container at the shared address runs REAL PostgreSQL 15 and one REAL
+  redis-server per instance, configured from the shared host's generated user-data (pg_hba.conf,
+  the init SQL, each redis-<name>.conf; only paths that belong to a machine, such as the data
+  directory and pid file, are given on the command line);
+- the same container runs TEST DOUBLES of Ollama and Qdrant: a tiny HTTP server that answers
+  the model list and version (Ollama) and every request with an empty success (Qdrant). They
+  are NOT Ollama or Qdrant, whose servers cannot be had here; Open WebUI only needs them to
+  answer at start-up and nothing below asks them for anything real;
+- each instance runs from its generated compose.yaml and env file, unmodified, with the Open
+  WebUI image built locally and tagged with exactly the reference the generator writes. A
+  compose override only puts the container on the test network at its host's address (so the
+  generated pg_hba and Redis rules apply as written), publishes the port on 127.0.0.1 instead of
+  an address this machine does not have, and points the data volume at a temporary directory.
+
+Nothing here dials the fleet's addresses from this machine: probes go to 127.0.0.1 ports or run
+inside the shared container.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Rendered, compile_path, unavailable
+from infra.docker_engine import (
+    docker_unavailable_reason,
+    ensure_base_image,
+    ensure_openwebui_image,
+)
+from owuibuild import bundle
+from owuibuild.plan import InstancePlan, Plan
+
+pytestmark = pytest.mark.containers
+
+SUBNET = "10.213.7.0/24"
+SHARED_IMAGE = "local/owuibuild-shared-test:bookworm-1"
+SHARED_DOCKERFILE = """\
+FROM local/debian:bookworm
+LABEL org.owuibuild.image=shared-test
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends postgresql-15 redis-server redis-tools python3 \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+
+BLUEPRINT = """\
+apiVersion: owuibuild/v1
+name: livetest
+os: {distro: debian-12, timezone: UTC}
+admin:
+  user: ops
+  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest ops@laptop]
+  allow_from: [10.213.7.0/24]
+network: {cidr: 10.213.7.0/24, gateway: 10.213.7.1, dns: [10.213.7.1]}
+shared:
+  host: {name: shared, address: 10.213.7.24, memory_gb: 32, data_volume: {label: owui-data}}
+  postgres: {max_connections: 100}
+hosts:
+  - {name: web-a, address: 10.213.7.30, memory_gb: 8, data_volume: {label: owui-data}}
+  - {name: web-b, address: 10.213.7.31, memory_gb: 8, data_volume: {label: owui-data}}
+instances:
+  - {name: alpha, host: web-a, port: 3001, env: {WEBUI_NAME: ALPHA_NAME}}
+  - {name: beta, host: web-b, port: 3001}
+"""
+
+# Shared-host start-up: the generated configuration, plus only what belongs to this machine.
+SHARED_START = """\
+#!/bin/sh
+set -eu
+PGBIN=/usr/lib/postgresql/15/bin
+install -d -o postgres -g postgres -m 0700 /srv/pgdata
+install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+su postgres -c "$PGBIN/initdb -D /srv/pgdata --encoding=UTF8 --locale=C.UTF-8 --auth-local=peer" \\
+  >/srv/initdb.log
+cp /test/pg_hba.conf /srv/pgdata/pg_hba.conf
+su postgres -c "$PGBIN/pg_ctl -D /srv/pgdata -l /srv/pgdata/postgres.log -w start \\
+  -o '-c listen_addresses=$SHARED_ADDRESS -c port=5432 -c max_connections=100'"
+su postgres -c "psql -q -v ON_ERROR_STOP=1 -f /test/init.sql" >/srv/init-sql.log
+for conf in /test/redis-*.conf; do
+  name=$(basename "$conf" .conf)
+  # redis-server enters `dir` while it reads the file, so the generated path must exist.
+  install -d -m 0700 "$(sed -n 's/^dir "\\{0,1\\}\\([^"]*\\)"\\{0,1\\}$/\\1/p' "$conf")"
+  redis-server "$conf" --pidfile "/srv/$name.pid" --supervised no \\
+    --daemonize yes --logfile "/srv/$name.log"
+done
+python3 /test/doubles.py "$SHARED_ADDRESS" &
+touch /srv/ready
+exec sleep infinity
+"""
+
+DOUBLES = """\
+# TEST DOUBLES of Ollama (port 11434) and Qdrant (port 6333). They are not Ollama or Qdrant:
+# they answer just enough for Open WebUI to start (model list, version, empty successes).
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Ollama(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/api/tags": {"models": []}, "/api/version": {"version": "0.0.0-test-double"},
+                "/api/ps": {"models": []}}.get(self.path.split("?")[0])
+        self.reply(200, body) if body is not None else self.reply(200, "Ollama test double")
+    do_POST = do_GET
+    def reply(self, code, body):
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+
+class Qdrant(Ollama):
+    def do_GET(self):
+        if self.path.startswith("/collections"):
+            self.reply(200, {"result": {"collections": []}, "status": "ok", "time": 0})
+        else:
+            self.reply(200, {"title": "qdrant test double", "version": "0.0.0"})
+    do_POST = do_PUT = do_DELETE = do_GET
+
+address = sys.argv[1]
+for port, handler in ((11434, Ollama), (6333, Qdrant)):
+    server = ThreadingHTTPServer((address, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and out.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout}{out.stderr}"
+        )
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+@dataclass
+class Running:
+    inst: InstancePlan
+    project: str
+    bundle_dir: Path
+    port: int  # published on 127.0.0.1 for the probes
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        files = ["-f", str(self.bundle_dir / bundle.COMPOSE_FILE), "-f", str(self.override)]
+        return run("docker", "compose", "-p", self.project, *files, *args, timeout=timeout)
+
+    @property
+    def override(self) -> Path:
+        return self.bundle_dir.parent / f"{self.inst.name}.override.yaml"
+
+
+@dataclass
+class Fleet:
+    rendered: Rendered
+    plan: Plan
+    blueprint: Path
+    network: str
+    shared: str  # container name
+    instances: dict[str, Running] = field(default_factory=dict)
+    admins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def secret(self, name: str) -> str:
+        return self.rendered.secrets.values[name]  # type: ignore[attr-defined, no-any-return]
+
+    def in_shared(self, *args: str, user: str = "root") -> str:
+        return run("docker", "exec", "-u", user, self.shared, *args).stdout
+
+    def psql(self, database: str, sql: str) -> str:
+        return self.in_shared("psql", "-At", "-d", database, "-c", sql, user="postgres")
+
+    def redis(self, name: str, *command: str) -> str:
+        inst = self.instances[name].inst
+        return self.in_shared(
+            "redis-cli", "-h", str(inst.redis_address), "-p", str(inst.redis_port),
+            "--user", inst.redis_user, "--pass", self.secret(inst.redis_password.name),
+            "--no-auth-warning", *command,
+        )  # fmt: skip
+
+
+def shared_config(r: Rendered) -> dict[str, str]:
+    """The shared host's generated PostgreSQL and Redis files, from its user-data."""
+    assert isinstance(r.plan, Plan)
+    doc = yaml.safe_load(r.files[f"hosts/{r.plan.shared.name}/user-data"])
+    files = {f["path"]: f["content"] for f in doc.get("write_files", [])}
+    out: dict[str, str] = {}
+    for path, content in files.items():
+        name = path.rsplit("/", 1)[-1]
+        if (
+            name == "pg_hba.conf"
+            or (name == "init.sql" and "postgres" in path)
+            or (path.startswith("/etc/redis/") and re.fullmatch(r"redis-[a-z0-9-]+\.conf", name))
+        ):
+            out[name] = content
+    if "pg_hba.conf" not in out or "init.sql" not in out or len(out) < 2 + len(r.plan.instances):
+        unavailable(
+            "the shared host's user-data has no generated PostgreSQL/Redis configuration yet "
+            f"(found {sorted(out)}): the shared-host sections must land first"
+        )
+    return out
+
+
+def ensure_shared_image(workdir: Path) -> None:
+    if run("docker", "image", "inspect", SHARED_IMAGE, check=False).returncode == 0:
+        return
+    ensure_base_image()
+    ctx = workdir / "shared-image"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(SHARED_DOCKERFILE)
+    run("docker", "build", "-t", SHARED_IMAGE, str(ctx), timeout=1200)
+
+
+def start_shared(fleet: Fleet, config: dict[str, str], workdir: Path) -> None:
+    test_dir = workdir / "shared"
+    test_dir.mkdir()
+    for name, content in config.items():
+        (test_dir / name).write_text(content)
+    (test_dir / "start.sh").write_text(SHARED_START)
+    (test_dir / "doubles.py").write_text(DOUBLES)
+    address = str(fleet.plan.shared.host.address)
+    run(
+        "docker", "run", "-d", "--name", fleet.shared, "--network", fleet.network,
+        "--ip", address, "-e", f"SHARED_ADDRESS={address}", "-v", f"{test_dir}:/test:ro",
+        SHARED_IMAGE, "/bin/sh", "/test/start.sh",
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while run("docker", "exec", fleet.shared, "test", "-f", "/srv/ready", check=False).returncode:
+        state = run("docker", "inspect", "-f", "{{.State.Running}}", fleet.shared).stdout.strip()
+        if state != "true" or time.monotonic() > deadline:
+            logs = run("docker", "logs", fleet.shared, check=False)
+            raise AssertionError(f"shared container did not start:\n{logs.stdout}{logs.stderr}")
+        time.sleep(0.5)
+
+
+def place_bundle(fleet: Fleet, inst: InstancePlan, workdir: Path, suffix: str) -> Running:
+    """The generated bundle, unmodified, plus an override for the test network."""
+    bundle_dir = workdir / "bundles" / inst.name
+    bundle_dir.mkdir(parents=True)
+    write_bundle_files(fleet.rendered, inst, bundle_dir)
+    data_dir = workdir / "data" / inst.name
+    data_dir.mkdir(parents=True)
+    running = Running(inst, f"owuitest-{inst.name}-{suffix}", bundle_dir, free_port())
+    override = {
+        "services": {
+            bundle.SERVICE: {
+                "networks": {"fleet": {"ipv4_address": str(inst.host.address)}},
+                "ports": [f"127.0.0.1:{running.port}:8080"],
+            }
+        },
+        "networks": {"fleet": {"external": True, "name": fleet.network}},
+        "volumes": {bundle.VOLUME: {"driver_opts": {"device": str(data_dir)}}},
+    }
+    # !override: replace the generated port list (the host's address does not exist here).
+    text = yaml.safe_dump(override, sort_keys=False).replace("ports:", "ports: !override", 1)
+    running.override.write_text(text)
+    return running
+
+
+def write_bundle_files(r: Rendered, inst: InstancePlan, into: Path) -> None:
+    for path, data in r.files.items():
+        if path.startswith(f"instances/{inst.name}/"):
+            (into / path.rsplit("/", 1)[-1]).write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    reason = docker_unavailable_reason()
+    if reason:
+        unavailable(reason)
+    workdir = tmp_path_factory.mktemp("live")
+    blueprint = workdir / "livetest.yml"
+    blueprint.write_text(BLUEPRINT.replace("ALPHA_NAME", "Alpha"))
+    rendered = compile_path(blueprint)
+    assert isinstance(rendered.plan, Plan)
+    plan = rendered.plan
+    config = shared_config(rendered)
+    ensure_openwebui_image(plan.openwebui_image, plan.fleet.openwebui.version)
+    ensure_shared_image(workdir)
+
+    suffix = uuid.uuid4().hex[:8]
+    network = f"owuitest-{suffix}"
+    fleet = Fleet(rendered, plan, blueprint, network, f"owuitest-shared-{suffix}")
+    run("docker", "network", "create", "--subnet", SUBNET, "--gateway", "10.213.7.1", network)
+    try:
+        start_shared(fleet, config, workdir)
+        for inst in plan.instances:
+            fleet.instances[inst.name] = place_bundle(fleet, inst, workdir, suffix)
+        with ThreadPoolExecutor(len(fleet.instances)) as pool:
+            list(
+                pool.map(lambda r: r.compose("up", "--detach", "--wait"), fleet.instances.values())
+            )
+        yield fleet
+    finally:
+        for running in fleet.instances.values():
+            if running.override.exists():
+                logs = running.compose("logs", "--no-color", "--tail", "200", timeout=60)
+                (workdir / f"{running.inst.name}.log").write_text(logs.stdout)
+                running.compose("down", "--volumes", "--timeout", "10", timeout=120)
+        run("docker", "rm", "-f", fleet.shared, check=False)
+        run("docker", "network", "rm", network, check=False)
+        shutil.rmtree(workdir / "data", ignore_errors=True)
+
+
+def signup(fleet: Fleet, name: str, who: str) -> tuple[int, Any]:
+    body = {"name": who, "email": f"{who}@{name}.test", "password": f"pw-{who}-{name}-Aa1!"}
+    return http("POST", f"{fleet.instances[name].url}/api/v1/auths/signup", body)
+
+
+def admins(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """The first user of each instance (signed up once per test run)."""
+    if not fleet.admins:
+        for name in fleet.instances:
+            status, user = signup(fleet, name, "first")
+            assert status == 200 and isinstance(user, dict), (name, status)
+            fleet.admins[name] = user
+    return fleet.admins
+
+
+# -- the tests, in the order a reader would check a fresh deployment ------------------------------
+
+
+def test_both_instances_are_healthy(fleet: Fleet) -> None:
+    for name, running in fleet.instances.items():
+        status, body = http("GET", f"{running.url}/health")
+        assert (status, body) == (200, {"status": True}), name
+        ps = json.loads(running.compose("ps", "--format", "json").stdout.splitlines()[0])
+        assert ps["Health"] == "healthy", name
+
+
+def test_first_signup_becomes_admin_of_that_instance_only(fleet: Fleet) -> None:
+    first = admins(fleet)
+    assert {name: user["role"] for name, user in first.items()} == {
+        "alpha": "admin",
+        "beta": "admin",
+    }
+    # Open WebUI closes sign-up once its admin exists; were it open, a newcomer would be pending.
+    status, second = signup(fleet, "alpha", "second")
+    assert status == 403 or (status == 200 and second["role"] != "admin"), (status, second)
+    # Each instance signs its tokens with its own WEBUI_SECRET_KEY: alpha's admin is nobody on beta.
+    token = first["alpha"]["token"]
+    status, _ = http("GET", f"{fleet.instances['beta'].url}/api/v1/auths/", token=token)
+    assert status == 401
+    status, me = http("GET", f"{fleet.instances['alpha'].url}/api/v1/auths/", token=token)
+    assert status == 200 and me["role"] == "admin"
+
+
+def test_each_instance_has_its_own_database(fleet: Fleet) -> None:
+    admins(fleet)
+    for name, running in fleet.instances.items():
+        tables = fleet.psql(
+            running.inst.db_name,
+            "select count(*) from information_schema.tables where table_schema = 'public'",
+        )
+        assert int(tables) > 30, name
+        owner = fleet.psql(
+            running.inst.db_name,
+            "select tableowner from pg_tables where schemaname = 'public' group by 1",
+        )
+        assert owner.split() == [running.inst.db_role], name
+        emails = fleet.psql(running.inst.db_name, 'select email from "user" order by created_at')
+        assert all(e.endswith(f"@{name}.test") for e in emails.split()), (name, emails)
+    assert "open_webui" not in fleet.psql("postgres", "select datname from pg_database")
+    public_tables = fleet.psql(
+        "postgres", "select count(*) from information_schema.tables where table_schema = 'public'"
+    )
+    assert int(public_tables) == 0
+
+
+def test_redis_keys_carry_the_prefix_and_stay_in_their_own_redis(fleet: Fleet) -> None:
+    admins(fleet)
+    for name, running in fleet.instances.items():
+        keys = fleet.redis(name, "--scan").split()
+        assert keys, f"{name}: no keys in its Redis"
+        prefix = running.inst.redis_key_prefix
+        assert all(k.startswith(f"{prefix}:") for k in keys), (name, keys)
+    ports = {r.inst.redis_port for r in fleet.instances.values()}
+    assert len(ports) == len(fleet.instances)
+
+
+def test_each_redis_has_exactly_one_socketio_subscriber(fleet: Fleet) -> None:
+    for name in fleet.instances:
+        reply = fleet.redis(name, "PUBSUB", "NUMSUB", "socketio").split()
+        assert reply == ["socketio", "1"], name
+
+
+def test_changed_env_value_is_in_effect_after_restart(fleet: Fleet) -> None:
+    """Persistent config is off, so a changed value wins over what the database stored."""
+    running = fleet.instances["alpha"]
+    _, before = http("GET", f"{running.url}/api/config")
+    assert "Alpha" in before["name"]
+    # ui.enable_login_form is stored config: with persistence on, the stored value would win.
+    assert before["features"]["enable_login_form"] is True
+    fleet.blueprint.write_text(
+        BLUEPRINT.replace(
+            "WEBUI_NAME: ALPHA_NAME", 'WEBUI_NAME: "Alpha Two", ENABLE_LOGIN_FORM: "false"'
+        )
+    )
+    again = compile_path(fleet.blueprint)  # same secrets file: only the env changes
+    env_name = bundle.env_file_name(running.inst)
+    new_env = again.files[f"instances/alpha/{env_name}"]
+    assert new_env != fleet.rendered.files[f"instances/alpha/{env_name}"]
+    assert (
+        again.files["instances/alpha/compose.yaml"]
+        == fleet.rendered.files["instances/alpha/compose.yaml"]
+    )
+    (running.bundle_dir / env_name).write_bytes(new_env)
+    # What the instance's systemd unit does on restart: down, then up --wait.
+    running.compose("down", "--timeout", "10")
+    running.compose("up", "--detach", "--wait")
+    _, after = http("GET", f"{running.url}/api/config")
+    assert "Alpha Two" in after["name"]
+    assert after["features"]["enable_login_form"] is False
+    status, _ = http("GET", f"{running.url}/api/v1/auths/", token=admins(fleet)["alpha"]["token"])
+    assert status == 200  # same database, same secret key: the admin is still signed in
