@@ -38,15 +38,15 @@ def artifact(plan: Plan) -> artifacts.Artifact:
     return found
 
 
-def listen(plan: Plan) -> str:
-    return f"{plan.shared.host.address}:{OLLAMA_PORT}"
+def listen(host: HostPlan) -> str:
+    return f"{host.host.address}:{OLLAMA_PORT}"
 
 
-def environment(plan: Plan) -> list[str]:
+def environment(plan: Plan, host: HostPlan) -> list[str]:
     o = plan.fleet.shared.ollama
     return [
         f"HOME={OLLAMA_DATA}",
-        f"OLLAMA_HOST={listen(plan)}",
+        f"OLLAMA_HOST={listen(host)}",
         f"OLLAMA_MODELS={MODELS}",
         f"OLLAMA_KEEP_ALIVE={o.keep_alive}",
         f"OLLAMA_NUM_PARALLEL={o.num_parallel}",
@@ -54,21 +54,21 @@ def environment(plan: Plan) -> list[str]:
     ]
 
 
-def unit(plan: Plan) -> str:
+def unit(plan: Plan, host: HostPlan) -> str:
     return render_template(
         "ollama.service.j2",
         mount=DATA_MOUNT,
         binary=BINARY,
         state=OLLAMA_DATA,
-        environment=environment(plan),
+        environment=environment(plan, host),
         private_devices=plan.fleet.shared.ollama.gpu == "none",
     )
 
 
-def models_unit(plan: Plan) -> str:
+def models_unit(host: HostPlan) -> str:
     return render_template(
         "ollama-models.service.j2",
-        environment=[f"HOME={OLLAMA_DATA}", f"OLLAMA_HOST={listen(plan)}"],
+        environment=[f"HOME={OLLAMA_DATA}", f"OLLAMA_HOST={listen(host)}"],
         script=MODELS_SCRIPT,
     )
 
@@ -79,7 +79,7 @@ def models_script(plan: Plan) -> str:
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     del secrets
-    if host.role != "shared":
+    if "ollama" not in host.services:
         return None
     script, install_command = install(
         plan, artifact(plan), files=[("bin/ollama", BINARY)], trees=[("lib/ollama", LIBRARIES)]
@@ -90,8 +90,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         packages=("ca-certificates", "curl"),
         files=(
             script,
-            File(UNIT, unit(plan)),
-            File(MODELS_UNIT, models_unit(plan)),
+            File(UNIT, unit(plan, host)),
+            File(MODELS_UNIT, models_unit(host)),
             File(MODELS_SCRIPT, models_script(plan), permissions="0755"),
         ),
         install=(install_command,),

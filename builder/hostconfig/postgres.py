@@ -91,7 +91,7 @@ def postgresql_conf(plan: Plan) -> str:
         ident_file=f"{conf_dir(pg.version)}/pg_ident.conf",
         pid_file=f"{SOCKET_DIR}/{pg.version}-main.pid",
         cluster_name=f"{pg.version}/main",
-        listen_addresses=f"{plan.shared.host.address},localhost",
+        listen_addresses=f"{plan.postgres_host.address},localhost",
         port=POSTGRES_PORT,
         max_connections=pg.max_connections,
         socket_dir=SOCKET_DIR,
@@ -137,7 +137,7 @@ def setup_script(plan: Plan) -> str:
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
-    if host.role != "shared":
+    if "postgres" not in host.services:
         return None
     return Part(
         name="postgres",

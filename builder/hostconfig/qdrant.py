@@ -38,12 +38,14 @@ def artifact(plan: Plan) -> artifacts.Artifact:
     return found
 
 
-def config(plan: Plan, secrets: Secrets) -> dict[str, Any]:
-    return {
+def config(plan: Plan, secrets: Secrets, host: HostPlan) -> dict[str, Any]:
+    """Qdrant's config file. Keys follow Qdrant's own config/config.yaml."""
+    storage: dict[str, Any] = {"storage_path": STORAGE, "snapshots_path": SNAPSHOTS}
+    doc: dict[str, Any] = {
         "log_level": "INFO",
-        "storage": {"storage_path": STORAGE, "snapshots_path": SNAPSHOTS},
+        "storage": storage,
         "service": {
-            "host": str(plan.shared.host.address),
+            "host": str(host.host.address),
             "http_port": QDRANT_PORT,
             "grpc_port": None,  # gRPC off: Open WebUI uses HTTP, and the firewall opens only it
             "api_key": secrets[plan.qdrant_api_key.name],
@@ -51,16 +53,48 @@ def config(plan: Plan, secrets: Secrets) -> dict[str, Any]:
         },
         "telemetry_disabled": True,
     }
+    cluster = plan.qdrant_cluster
+    if cluster is not None:
+        storage["collection"] = {"replication_factor": cluster.replication_factor}
+        tls = plan.fleet.shared.qdrant.tls
+        doc["cluster"] = {
+            "enabled": True,
+            "p2p": {"port": cluster.p2p_port, "enable_tls": tls is not None},
+            "consensus": {"tick_period_ms": 100},
+        }
+        if tls is not None:
+            doc["tls"] = {"cert": tls.cert, "key": tls.key, "ca_cert": tls.ca_cert}
+    return doc
 
 
-def unit() -> str:
+def peer_args(plan: Plan, host: HostPlan) -> list[str]:
+    """Cluster mode: the first node announces its URI, the others bootstrap from it."""
+    cluster = plan.qdrant_cluster
+    if cluster is None:
+        return []
+    if host.host == cluster.bootstrap:
+        return ["--uri", cluster.peer_url(host.host)]
+    return [
+        "--bootstrap",
+        cluster.peer_url(cluster.bootstrap),
+        "--uri",
+        cluster.peer_url(host.host),
+    ]
+
+
+def unit(plan: Plan, host: HostPlan) -> str:
     return render_template(
-        "qdrant.service.j2", mount=DATA_MOUNT, binary=BINARY, config=CONFIG, state=QDRANT_DATA
+        "qdrant.service.j2",
+        mount=DATA_MOUNT,
+        binary=BINARY,
+        config=CONFIG,
+        state=QDRANT_DATA,
+        peer_args=peer_args(plan, host),
     )
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
-    if host.role != "shared":
+    if "qdrant" not in host.services:
         return None
     script, install_command = install(plan, artifact(plan), files=[("qdrant", BINARY)])
     return Part(
@@ -68,10 +102,10 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         packages=("ca-certificates", "curl"),
         files=(
             script,
-            File(UNIT, unit()),
+            File(UNIT, unit(plan, host)),
             File(
                 CONFIG,
-                yaml.safe_dump(config(plan, secrets), sort_keys=False),
+                yaml.safe_dump(config(plan, secrets, host), sort_keys=False),
                 permissions="0600",
                 owner="qdrant:qdrant",
                 defer=True,

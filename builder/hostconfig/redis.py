@@ -48,7 +48,7 @@ def redis_conf(plan: Plan, server: RedisServerPlan, secrets: Secrets) -> str:
     return render_template(
         "redis.conf.j2",
         name=server.name,
-        address=str(plan.shared.host.address),
+        address=str(plan.redis_host.address),
         port=server.port,
         pidfile=f"/run/redis-{server.name}/redis-server.pid",
         dir=data_dir(server),
@@ -70,7 +70,7 @@ def setup_script(plan: Plan) -> str:
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
-    if host.role != "shared" or not plan.redis_servers:
+    if "redis" not in host.services or not plan.redis_servers:
         return None
     # The distribution's unit may write only its own paths (ProtectSystem=strict).
     read_write = Quoted(systemd_path(REDIS_DATA_ROOT) + "/%i")

@@ -71,7 +71,7 @@ def test_install_steps_need_no_secret_and_no_configuration(seed: Rendered) -> No
 
 
 def test_mirror_replaces_upstream(render_text: Callable[[str], Rendered]) -> None:
-    text = (REPO_BLUEPRINT + "mirror: http://mirror.test/owui\n")
+    text = REPO_BLUEPRINT + "mirror: http://mirror.test/owui\n"
     d = doc(render_text(text), "ai-shared")
     script = files(d)["/usr/local/lib/owuibuild/install-qdrant.sh"]["content"]
     assert "URL=http://mirror.test/owui/qdrant-x86_64-unknown-linux-musl-v1.19.1.tar.gz" in script
@@ -88,9 +88,11 @@ def test_postgres_is_derived_from_the_plan(seed: Rendered) -> None:
     lines = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
     assert lines[0] == ["local", "all", "postgres", "peer"]
     assert ["host", '"webui3"', '"webui3"', "10.0.5.30/32", "scram-sha-256"] in lines
-    assert lines[-3:] == [["local", "all", "all", "reject"],
-                          ["host", "all", "all", "0.0.0.0/0", "reject"],
-                          ["host", "all", "all", "::/0", "reject"]]
+    assert lines[-3:] == [
+        ["local", "all", "all", "reject"],
+        ["host", "all", "all", "0.0.0.0/0", "reject"],
+        ["host", "all", "all", "::/0", "reject"],
+    ]
 
 
 def test_scram_verifier_is_reproducible_and_salted_per_role() -> None:
@@ -101,8 +103,9 @@ def test_scram_verifier_is_reproducible_and_salted_per_role() -> None:
     assert verifier != postgres.scram_verifier("pencil", "other")
 
 
-def test_redis_servers_per_instance_and_shared(seed: Rendered,
-                                               render_text: Callable[[str], Rendered]) -> None:
+def test_redis_servers_per_instance_and_shared(
+    seed: Rendered, render_text: Callable[[str], Rendered]
+) -> None:
     d = doc(seed, "ai-shared")
     confs = {p: f for p, f in files(d).items() if p.startswith("/etc/redis/")}
     assert sorted(confs) == [f"/etc/redis/redis-webui{n}.conf" for n in range(1, 6)]
@@ -116,12 +119,13 @@ def test_redis_servers_per_instance_and_shared(seed: Rendered,
 
 def test_ollama_unit_and_models(seed: Rendered) -> None:
     plan = seed.plan
-    unit = ollama.unit(plan)  # type: ignore[arg-type]
+    host = plan.shared  # type: ignore[attr-defined]
+    unit = ollama.unit(plan, host)  # type: ignore[arg-type]
     assert 'Environment="OLLAMA_HOST=10.0.5.24:11434"' in unit
     assert f'Environment="OLLAMA_MODELS={DATA_MOUNT}/ollama/models"' in unit
     assert 'Environment="OLLAMA_KEEP_ALIVE=5m"' in unit
     assert f"RequiresMountsFor={DATA_MOUNT}" in unit
-    models = ollama.models_unit(plan)  # type: ignore[arg-type]
+    models = ollama.models_unit(host)
     assert "[Install]" not in models  # never part of a boot target
     d = doc(seed, "ai-shared")
     assert ["systemctl", "start", "--no-block", "owui-ollama-models.service"] in d["runcmd"]
@@ -130,7 +134,7 @@ def test_ollama_unit_and_models(seed: Rendered) -> None:
 
 
 def test_qdrant_config(seed: Rendered) -> None:
-    config = qdrant.config(seed.plan, seed.secrets)  # type: ignore[arg-type]
+    config = qdrant.config(seed.plan, seed.secrets, seed.plan.shared)  # type: ignore[arg-type, attr-defined]
     assert config["service"]["host"] == "10.0.5.24"
     assert config["service"]["api_key"] == seed.secrets["qdrant.api_key"]  # type: ignore[index]
     assert config["telemetry_disabled"] is True
@@ -148,8 +152,15 @@ def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
 
 def test_data_volume_is_never_reformatted(seed: Rendered) -> None:
     d = doc(seed, "ai-shared")
-    assert d["fs_setup"] == [{"label": "owui-data", "filesystem": "ext4", "device": "/dev/vdb",
-                              "partition": "auto", "overwrite": False}]
+    assert d["fs_setup"] == [
+        {
+            "label": "owui-data",
+            "filesystem": "ext4",
+            "device": "/dev/vdb",
+            "partition": "auto",
+            "overwrite": False,
+        }
+    ]
     assert d["mounts"][0][:3] == ["LABEL=owui-data", DATA_MOUNT, "ext4"]
     assert "nofail" in d["mounts"][0][3]
     assert "disk_setup" not in d
@@ -163,8 +174,9 @@ def test_firewall_on_every_host(render_example: Callable[[str], Rendered]) -> No
         assert "policy drop" in text
         assert 'ip saddr { 10.20.0.0/28 } tcp dport 22 accept comment "ssh"' in text
     shared = files(doc(rendered, "ai-shared"))[firewall.RULESET]["content"]
-    assert ("ip saddr { 10.20.2.10/32, 10.20.2.11/32, 10.20.2.12/32 } tcp dport 5432 accept"
-            in shared)
+    assert (
+        "ip saddr { 10.20.2.10/32, 10.20.2.11/32, 10.20.2.12/32 } tcp dport 5432 accept" in shared
+    )
 
 
 def test_accept_statement_for_forwarded_ports() -> None:
@@ -173,9 +185,13 @@ def test_accept_statement_for_forwarded_ports() -> None:
     rule = FirewallRule("openwebui-x", 3000, (IPv4Network("0.0.0.0/0"),))
     assert firewall.accept_statement(rule) == 'tcp dport 3000 accept comment "openwebui-x"'
     stmt = firewall.accept_statement(
-        FirewallRule("o", 3000, (IPv4Network("10.0.0.0/8"),)), "meta l4proto tcp ct original proto-dst"
+        FirewallRule("o", 3000, (IPv4Network("10.0.0.0/8"),)),
+        "meta l4proto tcp ct original proto-dst",
     )
-    assert stmt == 'ip saddr { 10.0.0.0/8 } meta l4proto tcp ct original proto-dst 3000 accept comment "o"'
+    assert (
+        stmt
+        == 'ip saddr { 10.0.0.0/8 } meta l4proto tcp ct original proto-dst 3000 accept comment "o"'
+    )
 
 
 def test_sections_only_on_the_shared_host(render_example: Callable[[str], Rendered]) -> None:
@@ -218,8 +234,12 @@ HOSTILE = ["it's", 'say "hi"', "$(reboot)", "`id`", "back\\slash", "100%", "Ã¼nÃ
 def test_shell_quoting_round_trips(value: str) -> None:
     import subprocess
 
-    out = subprocess.run(["sh", "-c", f"printf %s {quoting.shell(value)}"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["sh", "-c", f"printf %s {quoting.shell(value)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == value
 
 
