@@ -1,62 +1,119 @@
 """Target: the deployment runbook, README.md, with a Mermaid topology diagram.
 
-Never holds a secret: it says where each secret lives, not what it is.
+Everything in it comes from the plan (and, for where secrets live, from the host sections'
+file lists). It never holds a secret: it says where each secret lives, not what it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from ipaddress import IPv4Network
 
-from ..plan import OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT, HostPlan, Plan
+from ..hostconfig import parts_for
+from ..hostconfig.backup import restore_runbook
+from ..hostconfig.postgres import INIT_SQL
+from ..plan import Plan
 from ..secrets import Secrets
 from . import Artifact
 
+SERVICE_NAMES = {"postgres": "PostgreSQL", "redis": "Redis", "qdrant": "Qdrant", "ollama": "Ollama"}
 
-def _node(host: HostPlan) -> str:
-    return "h_" + host.name.replace("-", "_")
+
+def _node(name: str) -> str:
+    return "h_" + name.replace("-", "_")
+
+
+def _sources(plan: Plan, nets: tuple[IPv4Network, ...]) -> list[str]:
+    """Diagram nodes for a rule's sources: fleet hosts by name, other networks as themselves."""
+    by_address = {IPv4Network(f"{h.host.address}/32"): h.name for h in plan.hosts}
+    return [by_address.get(n, str(n)) for n in nets]
 
 
 def mermaid(plan: Plan) -> str:
-    shared = plan.shared
+    """Hosts with their services and instances, and an edge for every firewall opening."""
     lines = ["flowchart LR"]
-    services = [
-        f"Ollama :{OLLAMA_PORT}",
-        f"Qdrant :{QDRANT_PORT}",
-        f"PostgreSQL :{POSTGRES_PORT}",
-        *(f"Redis {r.name} :{r.port}" for r in plan.redis_servers),
-    ]
-    lines.append(
-        f'  subgraph {_node(shared)}["{shared.name} ({shared.host.address}) shared services"]'
-    )
-    for n, label in enumerate(services):
-        lines.append(f'    {_node(shared)}_s{n}["{label}"]')
-    lines.append("  end")
     for host in plan.hosts:
-        if not host.instances:
-            continue
-        inner = _node(host) + ("_docker" if host is shared else "")
-        lines.append(f'  subgraph {inner}["{host.name} ({host.host.address}) Docker"]')
+        lines.append(f'  subgraph {_node(host.name)}["{host.name} ({host.host.address})"]')
+        for service in sorted(host.services):
+            lines.append(f'    {_node(host.name)}_{service}["{SERVICE_NAMES[service]}"]')
         for inst in host.instances:
-            lines.append(f'    i_{inst.db_name}["{inst.name} :{inst.port}"]')
+            lines.append(f'    i_{inst.db_name}["Open WebUI {inst.name} :{inst.port}"]')
         lines.append("  end")
-        lines.append(f"  {inner} -->|postgres, qdrant, ollama, redis| {_node(shared)}")
+    outside: dict[str, str] = {}
+    for host in plan.hosts:
+        for rule in host.firewall:
+            for source in _sources(plan, rule.sources):
+                if source in {h.name for h in plan.hosts}:
+                    src = _node(source)
+                else:
+                    src = outside.setdefault(source, f"n{len(outside)}")
+                lines.append(f"  {src} -->|{rule.service} {rule.port}| {_node(host.name)}")
+    for label, node in outside.items():
+        lines.append(f'  {node}(["{label}"])')
     return "\n".join(lines)
 
 
-def runbook(plan: Plan) -> str:
+def _hosts_table(plan: Plan) -> str:
+    rows = [
+        "| host | address | runs | instances | data volume |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for h in plan.hosts:
+        runs = ", ".join(
+            [SERVICE_NAMES[s] for s in sorted(h.services)] + (["Docker"] if h.runs_docker else [])
+        )
+        names = ", ".join(i.name for i in h.instances) or "-"
+        volume = h.host.data_volume
+        vol = "none"
+        if volume is not None:
+            vol = f"label `{volume.label}`" + (f" on `{volume.device}`" if volume.device else "")
+        rows.append(f"| {h.name} | {h.host.address} | {runs or '-'} | {names} | {vol} |")
+    return "\n".join(rows)
+
+
+def _firewall_table(plan: Plan) -> str:
+    rows = ["| host | port | service | allowed from |", "| --- | --- | --- | --- |"]
+    for h in plan.hosts:
+        for r in h.firewall:
+            rows.append(
+                f"| {h.name} | {r.port}/{r.proto} | {r.service} | {', '.join(_sources(plan, r.sources))} |"
+            )
+    return "\n".join(rows)
+
+
+def _instances_table(plan: Plan) -> str:
+    rows = [
+        "| instance | host | listens on | url | database | redis | qdrant prefix |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i in plan.instances:
+        rows.append(
+            f"| {i.name} | {i.host.name} | {i.bind_address}:{i.port} | {i.url or '-'} "
+            f"| {i.db_name} @ {plan.postgres_host.name} | {i.redis_address}:{i.redis_port} "
+            f"| {i.qdrant_collection_prefix} |"
+        )
+    return "\n".join(rows)
+
+
+def _secret_locations(plan: Plan, secrets: Secrets) -> str:
+    rows = ["| host | file | owner |", "| --- | --- | --- |"]
+    values = secrets.all_values()
+    for h in plan.hosts:
+        for part in parts_for(plan, h, secrets):
+            for f in part.files:
+                if any(v in f.content for v in values):
+                    rows.append(f"| {h.name} | `{f.path}` | {f.owner} |")
+    return "\n".join(rows)
+
+
+def runbook(plan: Plan, secrets: Secrets) -> str:
     fleet = plan.fleet
-    rows = "\n".join(
-        f"| {i.name} | {i.host.name} | {i.host.address}:{i.port} | {i.db_name} | {i.redis_port} "
-        f"| {i.qdrant_collection_prefix} |"
-        for i in plan.instances
-    )
-    hosts = "\n".join(
-        f"| {h.name} | {h.host.address} | {h.role} | {len(h.instances)} |" for h in plan.hosts
-    )
+    first = plan.instances[0]
+    ollama = ", ".join(plan.ollama_urls)
     return f"""# Fleet `{fleet.name}`
 
-Generated by owuibuild from the blueprint; do not edit. Render again to change it, then replace
-the affected hosts.
+Generated by owuibuild from the blueprint; do not edit. To change anything, edit the blueprint,
+render again, and replace the affected hosts: hosts are never changed in place.
 
 ## Topology
 
@@ -64,34 +121,88 @@ the affected hosts.
 {mermaid(plan)}
 ```
 
+An arrow is a firewall opening: who may reach which port. Every other inbound connection is
+dropped. Ollama ({ollama}) has no authentication, so the firewall is its only boundary.
+
 ## Hosts
 
-| host | address | role | instances |
-| --- | --- | --- | --- |
-{hosts}
+{_hosts_table(plan)}
 
 ## Instances
 
-| instance | host | listens on | database | redis port | qdrant prefix |
-| --- | --- | --- | --- | --- | --- |
-{rows}
+{_instances_table(plan)}
+
+## Firewall
+
+{_firewall_table(plan)}
 
 ## Bring the fleet up
 
-1. Attach `hosts/<host>/seed.iso` (a NoCloud seed labelled `cidata`) to a new VM made from a
-   stock {fleet.os.distro} cloud image (or the golden image from `packer/`), and boot it.
-   Nothing else is done by hand: cloud-init configures the host at first boot.
-2. Start the shared host `{plan.shared.name}` first; the instance hosts wait for it.
+Each host has a NoCloud seed in `hosts/<host>/`: `seed.iso` (a volume labelled `cidata` holding
+`user-data`, `meta-data` and `network-config`). Make a VM from a stock {fleet.os.distro} cloud
+image (or the golden image, below), attach its data volume (a disk that will carry the
+filesystem label shown above) and its `seed.iso`, and boot. cloud-init configures everything
+at first boot; nobody logs in. Boot the hosts that run shared services first.
 
-## Secrets
+- **Proxmox VE**: upload `seed.iso` to an ISO storage, then
+  `qm set <vmid> --ide2 <storage>:iso/<host>-seed.iso,media=cdrom` (and `--scsi1 <storage>:<size>` for
+  the data volume); or use the image's own cloud-init drive and paste `user-data` as a custom
+  `cicustom` snippet (`qm set <vmid> --cicustom "user=<storage>:snippets/<host>-user-data"`).
+- **libvirt/KVM**: `virt-install --import --disk <image>.qcow2 --disk size=<GB> --disk
+  hosts/<host>/seed.iso,device=cdrom --os-variant {fleet.os.distro.replace("-", "")} ...`, or
+  `--cloud-init user-data=hosts/<host>/user-data,meta-data=hosts/<host>/meta-data,network-config=hosts/<host>/network-config`.
+- **A cloud** (EC2, OpenStack, GCE, Azure): pass `hosts/<host>/user-data` as the instance's
+  user-data (owuibuild gzips it when the blueprint's `platform` limits its size) and give the
+  VM the address from the table. The cloud's metadata service exposes user-data to processes
+  on the VM: restrict access to it (e.g. IMDSv2 with a hop limit of 1 on EC2).
 
-All passwords and keys come from `<blueprint>.secrets.yml` next to the blueprint (mode 0600).
-Keep it private and back it up. They reach the hosts only inside `user-data` and the instance
-env files, which are written with mode 0600. Instance metadata services expose user-data to
-processes on the VM; on clouds, restrict access to the metadata service.
+Check the fleet afterwards with `owuibuild status <blueprint>` from a machine the firewall
+admits (see the table above).
+
+## Golden images
+
+`packer/` holds templates that bake the same software the seeds would install (never a secret
+or site setting): `owuibuild bake <blueprint> --image shared` and `--image instance-host`.
+Boot a golden image with the same `seed.iso`: it only configures, so the host is ready much
+sooner. Builders: {", ".join(fleet.images.builders)}.
+
+## Add an instance
+
+1. Add one line under `instances:` in the blueprint (a new name, a host, a free port).
+2. `owuibuild render <blueprint>`: new secrets are added to the secrets file; existing ones
+   are kept.
+3. Replace the shared-services host(s) and the instance's host with VMs booted from their new
+   seeds (the data volumes carry the existing data over), or, for a new Docker host, just boot
+   it.
+
+## Upgrade Open WebUI safely
+
+Open WebUI migrates its database on start, and two versions must never run against one
+database. For each instance:
+
+1. Set `openwebui.version` (and `digest`) in the blueprint and render.
+2. Stop every container of the instance (`systemctl stop {first.unit_name}` on its host).
+3. Start ONE replacement host (or container) with the new version and wait until
+   `/health` answers (the migration has run).
+4. Then start the rest. Back up first: see below.
+
+## Where the secrets live
+
+The source of truth is `<blueprint>.secrets.yml` next to the blueprint (mode 0600): keep it
+private and backed up. On the hosts, secrets are only in these files (mode 0600), written
+from `user-data` (stored by cloud-init with mode 0600):
+
+{_secret_locations(plan, secrets)}
+
+Each instance's env file (`{first.bundle_dir}/` on its host and `instances/<name>/` here) holds
+its database and Redis passwords, the Qdrant API key and its `WEBUI_SECRET_KEY`. PostgreSQL
+gets the role passwords only as SCRAM-SHA-256 verifiers, in `{INIT_SQL}` (0600, postgres) on
+`{plan.postgres_host.name}`; no superuser password exists (the postgres user logs in by peer
+authentication only).
+
+{restore_runbook(plan)}
 """
 
 
 def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:
-    del secrets  # the runbook never holds a secret
-    yield Artifact("README.md", runbook(plan).encode())
+    yield Artifact("README.md", runbook(plan, secrets).encode())
