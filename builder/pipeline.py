@@ -84,6 +84,7 @@ def compile_blueprint(
 ) -> Compiled:
     from . import secrets as secret_store
     from .targets import render_all
+    from .targets.hosts import UserDataTooLarge
     from .verify import verify
 
     checked = check(path, strict=strict)
@@ -97,7 +98,17 @@ def compile_blueprint(
     compiled.diagnostics += problems
     if secrets is None:
         return compiled
-    artifacts = render_all(plan, secrets)
+    try:
+        artifacts = render_all(plan, secrets)
+    except UserDataTooLarge as exc:
+        compiled.diagnostics.append(
+            error(
+                ("platform",),
+                str(exc),
+                "move instances to more hosts, or use a platform with a larger user-data limit",
+            ).located(str(path), *_line_of(checked.source, ("platform",)))
+        )
+        return compiled
     if not seed_iso:
         artifacts = [a for a in artifacts if not a.path.endswith("/seed.iso")]
     used = {secrets[name] for name in needed}
@@ -109,6 +120,11 @@ def compile_blueprint(
     compiled.plan = plan
     compiled.artifacts = sorted(artifacts, key=lambda a: a.path)
     return compiled
+
+
+def _line_of(source: Source, path: tuple[str, ...]) -> tuple[int | None, int | None]:
+    mark = source.mark_of(path)
+    return (mark.line, mark.column) if mark else (None, None)
 
 
 def internal_error(exc: BaseException) -> Diagnostic:

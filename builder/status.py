@@ -17,12 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
-from .plan import POSTGRES_PORT, InstancePlan, Plan, SecretRef
+from .plan import OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT, InstancePlan, Plan, SecretRef
 from .probes import (
     Outcome,
     ProbeFailure,
@@ -159,36 +158,37 @@ def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
 
 def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> list[Check]:
     """Every probe for the fleet, in table order: shared services, then each instance's."""
-    shared = plan.shared.name
 
     def with_secret(ref: SecretRef, make: Callable[[str], Probe]) -> Probe:
         value = secrets.get(ref.name)
         return make(value) if value is not None else missing_secret(ref, secrets_file)
 
-    ollama = urlsplit(plan.ollama_url)
-    qdrant = urlsplit(plan.qdrant_url)
+    # one row per node: every Ollama node and every Qdrant node is probed
     checks = [
         Check(
             "ollama",
             None,
-            shared,
-            str(ollama.hostname),
-            int(ollama.port or 80),
-            ollama_probe(str(ollama.hostname), int(ollama.port or 80), plan.ollama_models),
-        ),
-        Check(
+            host.name,
+            str(host.address),
+            OLLAMA_PORT,
+            ollama_probe(str(host.address), OLLAMA_PORT, plan.ollama_models),
+        )
+        for host in plan.ollama_hosts
+    ]
+
+    def qdrant_check(address: str, host_name: str) -> Check:
+        return Check(
             "qdrant",
             None,
-            shared,
-            str(qdrant.hostname),
-            int(qdrant.port or 80),
-            with_secret(
-                plan.qdrant_api_key,
-                lambda key: qdrant_probe(str(qdrant.hostname), int(qdrant.port or 80), key),
-            ),
-        ),
-    ]
-    pg_address = str(plan.fleet.shared.host.address)
+            host_name,
+            address,
+            QDRANT_PORT,
+            with_secret(plan.qdrant_api_key, lambda key: qdrant_probe(address, QDRANT_PORT, key)),
+        )
+
+    checks += [qdrant_check(str(h.address), h.name) for h in plan.qdrant_hosts]
+    pg_address = str(plan.postgres_host.address)
+    pg_host = plan.postgres_host.name
 
     def postgres(i: InstancePlan) -> Check:
         def make(password: str) -> Probe:
@@ -197,7 +197,7 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
         return Check(
             "postgresql",
             i.name,
-            shared,
+            pg_host,
             pg_address,
             POSTGRES_PORT,
             with_secret(i.db_password, make),
@@ -210,7 +210,12 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
             return lambda t: redis_ping(address, i.redis_port, i.redis_user, password, t)
 
         return Check(
-            "redis", i.name, shared, address, i.redis_port, with_secret(i.redis_password, make)
+            "redis",
+            i.name,
+            plan.redis_host.name,
+            address,
+            i.redis_port,
+            with_secret(i.redis_password, make),
         )
 
     def webui(i: InstancePlan, service: str, path: str) -> Check:
