@@ -42,7 +42,9 @@ def _userinfo(user: str, password: str) -> str:
 def database_url(plan: Plan, inst: InstancePlan, secrets: Secrets) -> str:
     # postgresql+psycopg: plain postgresql:// needs psycopg2, which Open WebUI does not ship.
     auth = _userinfo(inst.db_role, secrets[inst.db_password.name])
-    return f"postgresql+psycopg://{auth}@{plan.shared.host.address}:{POSTGRES_PORT}/{inst.db_name}"
+    return (
+        f"postgresql+psycopg://{auth}@{plan.postgres_host.address}:{POSTGRES_PORT}/{inst.db_name}"
+    )
 
 
 def redis_url(inst: InstancePlan, secrets: Secrets) -> str:
@@ -53,6 +55,11 @@ def redis_url(inst: InstancePlan, secrets: Secrets) -> str:
 def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple[str, str], ...]:
     """The instance's environment, in file order: what owuibuild owns, then the blueprint's env."""
     redis = redis_url(inst, secrets)
+    # Several Ollama nodes: chat balances over OLLAMA_BASE_URLS (';'-separated); the embedding
+    # engine takes one URL and defaults to OLLAMA_BASE_URL, so that names the first node.
+    ollama = [("OLLAMA_BASE_URL", plan.ollama_urls[0])]
+    if len(plan.ollama_urls) > 1:
+        ollama.append(("OLLAMA_BASE_URLS", ";".join(plan.ollama_urls)))
     owned: list[tuple[str, str]] = [
         ("DATABASE_URL", database_url(plan, inst, secrets)),
         ("DATABASE_POOL_SIZE", str(inst.db_pool_size)),
@@ -65,7 +72,7 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("QDRANT_URI", plan.qdrant_url),
         ("QDRANT_API_KEY", secrets[plan.qdrant_api_key.name]),
         ("QDRANT_COLLECTION_PREFIX", inst.qdrant_collection_prefix),
-        ("OLLAMA_BASE_URL", plan.ollama_url),
+        *ollama,
         ("RAG_EMBEDDING_ENGINE", "ollama"),
         ("RAG_EMBEDDING_MODEL", plan.fleet.shared.ollama.embedding_model),
         ("WEBUI_SECRET_KEY", secrets[inst.webui_secret_key.name]),

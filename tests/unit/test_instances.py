@@ -276,3 +276,19 @@ def test_private_ports_are_limited_in_docker_user(rendered: Rendered) -> None:
     assert script.index(f"{match} -s") < script.index(f"{match} -j DROP")
     assert "--ctorigdstport 3002" not in script  # `two` is public
     assert "DOCKER-USER -j OWUIBUILD-PORTS" in script
+
+
+def test_env_follows_service_placement(render_text: Callable[[str], Rendered]) -> None:
+    text = BLUEPRINT.replace("DISTRO", "debian-12").replace(
+        "openwebui:\n",
+        "placement: {postgres: web-b, ollama: [shared, web-b]}\nopenwebui:\n",
+    )
+    r = render_text(text)
+    env = env_lines(r, "one")
+    assert env["DATABASE_URL"].endswith("@10.9.0.21:5432/one")
+    assert env["OLLAMA_BASE_URL"] == "http://10.9.0.10:11434"
+    assert env["OLLAMA_BASE_URLS"] == '"http://10.9.0.10:11434;http://10.9.0.21:11434"'
+
+
+def test_single_ollama_node_gets_no_url_list(rendered: Rendered) -> None:
+    assert "OLLAMA_BASE_URLS" not in env_lines(rendered, "one")
