@@ -10,6 +10,7 @@ follows the sections as they grow.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -103,29 +104,17 @@ def test_bake_shared_image(baked_shared: object, rootfs: RootFs) -> None:
     for f in steps.files:
         assert rootfs.exists(f.path), f"install file {f.path} missing"
 
-    # Ollama and Qdrant (when the sections install them): the doubles' binaries, and the models.
-    image_text = "\n".join(" ".join(c) for c in steps.commands) + "\n".join(
-        f.content for f in steps.files
-    )
-    if "ollama" in steps.sections or "ollama" in image_text:
-        binaries = [
-            p
-            for p in ("/usr/local/bin/ollama", "/usr/bin/ollama", "/opt/ollama/bin/ollama")
-            if rootfs.exists(p)
-        ]
-        assert binaries, "no ollama binary in the image"
-        assert "TEST DOUBLE" in rootfs.cat(binaries[0])
-        manifests = rootfs.run(f"ls -p {BAKED_OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
+    # Ollama and Qdrant, when their sections exist: the doubles' binaries, and the models.
+    for name in ("ollama", "qdrant"):
+        if name not in steps.sections:
+            continue
+        binary = importlib.import_module(f"owuibuild.hostconfig.{name}").BINARY
+        assert rootfs.exists(binary), f"no {name} binary at {binary}"
+        assert "TEST DOUBLE" in rootfs.cat(binary), f"{binary} is not the double from the mirror"
+    if "ollama" in steps.sections:
+        manifests = rootfs.ls(f"{BAKED_OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
         for model in plan.ollama_models:
-            assert model.split(":")[0] in manifests, f"model {model} not baked"
-    if "qdrant" in steps.sections or "qdrant" in image_text:
-        binaries = [
-            p
-            for p in ("/usr/local/bin/qdrant", "/usr/bin/qdrant", "/opt/qdrant/qdrant")
-            if rootfs.exists(p)
-        ]
-        assert binaries, "no qdrant binary in the image"
-        assert "TEST DOUBLE" in rootfs.cat(binaries[0])
+            assert model.split(":")[0] in manifests, f"model {model} not baked: {manifests}"
 
     # Sealed: no SSH host key, clean cloud-init, no build user, no seal script.
     assert not [n for n in rootfs.ls("/etc/ssh") if n.startswith("ssh_host_")]
