@@ -152,6 +152,8 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
     return {
         "name": inst.name,
         "services": {SERVICE: service},
+        # A fixed subnet per instance: services on the same host admit exactly this network.
+        "networks": {"default": {"ipam": {"config": [{"subnet": str(inst.docker_subnet)}]}}},
         "volumes": {
             VOLUME: {
                 # DATA_DIR lives on the host's data volume, so it survives a host replacement.

@@ -68,6 +68,7 @@ class Network:
     gateway: IPv4Address
     dns: tuple[IPv4Address, ...]
     interface: str
+    container_pool: IPv4Network
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Fleet:
                 IPv4Address(d["network"]["gateway"]),
                 tuple(IPv4Address(a) for a in d["network"]["dns"]),
                 d["network"]["interface"],
+                IPv4Network(d["network"]["container_pool"]),
             ),
             shared=Shared(
                 host=Host.from_data(s["host"]),

@@ -124,10 +124,18 @@ class InstancePlan:
     db_password: SecretRef
     redis_password: SecretRef
     webui_secret_key: SecretRef
+    docker_subnet: IPv4Network  # the instance's own Docker network
 
     @property
     def name(self) -> str:
         return self.instance.name
+
+    def source_network(self, service_host: Host) -> IPv4Network:
+        """Where this instance's connections to ``service_host`` come from: its containers'
+        own subnet when the service runs on the same host (no NAT), else its host's address."""
+        if service_host == self.host:
+            return self.docker_subnet
+        return IPv4Network(f"{self.host.address}/32")
 
 
 @dataclass(frozen=True)
@@ -221,10 +229,19 @@ class Plan:
         return tuple(h for h in self.hosts if service in h.services)
 
 
-def client_networks(instances: Sequence[InstancePlan]) -> tuple[IPv4Network, ...]:
-    """The /32 networks of the hosts that run ``instances``, sorted, each once."""
-    addresses = sorted({i.host.address for i in instances})
-    return tuple(IPv4Network(f"{a}/32") for a in addresses)
+def client_networks(
+    instances: Sequence[InstancePlan], service_host: Host
+) -> tuple[IPv4Network, ...]:
+    """Where ``instances`` reach ``service_host`` from, sorted, each once."""
+    return tuple(sorted({i.source_network(service_host) for i in instances}))
+
+
+SUBNET_PREFIX = 28  # one Docker network per instance: 14 addresses, plenty for one container
+
+
+def docker_subnet(pool: IPv4Network, index: int) -> IPv4Network:
+    size = 2 ** (32 - SUBNET_PREFIX)
+    return IPv4Network(f"{pool.network_address + index * size}/{SUBNET_PREFIX}")
 
 
 def _instance_id(fleet: Fleet, host: Host) -> str:
@@ -273,6 +290,7 @@ def make_plan(fleet: Fleet) -> Plan:
                 db_password=SecretRef(f"instances.{inst.name}.db_password"),
                 redis_password=SecretRef(f"instances.{inst.name}.redis_password"),
                 webui_secret_key=SecretRef(f"instances.{inst.name}.webui_secret_key"),
+                docker_subnet=docker_subnet(fleet.network.container_pool, index),
             )
         )
     all_instances = tuple(instances)
@@ -287,7 +305,6 @@ def make_plan(fleet: Fleet) -> Plan:
         )
 
     admin_nets = tuple(sorted(set(fleet.admin.allow_from)))
-    clients = client_networks(all_instances)
     cluster = (
         QdrantCluster(
             nodes=qdrant_hosts,
@@ -315,6 +332,7 @@ def make_plan(fleet: Fleet) -> Plan:
         services = services_of(host)
         on_host = tuple(i for i in all_instances if i.host.name == host.name)
         rules = [FirewallRule("ssh", SSH_PORT, admin_nets)]
+        clients = client_networks(all_instances, host)
         if clients and "postgres" in services:
             rules.append(FirewallRule("postgresql", POSTGRES_PORT, clients))
         if clients and "qdrant" in services:
@@ -327,7 +345,9 @@ def make_plan(fleet: Fleet) -> Plan:
             for server in redis_servers:
                 rules.append(
                     FirewallRule(
-                        f"redis-{server.name}", server.port, client_networks(server.instances)
+                        f"redis-{server.name}",
+                        server.port,
+                        client_networks(server.instances, host),
                     )
                 )
         for i in on_host:

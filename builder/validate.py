@@ -24,6 +24,7 @@ from .plan import (
     QDRANT_PORT,
     RESERVED_CONNECTIONS,
     SSH_PORT,
+    SUBNET_PREFIX,
     connections_used,
     database_pools,
     estimated_memory_mb,
@@ -357,6 +358,34 @@ def _net_loose(text: str) -> IPv4Network | None:
         return IPv4Network(text, strict=False)
     except ValueError:
         return None
+
+
+def check_container_pool(data: dict[str, Any]) -> Iterator[Located]:
+    network = _mapping(data, "network")
+    pool, cidr = _net(network.get("container_pool")), _net(network.get("cidr"))
+    if pool is None:
+        return
+    if cidr is not None and pool.overlaps(cidr):
+        yield (
+            error(
+                ("network", "container_pool"),
+                f"container_pool {pool} overlaps network.cidr {cidr}",
+                "set network.container_pool to a private range no host uses (default 172.31.0.0/16)",
+            ),
+            False,
+        )
+    count = len(_dicts(data.get("instances")))
+    room = 2 ** max(SUBNET_PREFIX - pool.prefixlen, 0) if pool.prefixlen <= SUBNET_PREFIX else 0
+    if count > room:
+        yield (
+            error(
+                ("network", "container_pool"),
+                f"container_pool {pool} has room for {room} instance networks (/{SUBNET_PREFIX}), "
+                f"not {count}",
+                "use a larger range",
+            ),
+            False,
+        )
 
 
 def check_admin(data: dict[str, Any]) -> Iterator[Located]:
@@ -724,6 +753,7 @@ SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_data_volumes,
     check_pins,
     check_placement,
+    check_container_pool,
 )
 
 

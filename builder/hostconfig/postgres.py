@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -23,7 +22,6 @@ from ..plan import (
     POSTGRES_PORT,
     SCRIPT_DIR,
     HostPlan,
-    InstancePlan,
     Plan,
 )
 from ..quoting import render_template, shell_command
@@ -77,9 +75,12 @@ class HbaRule:
     network: IPv4Network
 
 
-def hba_rules(instances: Sequence[InstancePlan]) -> list[HbaRule]:
-    """Each instance's role may reach its own database from its own host only."""
-    return [HbaRule(i.db_name, i.db_role, IPv4Network(f"{i.host.address}/32")) for i in instances]
+def hba_rules(plan: Plan) -> list[HbaRule]:
+    """Each instance's role may reach its own database from its own host only (from its own
+    Docker network when it runs on the database host itself)."""
+    return [
+        HbaRule(i.db_name, i.db_role, i.source_network(plan.postgres_host)) for i in plan.instances
+    ]
 
 
 def postgresql_conf(plan: Plan) -> str:
@@ -100,7 +101,7 @@ def postgresql_conf(plan: Plan) -> str:
 
 
 def pg_hba_conf(plan: Plan) -> str:
-    return render_template("pg_hba.conf.j2", rules=hba_rules(plan.instances))
+    return render_template("pg_hba.conf.j2", rules=hba_rules(plan))
 
 
 def init_sql(plan: Plan, secrets: Secrets) -> str:
