@@ -50,7 +50,8 @@ def _hcl(data: bytes) -> None:
 
 
 def _env(data: bytes) -> None:
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    # only "\n" ends a line in an env file (str.splitlines would also split at U+2028 etc.)
+    for n, line in enumerate(data.decode("utf-8").split("\n"), 1):
         if line and not line.startswith("#") and "=" not in line:
             raise ValueError(f"line {n} is not KEY=VALUE")
 

@@ -147,11 +147,6 @@ def test_hostile_env_values_round_trip_through_compose(
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="owuibuild.verify reads env files with str.splitlines(), which also breaks lines at "
-    "U+0085, U+2028 and U+2029, so render refuses these values although compose reads them",
-)
 @pytest.mark.parametrize("value", ["\u0085nel", "line\u2028separator", "para\u2029separator"])
 def test_unicode_line_separators_round_trip(
     value: str, render_text: Callable[[str], Rendered], tmp_path: Path
