@@ -81,7 +81,7 @@ def test_paths_come_from_the_plan(render: Callable[..., Rendered]) -> None:
     assert "KEEP=3\n" in script
     # One dump per instance database, named as the plan names them ('-' is not an identifier).
     assert [i.db_name for i in plan.instances] == ["alpha", "beta_two"]
-    assert "for db in alpha beta_two; do\n" in script
+    assert "set -- alpha beta_two\n" in script
     assert f"PG_BIN=/usr/lib/postgresql/{plan.fleet.shared.postgres.version}/bin\n" in script
     assert f"QDRANT={plan.qdrant_url}\n" in script
     unit = files[backup.SERVICE]["content"]
