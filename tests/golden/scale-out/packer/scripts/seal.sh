@@ -1,0 +1,29 @@
+#!/bin/sh
+# owuibuild: seal a golden image before it is captured.
+#
+# Run as root through sudo by the build user, as the very last step of a Packer build:
+# as the qemu builder's shutdown_command (with --poweroff), or as the last provisioner for
+# builders that stop the VM through their API. It removes what only the build needed, so the
+# image boots like a fresh cloud image and cloud-init configures it from the host's seed:
+#   - cloud-init state, logs, seed and machine-id (cloud-init clean --logs --machine-id --seed);
+#   - the SSH host keys (each host makes its own at first boot);
+#   - the build user (the one that called sudo) and cloud-init's sudoers file for it.
+# It is not left in the image: it deletes itself.
+set -eu
+
+build_user=${SUDO_USER:-}
+
+cloud-init clean --logs --machine-id --seed
+rm -f /etc/ssh/ssh_host_*
+rm -f /etc/sudoers.d/90-cloud-init-users
+if [ -n "$build_user" ] && [ "$build_user" != root ] && id "$build_user" >/dev/null 2>&1; then
+	# --force: the build user is still logged in (this script runs in its session).
+	userdel --force --remove "$build_user" 2>/dev/null || userdel --force "$build_user"
+fi
+rm -rf /tmp/owuibuild
+rm -f -- "$0"
+sync
+
+if [ "${1:-}" = --poweroff ]; then
+	shutdown -P now
+fi
