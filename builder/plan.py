@@ -336,7 +336,15 @@ def make_plan(fleet: Fleet) -> Plan:
         if clients and "postgres" in services:
             rules.append(FirewallRule("postgresql", POSTGRES_PORT, clients))
         if clients and "qdrant" in services:
-            rules.append(FirewallRule("qdrant", QDRANT_PORT, clients))
+            # the backup timer on the PostgreSQL host takes Qdrant snapshots over HTTP too
+            backup_source = (
+                (IPv4Network(f"{postgres_host.address}/32"),)
+                if fleet.shared.backups.enabled and postgres_host != host
+                else ()
+            )
+            rules.append(
+                FirewallRule("qdrant", QDRANT_PORT, tuple(sorted({*clients, *backup_source})))
+            )
         if cluster is not None and "qdrant" in services:
             rules.append(FirewallRule("qdrant-p2p", QDRANT_P2P_PORT, peers))
         if clients and "ollama" in services:

@@ -119,7 +119,8 @@ def key_header(plan: Plan, secrets: Secrets) -> str:
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
-    if host.role != "shared" or not plan.fleet.shared.backups.enabled:
+    # pg_dump uses the local socket: backups run where PostgreSQL runs
+    if "postgres" not in host.services or not plan.fleet.shared.backups.enabled:
         return None
     return Part(
         name="backup",
@@ -144,7 +145,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
 def restore_runbook(plan: Plan) -> str:
     """The "Backups and restore" section of the deployment README (Markdown). Pure."""
     b = plan.fleet.shared.backups
-    shared = plan.shared.name
+    backup_host = next(h for h in plan.hosts if "postgres" in h.services)
+    shared = backup_host.name
     version = plan.fleet.shared.postgres.version
     if not b.enabled:
         return (
@@ -161,10 +163,9 @@ def restore_runbook(plan: Plan) -> str:
     databases = ", ".join(f"`{i.db_name}`" for i in plan.instances) or "none yet"
     volume_note = (
         "on the data volume, so they survive a replacement of the host"
-        if guarded_mount(plan, plan.shared)
-        else "NOT on the shared host's data volume: copy them off the host, or they are lost "
-        "with it"
-        if plan.shared.host.data_volume is None
+        if guarded_mount(plan, backup_host)
+        else "NOT on the host's data volume: copy them off the host, or they are lost with it"
+        if backup_host.host.data_volume is None
         else "in the directory the blueprint names; make sure a volume is mounted there"
     )
     q = qdrant_section

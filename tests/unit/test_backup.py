@@ -160,7 +160,7 @@ def test_the_runbook_holds_no_secret(render: Callable[..., Rendered]) -> None:
     assert "pg_restore" in text and "--storage-snapshot" in text
     assert backup.KEY_FILE in text and "secrets.yml" in text
     assert "on the data volume" in text
-    assert "NOT on the shared host's data volume" in backup.restore_runbook(
+    assert "NOT on the host's data volume" in backup.restore_runbook(
         render(volume="").plan  # type: ignore[arg-type]
     )
 

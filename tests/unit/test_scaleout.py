@@ -71,9 +71,10 @@ def test_firewall_follows_the_placement(scale: Rendered) -> None:
     for gpu in ("gpu-1", "gpu-2"):
         assert firewall(scale, gpu)["ollama"] == (11434, webs)
     peers = tuple(IPv4Network(f"10.30.0.4{n}/32") for n in (1, 2, 3))
+    db = IPv4Network("10.30.0.20/32")  # the backup timer on db-1 takes Qdrant snapshots
     for vec in ("vec-1", "vec-2", "vec-3"):
         rules = firewall(scale, vec)
-        assert rules["qdrant"] == (6333, webs)
+        assert rules["qdrant"] == (6333, (db, *webs))
         assert rules["qdrant-p2p"] == (6335, peers)  # the peer port only between peers
     assert set(firewall(scale, "ai-shared")) == {
         "ssh",
