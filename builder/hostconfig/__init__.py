@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -81,12 +82,30 @@ def sections() -> tuple[tuple[int, str, Section], ...]:
     return tuple(sorted(found, key=lambda s: (s[0], s[1])))
 
 
+# Several targets (user-data, runbook, Packer) need a host's parts; building them renders every
+# instance bundle, so one render builds them once. Entries hold their plan and secrets, so the
+# ids in a key cannot be reused while the entry lives.
+_PARTS_CACHE: OrderedDict[tuple[int, int, str], tuple[Plan, Secrets, tuple[Part, ...]]] = (
+    OrderedDict()
+)
+_PARTS_CACHE_SIZE = 256
+
+
 def parts_for(plan: Plan, host: HostPlan, secrets: Secrets) -> list[Part]:
+    """The parts of every section that applies to ``host`` (pure; memoized per render)."""
+    key = (id(plan), id(secrets), host.name)
+    hit = _PARTS_CACHE.get(key)
+    if hit is not None and hit[0] is plan and hit[1] is secrets:
+        _PARTS_CACHE.move_to_end(key)
+        return list(hit[2])
     out = []
     for _, _, section in sections():
         p = section(plan, host, secrets)
         if p is not None:
             out.append(p)
+    _PARTS_CACHE[key] = (plan, secrets, tuple(out))
+    if len(_PARTS_CACHE) > _PARTS_CACHE_SIZE:
+        _PARTS_CACHE.popitem(last=False)
     return out
 
 
