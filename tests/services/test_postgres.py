@@ -40,7 +40,7 @@ admin:
   user: ops
   ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwuibuildExampleKeyReplaceWithYourOwn00000 ops@x"]
   allow_from: [10.9.0.0/24]
-network: {cidr: 10.9.0.0/24, gateway: 10.9.0.1, dns: [10.9.0.1]}
+network: {cidr: 10.9.0.0/24, gateway: 10.9.0.1, dns: [10.9.0.1], container_pool: 127.64.0.0/16}
 shared:
   host: {name: ai-shared, address: 10.9.0.10, data_volume: {label: owui-data}}
   postgres: {max_connections: 60}
@@ -57,7 +57,9 @@ instances:
 # Blueprint address -> loopback alias standing in for it in this test.
 ADDRESS_MAP = {"10.9.0.10": "127.0.0.10", "10.9.0.20": "127.0.0.20", "10.9.0.21": "127.0.0.21"}
 SHARED = ADDRESS_MAP["10.9.0.10"]
-HOST_OF = {"alpha": "127.0.0.20", "beta": "127.0.0.21", "gamma_local": "127.0.0.10"}
+# gamma_local runs on the database host itself: its connections come from its own Docker
+# subnet (the third /28 of container_pool, 127.64.0.32/28, loopback here), not the host address.
+HOST_OF = {"alpha": "127.0.0.20", "beta": "127.0.0.21", "gamma_local": "127.64.0.33"}
 
 
 def map_addresses(text: str) -> str:
