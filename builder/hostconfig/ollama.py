@@ -73,8 +73,19 @@ def models_unit(host: HostPlan) -> str:
     )
 
 
+# Where a golden image keeps baked models: not under the data volume's mount point, which
+# would hide them once the volume is mounted.
+BAKED_MODELS = "/usr/local/share/ollama/models"
+
+
 def models_script(plan: Plan) -> str:
-    return render_template("ollama-models.sh.j2", binary=BINARY, models=list(plan.ollama_models))
+    return render_template(
+        "ollama-models.sh.j2",
+        binary=BINARY,
+        models=list(plan.ollama_models),
+        baked=BAKED_MODELS,
+        models_dir=MODELS,
+    )
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:

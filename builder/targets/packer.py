@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Any, Union
 
 from ..hostconfig import InstallSteps, install_steps, parts_for
+from ..hostconfig.ollama import BAKED_MODELS
 from ..plan import HostPlan, Plan
 from ..secrets import Secrets
 from . import Artifact
@@ -644,7 +645,7 @@ APT_INSTALL = (
 OLLAMA_HOST = "127.0.0.1:11434"
 # Where baked models go: on the root disk, outside the data volume's mount point, so they
 # are not hidden when the data volume is mounted; readable by every user.
-BAKED_OLLAMA_MODELS = "/usr/local/share/ollama/models"
+BAKED_OLLAMA_MODELS = BAKED_MODELS  # the ollama section copies them onto the data volume
 
 
 def _sh(argv: Sequence[str]) -> str:
