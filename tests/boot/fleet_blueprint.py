@@ -1,0 +1,361 @@
+"""The boot tier's test fleet, rendered for QEMU user-mode networking, and the probes that check
+a booted shared host from the QEMU host (only through 127.0.0.1 forwards).
+
+The network (what the guest sees)::
+
+    10.0.2.15  shared   the shared-services host (the VM)
+    10.0.2.2   dock     QEMU's host address: forwarded connections arrive FROM it, so the test
+                        process plays the Docker host "dock" that runs instances alpha and beta
+    10.0.2.20  dockb    a Docker host that does not exist; it runs instance gamma, whose
+                        database and Redis must stay closed to "dock"
+    10.0.2.3   gateway  QEMU's DNS address, declared as the gateway too (a router that is
+                        also the DNS server). owuibuild refuses a host at the gateway's
+                        address, and forwarded connections come from 10.0.2.2, so 10.0.2.2
+                        cannot be the declared gateway. QEMU's user-mode network answers ARP
+                        for 10.0.2.3 and routes whatever is sent to its MAC, so the guest's
+                        default route (Debian's mirror, for the vanilla image's apt) works.
+
+The Ollama and Qdrant artifacts are TEST DOUBLES served by the local mirror (tests/doubles):
+these tests check owuibuild's install steps and configuration, not Ollama or Qdrant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from owuibuild import probes
+from owuibuild.artifacts import ollama_filename, qdrant_filename
+from owuibuild.plan import (
+    OLLAMA_PORT,
+    POSTGRES_PORT,
+    QDRANT_PORT,
+    SSH_PORT,
+)
+
+# The versions the boot conftest's mirror serves (and the golden image was baked with).
+OLLAMA_VERSION = "0.12.4"
+QDRANT_VERSION = "1.15.4"
+
+ADMIN = "ops"
+SHARED = "shared"
+DOCK = "10.0.2.2"
+DOCK_INSTANCES = ("alpha", "beta")
+OTHER_INSTANCE = "gamma"  # on dockb (10.0.2.20): must be closed to dock
+DATA_LABEL = "owui-data"
+DATA_DEVICE = "/dev/vdb"
+MODELS = ("tinyllama", "nomic-embed-text")
+PG_VERSION = "15"
+
+
+def blueprint_text(mirror_url: str, ollama_sha256: str, qdrant_sha256: str, admin_key: str) -> str:
+    return f"""apiVersion: owuibuild/v1
+name: boottest
+os: {{distro: debian-12, timezone: UTC}}
+mirror: {mirror_url}
+admin:
+  user: {ADMIN}
+  ssh_authorized_keys: ["{admin_key}"]
+  allow_from: [{DOCK}/32]
+network: {{cidr: 10.0.2.0/24, gateway: 10.0.2.3, dns: [10.0.2.3]}}
+shared:
+  host:
+    name: {SHARED}
+    address: 10.0.2.15
+    data_volume: {{label: {DATA_LABEL}, device: {DATA_DEVICE}}}
+  ollama:
+    version: "{OLLAMA_VERSION}"
+    sha256: {ollama_sha256}
+    models: [{", ".join(MODELS)}]
+  qdrant:
+    version: "{QDRANT_VERSION}"
+    sha256: {qdrant_sha256}
+hosts:
+  - {{name: dock, address: {DOCK}}}
+  - {{name: dockb, address: 10.0.2.20}}
+instances:
+  - {{name: alpha, host: dock, port: 3000}}
+  - {{name: beta, host: dock, port: 3001}}
+  - {{name: gamma, host: dockb, port: 3000}}
+images: {{builders: [qemu], bake_models: true}}
+"""
+
+
+@dataclass
+class Fleet:
+    """The rendered test fleet: the shared host's seed and what the probes need."""
+
+    workdir: Path
+    blueprint: Path
+    out: Path
+    key: Path  # the admin's private key (a fresh one per run, in a temp dir)
+    secrets: dict[str, str]
+    redis_ports: dict[str, int]
+    db_names: dict[str, str]
+
+    @property
+    def seed_iso(self) -> Path:
+        return self.out / "hosts" / SHARED / "seed.iso"
+
+    @property
+    def guest_ports(self) -> list[int]:
+        return [SSH_PORT, POSTGRES_PORT, QDRANT_PORT, OLLAMA_PORT, *self.redis_ports.values()]
+
+    def secret(self, name: str) -> str:
+        return self.secrets[name]
+
+    def db_password(self, instance: str) -> str:
+        return self.secret(f"instances.{instance}.db_password")
+
+    def redis_password(self, instance: str) -> str:
+        return self.secret(f"instances.{instance}.redis_password")
+
+
+def render_fleet(workdir: Path, mirror: Any) -> Fleet:
+    """Write the blueprint with a fresh admin key and render it with the real CLI."""
+    from owuibuild import secrets as store
+    from owuibuild.pipeline import compile_blueprint
+
+    for name in (ollama_filename(OLLAMA_VERSION), qdrant_filename(QDRANT_VERSION)):
+        assert name in mirror.files, f"the mirror does not serve {name}: versions drifted"
+    key = workdir / "admin_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f", str(key)],
+        check=True,
+    )
+    blueprint = workdir / "boottest.yml"
+    blueprint.write_text(
+        blueprint_text(
+            mirror.guest_url,
+            mirror.sha256(ollama_filename(OLLAMA_VERSION)),
+            mirror.sha256(qdrant_filename(QDRANT_VERSION)),
+            key.with_suffix(".pub").read_text().strip(),
+        )
+    )
+    out = workdir / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "owuibuild.cli", "render", str(blueprint), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    values, diagnostics = store.read(store.secrets_path(blueprint))
+    assert values, diagnostics
+    compiled = compile_blueprint(blueprint, write_secrets=False)
+    assert compiled.ok and compiled.plan is not None
+    plan = compiled.plan
+    return Fleet(
+        workdir=workdir,
+        blueprint=blueprint,
+        out=out,
+        key=key,
+        secrets=dict(values),
+        redis_ports={i.name: i.redis_port for i in plan.instances},
+        db_names={i.name: i.db_name for i in plan.instances},
+    )
+
+
+def empty_disk(path: Path, size: str = "2G") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    return path
+
+
+# -- probes from the QEMU host, through 127.0.0.1 forwards -------------------------------------
+
+LOOPBACK = "127.0.0.1"
+
+
+def pg_login(vm: Any, fleet: Fleet, user: str, database: str, password: str | None = None):  # type: ignore[no-untyped-def]
+    return probes.pg_login(
+        LOOPBACK,
+        vm.host_port(POSTGRES_PORT),
+        user,
+        fleet.db_names.get(database, database),
+        fleet.db_password(user) if password is None else password,
+        timeout=20,
+    )
+
+
+def redis_ping(vm: Any, fleet: Fleet, server: str, user: str, password: str | None = None):  # type: ignore[no-untyped-def]
+    return probes.redis_ping(
+        LOOPBACK,
+        vm.host_port(fleet.redis_ports[server]),
+        user,
+        fleet.redis_password(user) if password is None else password,
+        timeout=10,
+    )
+
+
+def redis_call(vm: Any, fleet: Fleet, instance: str, *command: str) -> Any:
+    """AUTH as the instance's ACL user on its own server, then one command; its reply."""
+    port = vm.host_port(fleet.redis_ports[instance])
+    with socket.create_connection((LOOPBACK, port), timeout=20) as sock:
+        sock.settimeout(20)
+        replies = []
+        for args in (("AUTH", instance, fleet.redis_password(instance)), command):
+            sock.sendall(probes.resp_encode(*args))
+            buffer = b""
+            while True:
+                decoded = probes.resp_decode(buffer)
+                if decoded is not None:
+                    replies.append(decoded[0])
+                    break
+                chunk = sock.recv(65536)
+                assert chunk, "redis closed the connection"
+                buffer += chunk
+        assert replies[0] == "OK", "AUTH failed"
+        return replies[1]
+
+
+def http(vm: Any, guest_port: int, path: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return probes.http_get(LOOPBACK, vm.host_port(guest_port), path, 20, headers)
+
+
+def psql(vm: Any, fleet: Fleet, user: str, sql: str) -> str:
+    """Run SQL as an instance role on its own database (psql; the password only in env)."""
+    conn = (
+        f"host={LOOPBACK} port={vm.host_port(POSTGRES_PORT)} user={user} "
+        f"dbname={fleet.db_names[user]} sslmode=disable connect_timeout=20"
+    )
+    proc = subprocess.run(
+        ["psql", "--no-psqlrc", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", conn, "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PGPASSWORD": fleet.db_password(user)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def readiness(vm: Any, fleet: Fleet) -> dict[str, str]:
+    """What is not healthy yet (empty when every service answers as it should)."""
+    bad: dict[str, str] = {}
+    for name in DOCK_INSTANCES:
+        pg = pg_login(vm, fleet, name, name)
+        if pg.state is not probes.State.OK:
+            bad[f"postgres {name}"] = str(pg)
+        rd = redis_ping(vm, fleet, name, name)
+        if rd.state is not probes.State.OK:
+            bad[f"redis {name}"] = str(rd)
+    try:
+        answer = http(vm, QDRANT_PORT, "/readyz")
+        if answer.status != 200:
+            bad["qdrant"] = f"HTTP {answer.status}"
+        answer = http(vm, OLLAMA_PORT, "/api/tags")
+        names = {m["name"].split(":")[0] for m in json.loads(answer.body).get("models", [])}
+        if answer.status != 200 or not set(MODELS) <= names:
+            bad["ollama"] = f"HTTP {answer.status}, models {sorted(names)}"
+    except (OSError, ValueError, probes.ProbeFailure) as exc:
+        bad["http"] = repr(exc)
+    return bad
+
+
+def wait_until_ready(vm: Any, fleet: Fleet, timeout: float = 600) -> float:
+    """Poll every service through the forwards; the VM's uptime once all are healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        bad = readiness(vm, fleet)
+        if not bad:
+            return float(vm.uptime())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"services not healthy after {timeout:.0f} s: {bad}")
+        time.sleep(3)
+
+
+# -- cloud-init ----------------------------------------------------------------------------------
+
+
+def cloud_init_report(vm: Any) -> str:
+    """The guest's cloud-init logs, for a failure message."""
+    parts = []
+    for command in (
+        "cloud-init status --long",
+        "sudo grep -hE 'WARNING|ERROR|CRITICAL|Traceback' /var/log/cloud-init.log | tail -n 80",
+        "sudo tail -n 200 /var/log/cloud-init-output.log",
+        "sudo systemctl --failed --no-legend",
+    ):
+        proc = vm.ssh(command, timeout=120)
+        parts.append(f"--- {command}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(parts)
+
+
+def assert_cloud_init_clean(vm: Any, timeout: float = 1800) -> Any:
+    status = vm.wait_for_cloud_init(timeout=timeout)
+    clean = (
+        status.status == "done"
+        and not status.errors
+        and not status.recoverable
+        and not status.log_warnings
+    )
+    if not clean:
+        raise AssertionError(
+            f"cloud-init not clean: {status.status} errors={status.errors} "
+            f"recoverable={status.recoverable} warnings={status.log_warnings}\n"
+            + cloud_init_report(vm)
+        )
+    return status
+
+
+# -- the benchmark record --------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "owuibuild"
+    return Path(os.environ.get("OWUIBUILD_CACHE", default))
+
+
+def bench_path() -> Path:
+    return cache_root() / "bench" / "boot.json"
+
+
+@dataclass
+class BootTiming:
+    """Seconds from QEMU's start: first SSH login, cloud-init done, every service healthy."""
+
+    image: str  # vanilla | golden
+    ssh_s: float
+    cloud_init_done_s: float
+    ready_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def record_boot(timing: BootTiming, path: Path | None = None) -> dict[str, Any]:
+    """Merge one measurement into boot.json (atomically) and recompute the ratio."""
+    path = path or bench_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[timing.image] = {
+        "boot_to_ready_s": round(timing.ready_s, 1),
+        "ssh_s": round(timing.ssh_s, 1),
+        "cloud_init_done_s": round(timing.cloud_init_done_s, 1),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **timing.extra,
+    }
+    vanilla, golden = data.get("vanilla"), data.get("golden")
+    if vanilla and golden and golden["boot_to_ready_s"] > 0:
+        data["ratio_vanilla_to_golden"] = round(
+            vanilla["boot_to_ready_s"] / golden["boot_to_ready_s"], 2
+        )
+    data["cpus"] = os.cpu_count()
+    data["accelerator"] = "tcg"
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return data
+
+
+def ssh_lines(vm: Any, command: str) -> list[str]:
+    return [line for line in vm.ssh(command, check=True, timeout=120).stdout.splitlines() if line]
