@@ -706,6 +706,10 @@ def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
             continue
         name = host.get("name")
         lost = [state[s] for s in state if s in placed.get(str(name), set())]
+        backups = _mapping(data, "shared", "backups")
+        on_host = "postgres" in placed.get(str(name), set())
+        if on_host and backups.get("enabled", True) and "directory" not in backups:
+            lost.append("the backups")
         names = [str(inst.get("name")) for _, inst in instances if inst.get("host") == name]
         if names:
             lost.append("Open WebUI data of " + ", ".join(names))

@@ -67,6 +67,7 @@ def _hosts_table(plan: Plan) -> str:
         vol = "none"
         if volume is not None:
             vol = f"label `{volume.label}`" + (f" on `{volume.device}`" if volume.device else "")
+            vol += f", {volume.size_gb} GB" if volume.size_gb else ""
         rows.append(f"| {h.name} | {h.host.address} | {runs or '-'} | {names} | {vol} |")
     return "\n".join(rows)
 
