@@ -28,6 +28,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -455,3 +456,38 @@ def test_changed_env_value_is_in_effect_after_restart(fleet: Fleet) -> None:
     assert after["features"]["enable_login_form"] is False
     status, _ = http("GET", f"{running.url}/api/v1/auths/", token=admins(fleet)["alpha"]["token"])
     assert status == 200  # same database, same secret key: the admin is still signed in
+
+
+def status_from(fleet: Fleet, name: str, *only: str) -> tuple[int, dict[str, Any], str]:
+    """Run `owuibuild status` inside instance ``name``'s network namespace: it dials the fleet's
+    addresses from that instance's host address, on the test's own Docker network, as the
+    instance host would. Nothing leaves that network."""
+    container = fleet.instances[name].compose("ps", "--quiet").stdout.split()[0]
+    pid = run("docker", "inspect", "--format", "{{.State.Pid}}", container).stdout.strip()
+    args = [f"--only={o}" for o in only]
+    done = subprocess.run(
+        ["nsenter", "-t", pid, "-n", "--", sys.executable, "-m", "owuibuild.cli", "status",
+         str(fleet.blueprint), "--format", "json", "--timeout", "10", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
+
+
+def test_status_probes_real_postgres_and_redis_from_an_instance_host(fleet: Fleet) -> None:
+    """`owuibuild status` against the real PostgreSQL and Redis configured from the generated
+    shared-host files: from alpha's host, alpha's login and PING work; alpha's database and
+    Redis refuse beta's host; no secret is printed either way."""
+    if shutil.which("nsenter") is None:
+        unavailable("nsenter (util-linux) is not installed")
+    code, doc, output = status_from(fleet, "alpha", "postgresql", "redis")
+    rows = {(c["service"], c["instance"]): c for c in doc["checks"]}
+    assert rows[("postgresql", "alpha")]["state"] == "ok", output
+    assert rows[("redis", "alpha")]["state"] == "ok", output
+    # beta's rows are dialled from alpha's host: pg_hba admits beta only from beta's host
+    assert rows[("postgresql", "beta")]["state"] == "refused", output
+    assert code == 1  # not every probe is ok
+    code, doc, output = status_from(fleet, "beta", "beta")
+    beta = {c["service"]: c["state"] for c in doc["checks"]}
+    assert beta["postgresql"] == "ok" and beta["redis"] == "ok", output
+    for value in fleet.rendered.secrets.all_values():  # type: ignore[attr-defined]
+        assert value not in output
