@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import Diagnostic, error, has_errors, promote_warnings
+from .diagnostics import Diagnostic, error, has_errors, promote_warnings, warning
 from .model import Fleet
 from .plan import Plan, make_plan
 from .source import Source, load
@@ -111,6 +111,19 @@ def compile_blueprint(
         return compiled
     if not seed_iso:
         artifacts = [a for a in artifacts if not a.path.endswith("/seed.iso")]
+    for a in artifacts:
+        if a.path.endswith("/user-data") and a.data[:2] == b"\x1f\x8b":
+            compiled.diagnostics.append(
+                warning(
+                    ("platform",),
+                    f"{a.path} is larger than {checked.fleet.platform} allows raw; it is written "
+                    "gzip-compressed (cloud-init reads that)",
+                    "keep the compressed file as it is: do not re-encode it",
+                ).located(str(path), *_line_of(checked.source, ("platform",)))
+            )
+    if strict and compiled.diagnostics and not has_errors(compiled.diagnostics):
+        compiled.diagnostics = promote_warnings(compiled.diagnostics)
+        return compiled
     used = {secrets[name] for name in needed}
     problems = verify(artifacts, used)
     if problems:

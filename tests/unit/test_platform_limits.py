@@ -1,0 +1,47 @@
+"""Platform user-data limits reach the user as diagnostics: a gzip warning, a located error."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from conftest import BLUEPRINTS
+from owuibuild.pipeline import compile_blueprint
+
+pytestmark = pytest.mark.unit
+
+
+def blueprint(tmp_path: Path, platform: str) -> Path:
+    text = (
+        (BLUEPRINTS / "multi-host.yml")
+        .read_text()
+        .replace("platform: openstack", f"platform: {platform}")
+    )
+    path = tmp_path / "fleet.yml"
+    path.write_text(text)
+    return path
+
+
+def test_oversized_user_data_is_gzipped_and_said_so(tmp_path: Path) -> None:
+    compiled = compile_blueprint(blueprint(tmp_path, "ec2"))
+    assert compiled.ok
+    files = {a.path: a.data for a in compiled.artifacts}
+    shared = files["hosts/ai-shared/user-data"]
+    assert shared[:2] == b"\x1f\x8b" and gzip.decompress(shared).startswith(b"#cloud-config\n")
+    assert len(shared) <= 16384
+    warned = [d for d in compiled.diagnostics if d.path == ("platform",)]
+    assert any("hosts/ai-shared/user-data" in d.message for d in warned)
+    assert all(d.line == 6 for d in warned)  # the `platform:` line of multi-host.yml
+
+
+def test_strict_makes_the_gzip_warning_an_error(tmp_path: Path) -> None:
+    compiled = compile_blueprint(blueprint(tmp_path, "ec2"), strict=True)
+    assert not compiled.ok and not compiled.artifacts
+
+
+def test_a_platform_without_a_limit_gets_plain_user_data(tmp_path: Path) -> None:
+    compiled = compile_blueprint(blueprint(tmp_path, "nocloud"))
+    files = {a.path: a.data for a in compiled.artifacts}
+    assert files["hosts/ai-shared/user-data"].startswith(b"#cloud-config\n")
+    assert not [d for d in compiled.diagnostics if d.path == ("platform",)]
