@@ -20,7 +20,6 @@ instance, so it can run beside that module.
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,19 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import compile_path, unavailable
-from infra.docker_engine import docker_unavailable_reason, ensure_openwebui_image
-from owuibuild.plan import Plan
-from test_instances_live import (
-    Fleet,
-    Running,
-    ensure_shared_image,
-    http,
-    place_bundle,
-    run,
-    shared_config,
-    start_shared,
-)
+from test_instances_live import Fleet, Running, http, live_fleet, run
 
 pytestmark = pytest.mark.containers
 
@@ -69,37 +56,9 @@ UPLOAD = b"notes that must outlive the container\n" * 64
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    reason = docker_unavailable_reason()
-    if reason:
-        unavailable(reason)
     workdir = tmp_path_factory.mktemp("replace")
-    blueprint = workdir / "replacetest.yml"
-    blueprint.write_text(BLUEPRINT)
-    rendered = compile_path(blueprint)
-    assert isinstance(rendered.plan, Plan)
-    plan = rendered.plan
-    config = shared_config(rendered)
-    ensure_openwebui_image(plan.openwebui_image, plan.fleet.openwebui.version)
-    ensure_shared_image(workdir)
-
-    suffix = uuid.uuid4().hex[:8]
-    network = f"owuitest-{suffix}"
-    fleet = Fleet(rendered, plan, blueprint, network, f"owuitest-shared-{suffix}")
-    run("docker", "network", "create", "--subnet", SUBNET, "--gateway", GATEWAY, network)
-    try:
-        start_shared(fleet, config, workdir)
-        (inst,) = plan.instances
-        fleet.instances[inst.name] = place_bundle(fleet, inst, workdir, suffix)
-        yield fleet
-    finally:
-        for running in fleet.instances.values():
-            if running.override.exists():
-                logs = running.compose("logs", "--no-color", "--tail", "200", timeout=60)
-                (workdir / f"{running.inst.name}.log").write_text(logs.stdout)
-                running.compose("down", "--volumes", "--timeout", "10", timeout=120)
-        run("docker", "rm", "-f", fleet.shared, check=False)
-        run("docker", "network", "rm", network, check=False)
-        shutil.rmtree(workdir / "data", ignore_errors=True)
+    with live_fleet(BLUEPRINT, SUBNET, GATEWAY, workdir, start=False) as running:
+        yield running
 
 
 def data_dir(running: Running) -> Path:

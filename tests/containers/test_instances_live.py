@@ -35,6 +35,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,14 +307,17 @@ def write_bundle_files(r: Rendered, inst: InstancePlan, into: Path) -> None:
             (into / path.rsplit("/", 1)[-1]).write_bytes(data)
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@contextmanager
+def live_fleet(
+    text: str, subnet: str, gateway: str, workdir: Path, *, start: bool = True
+) -> Iterator[Fleet]:
+    """Render ``text``, start the shared container and place every instance's bundle on a
+    Docker network with ``subnet``; bring the instances up when ``start``. Cleans up all."""
     reason = docker_unavailable_reason()
     if reason:
         unavailable(reason)
-    workdir = tmp_path_factory.mktemp("live")
-    blueprint = workdir / "livetest.yml"
-    blueprint.write_text(BLUEPRINT.replace("ALPHA_NAME", "Alpha"))
+    blueprint = workdir / "fleet.yml"
+    blueprint.write_text(text)
     rendered = compile_path(blueprint)
     assert isinstance(rendered.plan, Plan)
     plan = rendered.plan
@@ -324,15 +328,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     suffix = uuid.uuid4().hex[:8]
     network = f"owuitest-{suffix}"
     fleet = Fleet(rendered, plan, blueprint, network, f"owuitest-shared-{suffix}")
-    run("docker", "network", "create", "--subnet", SUBNET, "--gateway", "10.213.7.1", network)
+    run("docker", "network", "create", "--subnet", subnet, "--gateway", gateway, network)
     try:
         start_shared(fleet, config, workdir)
         for inst in plan.instances:
             fleet.instances[inst.name] = place_bundle(fleet, inst, workdir, suffix)
-        with ThreadPoolExecutor(len(fleet.instances)) as pool:
-            list(
-                pool.map(lambda r: r.compose("up", "--detach", "--wait"), fleet.instances.values())
-            )
+        if start:
+            with ThreadPoolExecutor(len(fleet.instances)) as pool:
+                list(
+                    pool.map(
+                        lambda r: r.compose("up", "--detach", "--wait"), fleet.instances.values()
+                    )
+                )
         yield fleet
     finally:
         for running in fleet.instances.values():
@@ -343,6 +350,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         run("docker", "rm", "-f", fleet.shared, check=False)
         run("docker", "network", "rm", network, check=False)
         shutil.rmtree(workdir / "data", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    text = BLUEPRINT.replace("ALPHA_NAME", "Alpha")
+    with live_fleet(text, SUBNET, "10.213.7.1", tmp_path_factory.mktemp("live")) as running:
+        yield running
 
 
 def signup(fleet: Fleet, name: str, who: str) -> tuple[int, Any]:
