@@ -39,6 +39,7 @@ golden: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/boot_bench.py
 
 clean:
 	rm -rf out/*/ .pytest_cache .mypy_cache .ruff_cache
