@@ -16,7 +16,8 @@ import shlex
 
 from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
-from ..plan import HostPlan, InstancePlan, Plan
+from ..plan import DATA_MOUNT, HostPlan, InstancePlan, Plan
+from ..quoting import render_template
 from ..secrets import Secrets
 from . import Command, File, Part
 
@@ -36,6 +37,7 @@ PORTS_SCRIPT = "/usr/local/sbin/owuibuild-docker-ports"
 PORTS_UNIT = "owuibuild-docker-ports.service"
 PORTS_CHAIN = "OWUIBUILD-PORTS"
 UNIT_DIR = "/etc/systemd/system"
+DOCKER_DROPIN = f"{UNIT_DIR}/docker.service.d/owuibuild.conf"
 # First boot of a vanilla image pulls a multi-gigabyte image before the instance can start.
 START_TIMEOUT_SECONDS = 1800
 
@@ -197,6 +199,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         File(PORTS_SCRIPT, ports_script(plan, host), "0755"),
         File(f"{UNIT_DIR}/{PORTS_UNIT}", ports_unit()),
     ]
+    if host.host.data_volume is not None:
+        # dockerd restarts `unless-stopped` containers by itself: never before the data volume
+        # is mounted, or they would start on an empty directory of the root disk.
+        files.append(
+            File(DOCKER_DROPIN, render_template("dropin.conf.j2", mount=DATA_MOUNT, read_write=""))
+        )
     for inst in host.instances:
         files += instance_files(plan, inst, secrets)
     configure: list[Command] = [
