@@ -52,8 +52,13 @@ def rendered_cases(
     return cases
 
 
+def backup_host(rendered: Rendered) -> str:
+    """Backups run where PostgreSQL is placed (the shared host unless the blueprint moves it)."""
+    return rendered.plan.postgres_host.name  # type: ignore[attr-defined, no-any-return]
+
+
 def backup_files(rendered: Rendered) -> dict[str, str]:
-    shared = rendered.plan.shared.name  # type: ignore[attr-defined]
+    shared = backup_host(rendered)
     return {
         path.split(":", 1)[1]: text
         for path, text in written(rendered).items()
@@ -145,6 +150,6 @@ def test_user_data_with_backups_passes_cloud_init_schema_strictly(
     for case, rendered in rendered_cases(render_example, render_text).items():
         assert set(backup_files(rendered)) == {backup.SCRIPT, backup.SERVICE, backup.TIMER}
         path = tmp_path / f"{case}.user-data.yaml"
-        path.write_bytes(user_data(rendered, rendered.plan.shared.name))  # type: ignore[attr-defined]
+        path.write_bytes(user_data(rendered, backup_host(rendered)))
         paths.append(path)
     assert cloud_init_problems(paths) == {str(p): [] for p in paths}
