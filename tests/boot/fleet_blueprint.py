@@ -174,7 +174,9 @@ def empty_disk(path: Path, size: str = "2G") -> Path:
 LOOPBACK = "127.0.0.1"
 
 
-def pg_login(vm: Any, fleet: Fleet, user: str, database: str, password: str | None = None):  # type: ignore[no-untyped-def]
+def pg_login(
+    vm: Any, fleet: Fleet, user: str, database: str, password: str | None = None
+) -> probes.Outcome:
     return probes.pg_login(
         LOOPBACK,
         vm.host_port(POSTGRES_PORT),
@@ -185,7 +187,9 @@ def pg_login(vm: Any, fleet: Fleet, user: str, database: str, password: str | No
     )
 
 
-def redis_ping(vm: Any, fleet: Fleet, server: str, user: str, password: str | None = None):  # type: ignore[no-untyped-def]
+def redis_ping(
+    vm: Any, fleet: Fleet, server: str, user: str, password: str | None = None
+) -> probes.Outcome:
     return probes.redis_ping(
         LOOPBACK,
         vm.host_port(fleet.redis_ports[server]),
@@ -216,7 +220,9 @@ def redis_call(vm: Any, fleet: Fleet, instance: str, *command: str) -> Any:
         return replies[1]
 
 
-def http(vm: Any, guest_port: int, path: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def http(
+    vm: Any, guest_port: int, path: str, headers: dict[str, str] | None = None
+) -> probes.HttpAnswer:
     return probes.http_get(LOOPBACK, vm.host_port(guest_port), path, 20, headers)
 
 
