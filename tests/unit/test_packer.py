@@ -72,9 +72,12 @@ def test_files_per_image_and_no_secret_anywhere(render_example: Callable[[str], 
 
 @pytest.mark.parametrize("name", [MULTI, HOMELAB])
 def test_every_template_parses(render_example: Callable[[str], object], name: str) -> None:
+    parsed = 0
     for path, data in packer_files(render_example(name)).items():
         if path.endswith(".hcl"):
-            hcl2.loads(data.decode())
+            assert hcl2.loads(data.decode()), f"{path} parses to nothing"
+            parsed += 1
+    assert parsed >= 3  # plugins, variables and at least one image
 
 
 def test_plugins_pinned_for_selected_builders_only(
