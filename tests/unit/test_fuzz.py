@@ -164,7 +164,7 @@ def assert_clean(result: Result) -> None:
     assert "Traceback" not in result.output
 
 
-def throw(data: bytes, out: Path | None = None) -> None:
+def throw(data: bytes, out: Path | None = None) -> tuple[int, int]:
     """validate and render one blueprint; check exit codes and that no partial output exists."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bp.yml"
@@ -186,24 +186,31 @@ def throw(data: bytes, out: Path | None = None) -> None:
                 p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")
             ]
             assert leftovers == []
+        return result.exit_code, rendered.exit_code
+
+
+ALLOWED = {0, 1, 2}  # ok, invalid input, usage; never 3 (internal error)
 
 
 @settings(PROFILE)
 @given(text=yaml_texts)
 def test_random_yaml_text(text: str) -> None:
-    throw(text.encode("utf-8"))
+    validated, rendered = throw(text.encode("utf-8"))
+    assert {validated, rendered} <= ALLOWED
 
 
 @settings(PROFILE)
 @given(data=st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
-    throw(data)
+    validated, rendered = throw(data)
+    assert {validated, rendered} <= ALLOWED
 
 
 @settings(PROFILE)
 @given(doc=documents)
 def test_random_documents(doc: Any) -> None:
-    throw(yaml.safe_dump(doc, allow_unicode=True).encode("utf-8"))
+    validated, rendered = throw(yaml.safe_dump(doc, allow_unicode=True).encode("utf-8"))
+    assert {validated, rendered} <= ALLOWED
 
 
 # -- mutated examples -------------------------------------------------------------------------------
@@ -294,4 +301,5 @@ def previous_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 @given(case=mutated_examples())
 def test_mutated_examples(case: tuple[str, bytes], previous_outputs: dict[str, Path]) -> None:
     example, data = case
-    throw(data, out=previous_outputs[example])
+    validated, rendered = throw(data, out=previous_outputs[example])
+    assert {validated, rendered} <= ALLOWED
