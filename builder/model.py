@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-DISTRO_POSTGRES = {"debian-12": 15, "ubuntu-24.04": 16}
-DISTRO_CODENAME = {"debian-12": "bookworm", "ubuntu-24.04": "noble"}
+from .release import RELEASES, Release
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,15 @@ class Host:
 class OS:
     distro: str
     timezone: str
+    docker_source: str  # release.DOCKER_ARCHIVE or DOCKER_UPSTREAM, the release's default filled in
+
+    @property
+    def release(self) -> Release:
+        return RELEASES[self.distro]
 
     @property
     def codename(self) -> str:
-        return DISTRO_CODENAME[self.distro]
+        return self.release.codename
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,12 @@ class Fleet:
 
     @staticmethod
     def from_data(d: dict[str, Any]) -> Fleet:
-        os_ = OS(d["os"]["distro"], d["os"]["timezone"])
+        release = RELEASES[d["os"]["distro"]]
+        os_ = OS(
+            release.distro,
+            d["os"]["timezone"],
+            d["os"].get("docker_source", release.docker_default),
+        )
         s = d["shared"]
         o, q, p, r = s["ollama"], s["qdrant"], s["postgres"], s["redis"]
         return Fleet(
@@ -219,9 +228,7 @@ class Fleet:
                     q["replication_factor"],
                     QdrantTLS(**q["tls"]) if "tls" in q else None,
                 ),
-                postgres=Postgres(
-                    p.get("version", DISTRO_POSTGRES[os_.distro]), p["max_connections"]
-                ),
+                postgres=Postgres(p.get("version", release.postgres_major), p["max_connections"]),
                 redis=Redis(r["mode"], r["maxmemory_mb"], r["base_port"]),
                 backups=Backups(
                     s["backups"]["enabled"],

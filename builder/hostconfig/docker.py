@@ -1,7 +1,8 @@
 """Section: Docker hosts. Docker Engine with compose v2, and the Open WebUI instances a host runs.
 
 Applies to every host with instances, the shared host included. It installs Docker from a signed
-apt source (Debian 12: Docker's repository, its key embedded; Ubuntu 24.04: the archive), writes
+apt source (the release table says where from: Debian 13 and Ubuntu 24.04 have Docker and compose v2
+in their own archives; Debian 12 uses Docker's repository, its key embedded), writes
 each instance's bundle (from owuibuild.bundle) to its bundle directory, runs each instance with
 one systemd unit, and keeps published ports to the fleet's network unless an instance is public.
 
@@ -18,6 +19,7 @@ from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
 from ..plan import DATA_MOUNT, HostPlan, InstancePlan, Plan
 from ..quoting import render_template
+from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
 from . import Command, File, Part
 
@@ -25,12 +27,6 @@ ORDER = 60
 
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
 DOCKER_REPO = "https://download.docker.com/linux"
-# Debian 12 has no compose v2 package, so Docker's own repository provides both.
-PACKAGES = {
-    "debian-12": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"),
-    "ubuntu-24.04": ("docker.io", "docker-compose-v2"),
-}
-REPO_DISTRO = {"debian-12": "debian"}  # distros that need Docker's repository
 
 DOCKER = "/usr/bin/docker"
 PORTS_SCRIPT = "/usr/local/sbin/owuibuild-docker-ports"
@@ -44,13 +40,18 @@ START_TIMEOUT_SECONDS = 1800
 _UNIT_WORD = re.compile(r"[A-Za-z0-9_./:@=+-]+")
 
 
+def from_upstream(plan: Plan) -> bool:
+    """Whether Docker comes from Docker's own repository rather than the distribution's."""
+    return plan.fleet.os.docker_source == DOCKER_UPSTREAM
+
+
 def apt_source(plan: Plan) -> dict[str, dict[str, str]]:
-    distro = plan.fleet.os.distro
-    if distro not in REPO_DISTRO:
+    if not from_upstream(plan):
         return {}
+    release = plan.fleet.os.release
     line = (
-        f"deb [arch=amd64 signed-by={DOCKER_KEYRING}] {DOCKER_REPO}/{REPO_DISTRO[distro]} "
-        f"{plan.fleet.os.codename} stable"
+        f"deb [arch=amd64 signed-by={DOCKER_KEYRING}] {DOCKER_REPO}/{release.family} "
+        f"{release.codename} stable"
     )
     return {"docker": {"source": line}}
 
@@ -191,9 +192,8 @@ def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[Fi
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     if not host.runs_docker:
         return None
-    distro = plan.fleet.os.distro
     files: list[File] = []
-    if distro in REPO_DISTRO:
+    if from_upstream(plan):
         files.append(File(DOCKER_KEYRING, docker_apt_key()))
     files += [
         File(PORTS_SCRIPT, ports_script(plan, host), "0755"),
@@ -218,7 +218,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     ]
     return Part(
         name="docker",
-        packages=PACKAGES[distro],
+        packages=plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
         apt_sources=apt_source(plan),
         files=tuple(files),
         configure=tuple(configure),

@@ -55,43 +55,6 @@ HEADER = (
 )
 
 
-# -- distro facts Packer needs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """Where a distro's official cloud image comes from, per builder."""
-
-    qemu_url: str
-    qemu_checksum: str  # Packer's "file:<url>" form: checked against the published sums
-    ami_owner: str
-    ami_name: str
-    ami_root_device: str
-    cloud_user: str  # the image's default cloud-init user
-
-
-BASE_IMAGES = {
-    "debian-12": BaseImage(
-        qemu_url="https://cloud.debian.org/images/cloud/bookworm/latest/"
-        "debian-12-genericcloud-amd64.qcow2",
-        qemu_checksum="file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS",
-        ami_owner="136693071363",
-        ami_name="debian-12-amd64-*",
-        ami_root_device="/dev/xvda",
-        cloud_user="admin",
-    ),
-    "ubuntu-24.04": BaseImage(
-        qemu_url="https://cloud-images.ubuntu.com/releases/noble/release/"
-        "ubuntu-24.04-server-cloudimg-amd64.img",
-        qemu_checksum="file:https://cloud-images.ubuntu.com/releases/noble/release/SHA256SUMS",
-        ami_owner="099720109477",
-        ami_name="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
-        ami_root_device="/dev/sda1",
-        cloud_user="ubuntu",
-    ),
-}
-
-
 # -- a small HCL emitter ---------------------------------------------------------------------------
 
 
@@ -267,7 +230,7 @@ class Variable:
 
 def variables(plan: Plan) -> list[Variable]:
     """Every input a site sets, for the builders the blueprint selects."""
-    base = BASE_IMAGES[plan.fleet.os.distro]
+    base = plan.fleet.os.release.base_image
     every = [
         Variable(
             "image_name_prefix",
