@@ -138,6 +138,7 @@ class OpenWebUI:
     version: str
     image: str
     digest: str | None
+    archive_sha256: str | None  # load a `docker save` archive from the mirror instead of pulling
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class Placement:
 class Images:
     builders: tuple[str, ...]
     bake_models: bool
+    preload_openwebui: bool
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,10 @@ class Fleet:
             ),
             hosts=tuple(Host.from_data(h) for h in d["hosts"]),
             openwebui=OpenWebUI(
-                d["openwebui"]["version"], d["openwebui"]["image"], d["openwebui"].get("digest")
+                d["openwebui"]["version"],
+                d["openwebui"]["image"],
+                d["openwebui"].get("digest"),
+                d["openwebui"].get("archive_sha256"),
             ),
             instances=tuple(
                 Instance(
@@ -254,7 +259,11 @@ class Fleet:
                 )
                 for i in d["instances"]
             ),
-            images=Images(tuple(d["images"]["builders"]), d["images"]["bake_models"]),
+            images=Images(
+                tuple(d["images"]["builders"]),
+                d["images"]["bake_models"],
+                d["images"]["preload_openwebui"],
+            ),
             placement=Placement(
                 postgres=d["placement"].get("postgres", s["host"]["name"]),
                 redis=d["placement"].get("redis", s["host"]["name"]),

@@ -760,6 +760,17 @@ def check_pins(data: dict[str, Any]) -> Iterator[Located]:
                 ),
                 False,
             )
+    openwebui = data.get("openwebui")
+    if isinstance(openwebui, dict) and "archive_sha256" in openwebui and not data.get("mirror"):
+        yield (
+            error(
+                ("openwebui", "archive_sha256"),
+                "an image archive needs a mirror to be loaded from",
+                "set mirror: to the server that holds openwebui-v<version>.docker.tar, "
+                "or leave archive_sha256 out to pull the image from its registry",
+            ),
+            True,
+        )
 
 
 SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (

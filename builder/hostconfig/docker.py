@@ -17,7 +17,7 @@ import shlex
 
 from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
-from ..plan import DATA_MOUNT, HostPlan, InstancePlan, Plan
+from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
 from ..quoting import render_template
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
@@ -30,6 +30,7 @@ DOCKER_REPO = "https://download.docker.com/linux"
 
 DOCKER = "/usr/bin/docker"
 PORTS_SCRIPT = "/usr/local/sbin/owuibuild-docker-ports"
+LOAD_IMAGE_SCRIPT = f"{SCRIPT_DIR}/load-openwebui-image.sh"
 PORTS_UNIT = "owuibuild-docker-ports.service"
 PORTS_CHAIN = "OWUIBUILD-PORTS"
 UNIT_DIR = "/etc/systemd/system"
@@ -181,6 +182,20 @@ def ports_script(plan: Plan, host: HostPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_image(plan: Plan) -> tuple[tuple[File, ...], tuple[Command, ...]]:
+    """The install step that loads the Open WebUI image from the mirror's archive, if any."""
+    archive = plan.openwebui_archive
+    if archive is None:
+        return (), ()
+    script = render_template(
+        "load-image.sh.j2",
+        image=plan.openwebui_image,
+        sha256=archive.sha256,
+        url=archive.url(plan.fleet.mirror),
+    )
+    return (File(LOAD_IMAGE_SCRIPT, script, "0755"),), (("/bin/sh", LOAD_IMAGE_SCRIPT),)
+
+
 def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[File, ...]:
     return (
         File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst)),
@@ -207,6 +222,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         )
     for inst in host.instances:
         files += instance_files(plan, inst, secrets)
+    load_files, install = load_image(plan)
+    files += load_files
     configure: list[Command] = [
         ("systemctl", "daemon-reload"),
         ("systemctl", "enable", "--now", "docker.service"),
@@ -221,5 +238,6 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         packages=plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
         apt_sources=apt_source(plan),
         files=tuple(files),
+        install=install,
         configure=tuple(configure),
     )

@@ -421,17 +421,23 @@ class Image:
 
 def images(plan: Plan) -> list[Image]:
     """The shared image, and the instance-host image for the first host that runs Docker."""
+    # The image comes from its registry unless the mirror's archive loads it (an install step).
+    pull = (
+        (plan.openwebui_image,)
+        if plan.fleet.images.preload_openwebui and plan.openwebui_archive is None
+        else ()
+    )
     out = [
         Image(
             "shared",
             plan.shared,
             plan.ollama_models if plan.fleet.images.bake_models else (),
-            (plan.openwebui_image,) if plan.shared.runs_docker else (),
+            pull if plan.shared.runs_docker else (),
         )
     ]
     docker = next((h for h in plan.docker_hosts), plan.shared if plan.shared.runs_docker else None)
     if docker is not None:
-        out.append(Image("instance-host", docker, (), (plan.openwebui_image,)))
+        out.append(Image("instance-host", docker, (), pull))
     return out
 
 

@@ -11,7 +11,7 @@
 
 ``baked_shared``
     The shared golden image baked by the real ``owuibuild bake`` with Packer's qemu builder
-    (TCG) from the cached Debian 12 base image (tests/infra/vm-image.sh). Cached under
+    (TCG) from the cached Debian 13 base image (tests/infra/vm-image.sh). Cached under
     ``$OWUIBUILD_CACHE/baked/`` by a hash of its inputs: the rendered packer/ files (with the
     mirror's port taken out), the base image and the doubles. A cache hit skips Packer; a
     miss (or OWUIBUILD_BAKE_REBUILD=1) bakes again. The blueprint and its secrets file are
@@ -93,7 +93,7 @@ def bake_blueprint(mirror: Mirror) -> str:
 
     return f"""apiVersion: owuibuild/v1
 name: baketest
-os: {{distro: debian-12, timezone: UTC}}
+os: {{distro: debian-13, timezone: UTC}}
 mirror: {mirror.guest_url}
 admin:
   user: ops

@@ -1,6 +1,6 @@
 """Boot tier: a real bake of the shared golden image, then an offline look inside it.
 
-``owuibuild bake`` runs the real Packer (qemu builder, accelerator tcg) on the cached Debian 12
+``owuibuild bake`` runs the real Packer (qemu builder, accelerator tcg) on the cached Debian 13
 base image, with the Ollama and Qdrant artifacts served by the local mirror of TEST DOUBLES
 (tests/doubles: they check our install steps, not Ollama or Qdrant). The image is then read
 without booting it: converted to raw and walked with debugfs. What must be in it is derived

@@ -2,7 +2,7 @@
 
 One vanilla boot carries most proofs, in order (the tests of this module share it):
 
-1. ``test_vanilla_boot``: the cached Debian 12 base image boots with the rendered ``seed.iso``
+1. ``test_vanilla_boot``: the cached Debian 13 base image boots with the rendered ``seed.iso``
    and an empty data disk; cloud-init ends ``done`` with no error and no warning; then, through
    127.0.0.1 forwards only, every instance role logs in to its own database and is refused on
    the others', each Redis answers to its ACL user only, Qdrant and Ollama run (TEST DOUBLES:

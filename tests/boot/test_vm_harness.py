@@ -2,7 +2,7 @@
 
 A minimal #cloud-config (one user with a fresh ed25519 key, a runcmd touch
 file), meta-data and a network-config v2 with a static 10.0.2.15/24 are packed
-by ``make_seed_iso`` and booted on the cached Debian 12 base image. The test
+by ``make_seed_iso`` and booted on the cached Debian 13 base image. The test
 waits for cloud-init ``done`` without errors and checks, over ssh to a
 127.0.0.1 forward, that the file exists and the static address was applied.
 """

@@ -57,11 +57,7 @@ def test_new_fleets_start_on_debian_13() -> None:
 def test_release_names_live_only_in_the_table() -> None:
     """No scattered conditionals: no other module of the package names a release or codename."""
     names = re.compile(
-        "|".join(
-            re.escape(word)
-            for r in RELEASES.values()
-            for word in (r.distro, r.codename)
-        )
+        "|".join(re.escape(word) for r in RELEASES.values() for word in (r.distro, r.codename))
     )
     offenders = [
         f"{path.name}:{n}: {line.strip()}"
@@ -118,7 +114,9 @@ def test_release_decides_postgres_and_docker(
 
 
 def test_debian_12_archive_docker_is_a_located_error() -> None:
-    text = edit(BASE, "name: fleet\n", "name: fleet\nos: {distro: debian-12, docker_source: archive}\n")
+    text = edit(
+        BASE, "name: fleet\n", "name: fleet\nos: {distro: debian-12, docker_source: archive}\n"
+    )
     d = one(diagnose(text), "os.docker_source")
     assert "no compose v2" in d.message
     assert d.hint is not None and "debian-13" in d.hint
@@ -134,10 +132,67 @@ def test_postgres_version_follows_the_release() -> None:
     pinned = edit(text, "{max_connections: 200}", "{max_connections: 200, version: 15}")
     d = one(diagnose(pinned), "shared.postgres.version")
     assert d.message == "PostgreSQL 15 is not the version debian-13 ships (17)"
-    assert diagnose(edit(text, "{max_connections: 200}", "{max_connections: 200, version: 17}")) == []
+    assert (
+        diagnose(edit(text, "{max_connections: 200}", "{max_connections: 200, version: 17}")) == []
+    )
 
 
 def test_unhashable_distro_is_a_schema_error_not_a_crash() -> None:
     text = edit(BASE, "name: fleet\n", "name: fleet\nos: {distro: [debian-13]}\n")
     d = one(diagnose(text), "os.distro")
     assert d.severity.value == "error"
+
+
+# -- the Open WebUI image from the mirror (hosts without a registry) ---------------------------
+
+ARCHIVE_SHA = "ab" * 32
+
+
+def archive_blueprint(extra: str = "") -> str:
+    text = edit(
+        BASE,
+        "name: fleet\n",
+        "name: fleet\nos: {distro: debian-13}\nmirror: http://mirror.example/owui\n",
+    )
+    return text + f"openwebui: {{archive_sha256: {ARCHIVE_SHA}}}\n" + extra
+
+
+def test_image_archive_is_loaded_from_the_mirror_and_never_pulled(
+    render_text: Callable[[str], Rendered],
+) -> None:
+    r = render_text(archive_blueprint())
+    web = user_data(r, "web-a")
+    script = next(f for f in web["write_files"] if f["path"] == docker_section.LOAD_IMAGE_SCRIPT)
+    assert script["permissions"] == "0755"
+    assert f"SHA256={ARCHIVE_SHA}" in script["content"]
+    assert "URL=http://mirror.example/owui/openwebui-v0.12.4.docker.tar" in script["content"]
+    # An install step: it runs before the instances are started, and Packer runs it too.
+    runcmd = web["runcmd"]
+    load = runcmd.index(["/bin/sh", docker_section.LOAD_IMAGE_SCRIPT])
+    starts = [i for i, c in enumerate(runcmd) if c[:3] == ["systemctl", "enable", "--now"]]
+    assert starts and load < min(starts)
+    compose = yaml.safe_load(r.files["instances/one/compose.yaml"])
+    assert compose["services"]["openwebui"]["pull_policy"] == "never"
+    packer_script = r.text("packer/scripts/instance-host-install.sh")
+    assert docker_section.LOAD_IMAGE_SCRIPT in packer_script
+    assert "docker pull" not in packer_script
+
+
+def test_registry_image_is_pulled_into_the_golden_image_unless_told_not_to(
+    render_text: Callable[[str], Rendered],
+) -> None:
+    r = render_text(BASE)
+    assert "docker pull ghcr.io/open-webui/open-webui:v0.12.4" in r.text(
+        "packer/scripts/instance-host-install.sh"
+    )
+    assert "pull_policy" not in r.text("instances/one/compose.yaml")
+    assert docker_section.LOAD_IMAGE_SCRIPT not in paths_written(user_data(r, "web-a"))
+    off = render_text(BASE + "images: {preload_openwebui: false}\n")
+    assert "docker pull" not in off.text("packer/scripts/instance-host-install.sh")
+
+
+def test_image_archive_without_a_mirror_is_a_located_error() -> None:
+    text = BASE + f"openwebui: {{archive_sha256: {ARCHIVE_SHA}}}\n"
+    d = one(diagnose(text), "openwebui.archive_sha256")
+    assert d.message == "an image archive needs a mirror to be loaded from"
+    assert (d.line, d.column) == where(text, "archive_sha256")

@@ -1,0 +1,407 @@
+"""Boot tier: a real two-VM Debian 13 fleet, a shared host and a Docker host, booted from their
+generated seeds and talking over a private network through both generated firewalls.
+
+The network the test builds::
+
+    shared  10.0.5.24 (ens17)  <-- fleet link: QEMU UDP sockets on 127.0.0.1 -->  dock  10.0.5.30
+      |  ens16: user-mode uplink (ssh forward, Debian's mirror, the doubles' mirror)   |  ens16
+
+The fleet link carries only frames between the two guests; nothing on it leaves the machine.
+Each guest's uplink is the QEMU user-mode network, configured by the test base image itself
+(tests/infra/vm-image.sh), so the seeds' own network-config drives the fleet NIC exactly as
+rendered. The host dials nothing but 127.0.0.1 forwards; every probe of a blueprint address
+runs inside a guest.
+
+TEST DOUBLES: the Ollama and Qdrant servers are the mirror's doubles (tests/doubles), and the
+instances run a small stand-in image in place of Open WebUI (tests/doubles/openwebui_standin.py,
+tagged with the generated image reference): it turns healthy only after it has used every
+connection of its env file. No registry can be reached, so the blueprint names the image as a
+`docker save` archive on the mirror (openwebui.archive_sha256), which the Docker host's own
+install step loads, as an air-gapped site would. The real Open WebUI runs in the containers tier.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleet_blueprint import OLLAMA_VERSION, QDRANT_VERSION, assert_cloud_init_clean, empty_disk
+from infra.vm import FLEET_INTERFACE, VM, FleetLink, ensure_base_image, missing_tools
+from owuibuild.artifacts import ollama_filename, qdrant_filename
+
+pytestmark = pytest.mark.boot
+
+ADMIN = "ops"
+SHARED, DOCK = "shared", "dock"
+SHARED_ADDRESS, DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
+INSTANCES = {"alpha": 3001, "beta": 3002}
+# A registry on the guest's own closed port: a pull can never leave the guest.
+IMAGE = "localhost:1/owuibuild/openwebui-test-double"
+OPENWEBUI_VERSION = "0.12.4"
+MEMORY_MB = 2048
+DATA_DEVICE = "/dev/vdb"
+PROBES = Path(__file__).resolve().parents[2] / "builder" / "probes.py"
+
+
+def blueprint_text(mirror: Any, admin_key: str, archive_sha256: str) -> str:
+    instances = "\n".join(
+        f"  - {{name: {name}, host: {DOCK}, port: {port}}}" for name, port in INSTANCES.items()
+    )
+    return f"""apiVersion: owuibuild/v1
+name: fleetboot
+os: {{distro: debian-13, timezone: UTC}}
+mirror: {mirror.guest_url}
+admin:
+  user: {ADMIN}
+  ssh_authorized_keys: ["{admin_key}"]
+  allow_from: [10.0.2.2/32]
+network: {{cidr: 10.0.5.0/24, gateway: 10.0.5.1, dns: [10.0.5.1], interface: {FLEET_INTERFACE}}}
+shared:
+  host:
+    name: {SHARED}
+    address: {SHARED_ADDRESS}
+    data_volume: {{label: owui-data, device: {DATA_DEVICE}}}
+  ollama:
+    version: "{OLLAMA_VERSION}"
+    sha256: {mirror.sha256(ollama_filename(OLLAMA_VERSION))}
+    models: [tinyllama]
+    embedding_model: tinyllama
+  qdrant:
+    version: "{QDRANT_VERSION}"
+    sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
+hosts:
+  - name: {DOCK}
+    address: {DOCK_ADDRESS}
+    data_volume: {{label: owui-data, device: {DATA_DEVICE}}}
+openwebui: {{image: {IMAGE}, version: "{OPENWEBUI_VERSION}", archive_sha256: {archive_sha256}}}
+instances:
+{instances}
+images: {{builders: [qemu], bake_models: false}}
+"""
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    out: Path
+    key: Path
+    secrets: dict[str, str]
+    plan: Any
+
+    def seed(self, host: str) -> Path:
+        return self.out / "hosts" / host / "seed.iso"
+
+    def instance(self, name: str) -> Any:
+        return next(i for i in self.plan.instances if i.name == name)
+
+
+def serve_standin(mirror: Any) -> str:
+    """Put the Open WebUI test double's archive on the mirror; its sha256."""
+    from infra.docker_engine import docker_unavailable_reason, openwebui_standin_archive
+    from owuibuild.artifacts import openwebui_archive_filename
+
+    reason = docker_unavailable_reason()
+    if reason:
+        from conftest import unavailable
+
+        unavailable(f"building the Open WebUI test double needs Docker: {reason}")
+    archive = openwebui_standin_archive(f"{IMAGE}:v{OPENWEBUI_VERSION}")
+    name = openwebui_archive_filename(OPENWEBUI_VERSION)
+    mirror.files[name] = archive.read_bytes()
+    return str(mirror.sha256(name))
+
+
+def render(workdir: Path, mirror: Any) -> Fleet:
+    from owuibuild import secrets as store
+    from owuibuild.pipeline import compile_blueprint
+
+    archive_sha256 = serve_standin(mirror)
+    key = workdir / "admin_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-boot", "-f", str(key)],
+        check=True,
+    )
+    blueprint = workdir / "fleetboot.yml"
+    blueprint.write_text(
+        blueprint_text(mirror, key.with_suffix(".pub").read_text().strip(), archive_sha256)
+    )
+    out = workdir / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "owuibuild.cli", "render", str(blueprint), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    values, diagnostics = store.read(store.secrets_path(blueprint))
+    assert values, diagnostics
+    compiled = compile_blueprint(blueprint, write_secrets=False)
+    assert compiled.ok and compiled.plan is not None
+    assert compiled.plan.openwebui_image == f"{IMAGE}:v{OPENWEBUI_VERSION}"
+    return Fleet(workdir, out, key, dict(values), compiled.plan)
+
+
+# -- in-guest probes -----------------------------------------------------------------------------
+
+# Runs inside a guest with owuibuild's probes module next to it; its input (credentials
+# included) arrives on stdin, never on a command line.
+GUEST_PROBE = r"""
+import json, socket, sys
+sys.path.insert(0, "/tmp")
+import probes
+req = json.load(sys.stdin)
+out = {}
+for name, p in req.get("pg", {}).items():
+    o = probes.pg_login(p["host"], 5432, p["user"], p["db"], p["password"], 10)
+    out[name] = o.state.value
+for name, p in req.get("redis", {}).items():
+    o = probes.redis_ping(p["host"], p["port"], p["user"], p["password"], 10)
+    out[name] = o.state.value
+for name, (host, port) in req.get("tcp", {}).items():
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        out[name] = "open"
+    except socket.timeout:
+        out[name] = "timeout"
+    except ConnectionRefusedError:
+        out[name] = "refused"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+for name, (host, port, path) in req.get("http", {}).items():
+    try:
+        out[name] = probes.http_get(host, port, path, 10).status
+    except Exception as exc:
+        out[name] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def guest_probe(vm: VM, request: dict[str, Any]) -> dict[str, Any]:
+    vm.ssh("cat > /tmp/probes.py", input=PROBES.read_text(), check=True, timeout=60)
+    vm.ssh("cat > /tmp/owuibuild_probe.py", input=GUEST_PROBE, check=True, timeout=60)
+    proc = vm.ssh(
+        "python3 /tmp/owuibuild_probe.py", input=json.dumps(request), check=True, timeout=300
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def instance_health(vm: VM, fleet: Fleet) -> dict[str, str]:
+    health = {}
+    for name in INSTANCES:
+        inst = fleet.instance(name)
+        unit = vm.ssh(f"systemctl is-active {inst.unit_name}", timeout=60).stdout.strip()
+        state = vm.ssh(
+            f"sudo docker compose -p {name} ps --format json openwebui", timeout=60
+        ).stdout
+        healthy = '"Health":"healthy"' in state.replace(" ", "")
+        health[name] = f"{unit} {'healthy' if healthy else state.strip()[:200]}"
+    return health
+
+
+def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = 1200) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = instance_health(vm, fleet)
+        if all(h == "active healthy" for h in health.values()):
+            return
+        if time.monotonic() > deadline:
+            checks = vm.ssh(
+                f"curl -s http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/checks", timeout=60
+            ).stdout
+            journal = vm.ssh("sudo journalctl -u 'owuibuild-*' --no-pager | tail -n 60").stdout
+            raise AssertionError(f"instances not healthy: {health}\n{checks}\n{journal}")
+        time.sleep(5)
+
+
+def boot_pair(fleet: Fleet, disks: dict[str, Path], links: dict[str, FleetLink]) -> dict[str, VM]:
+    base = ensure_base_image()
+    vms = {
+        host: VM(
+            base,
+            fleet.seed(host),
+            data_disk=disks[host],
+            memory_mb=MEMORY_MB,
+            name=f"fleet-{host}",
+            fleet_link=links[host],
+            forwards={3001: None} if host == DOCK else None,
+        )
+        for host in (SHARED, DOCK)
+    }
+    for vm in vms.values():
+        vm.start()
+    return vms
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(mirror: Any, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    missing = missing_tools(extra=["mmdebstrap"])
+    if missing:
+        from conftest import unavailable
+
+        unavailable(f"the boot tier needs {', '.join(missing)} (make system-deps installs them)")
+    return render(tmp_path_factory.mktemp("fleet2"), mirror)
+
+
+@pytest.fixture(scope="module")
+def booted(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Both VMs, booted in parallel from the trixie base image, cloud-init clean, instances
+    healthy. Yields the VMs and what the tests share."""
+    disks = {
+        h: empty_disk(tmp_path_factory.mktemp(f"data-{h}") / "data.qcow2") for h in (SHARED, DOCK)
+    }
+    a, b = FleetLink.pair()
+    links = {SHARED: a, DOCK: b}
+    vms = boot_pair(fleet, disks, links)
+    try:
+        for vm in vms.values():
+            vm.wait_for_ssh(fleet.key, ADMIN, timeout=1200)
+        statuses = {h: assert_cloud_init_clean(vm) for h, vm in vms.items()}
+        wait_instances_healthy(vms[DOCK], fleet)
+        yield {"vms": vms, "disks": disks, "links": links, "statuses": statuses}
+    finally:
+        for vm in vms.values():
+            vm.close()
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+def test_fleet_boots_and_instances_are_healthy(booted: dict[str, Any], fleet: Fleet) -> None:
+    for status in booted["statuses"].values():
+        assert status.status == "done" and not status.errors
+    dock = booted["vms"][DOCK]
+    output = dock.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+    assert f"owuibuild: loaded {fleet.plan.openwebui_image}" in output
+    # Docker from Debian's own archive: no third-party apt source on the host.
+    sources = dock.ssh("grep -rh '^[^#]' /etc/apt/sources.list.d/ || true").stdout
+    assert "docker.com" not in sources, sources
+    assert dock.ssh("docker compose version", check=True).stdout.startswith("Docker Compose")
+    assert all(h == "active healthy" for h in instance_health(dock, fleet).values())
+    # The double got healthy only by using every connection its env file names.
+    for name, port in INSTANCES.items():
+        checks = json.loads(
+            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
+        )
+        assert {k: v["ok"] for k, v in checks.items()} == dict.fromkeys(
+            ("postgres", "redis", "qdrant", "ollama"), True
+        ), (name, checks)
+
+
+def pg_request(inst: Any, database: str, password: str) -> dict[str, Any]:
+    return {"host": SHARED_ADDRESS, "user": inst.db_role, "db": database, "password": password}
+
+
+def redis_request(inst: Any, port: int, password: str) -> dict[str, Any]:
+    return {"host": SHARED_ADDRESS, "port": port, "user": inst.redis_user, "password": password}
+
+
+def test_credentials_are_refused_across_instances(booted: dict[str, Any], fleet: Fleet) -> None:
+    dock = booted["vms"][DOCK]
+    a, b = fleet.instance("alpha"), fleet.instance("beta")
+    pw = fleet.secrets
+    result = guest_probe(
+        dock,
+        {
+            "pg": {
+                "pg-own": pg_request(a, a.db_name, pw[a.db_password.name]),
+                "pg-other-db": pg_request(a, b.db_name, pw[a.db_password.name]),
+            },
+            "redis": {
+                "redis-own": redis_request(a, a.redis_port, pw[a.redis_password.name]),
+                "redis-other-server": redis_request(a, b.redis_port, pw[a.redis_password.name]),
+            },
+        },
+    )
+    assert result == {
+        "pg-own": "ok",
+        "pg-other-db": "refused",
+        "redis-own": "ok",
+        "redis-other-server": "auth-failed",
+    }, result
+
+
+def test_shared_firewall_drops_ports_outside_the_plan(booted: dict[str, Any]) -> None:
+    dock = booted["vms"][DOCK]
+    result = guest_probe(
+        dock,
+        {
+            "tcp": {
+                "postgres": (SHARED_ADDRESS, 5432),
+                "ssh": (SHARED_ADDRESS, 22),
+                "unused": (SHARED_ADDRESS, 9),
+            }
+        },
+    )
+    # In the plan: open. SSH (only from admin.allow_from) and an unused port: dropped, so the
+    # connection times out instead of being refused.
+    assert result == {"postgres": "open", "ssh": "timeout", "unused": "timeout"}, result
+
+
+def test_instance_ports_answer_only_on_the_private_address(booted: dict[str, Any]) -> None:
+    dock, shared = booted["vms"][DOCK], booted["vms"][SHARED]
+    port = INSTANCES["alpha"]
+    on_dock = guest_probe(
+        dock,
+        {
+            "http": {"private": (DOCK_ADDRESS, port, "/health")},
+            "tcp": {"loopback": ("127.0.0.1", port)},
+        },
+    )
+    assert on_dock == {"private": 200, "loopback": "refused"}, on_dock
+    # A host of the fleet network reaches it.
+    from_shared = guest_probe(shared, {"http": {"private": (DOCK_ADDRESS, port, "/health")}})
+    assert from_shared == {"private": 200}, from_shared
+    # From outside the fleet network (the uplink forward, from 10.0.2.2) nothing answers.
+    from owuibuild import probes
+
+    with pytest.raises((OSError, probes.ProbeFailure)):
+        probes.http_get("127.0.0.1", dock.host_port(port), "/health", 10)
+
+
+def test_reboot_brings_the_instances_back(booted: dict[str, Any], fleet: Fleet) -> None:
+    dock = booted["vms"][DOCK]
+    dock.reboot(timeout=900)
+    wait_instances_healthy(dock, fleet)
+
+
+def test_new_root_disk_keeps_instance_data(booted: dict[str, Any], fleet: Fleet) -> None:
+    dock = booted["vms"][DOCK]
+    token = pysecrets.token_hex(8)
+    for name in INSTANCES:
+        data_dir = fleet.instance(name).data_dir
+        dock.ssh(f"echo {token}-{name} | sudo tee {data_dir}/replacement-marker", check=True)
+    machine_id = dock.ssh("cat /etc/machine-id", check=True).stdout.strip()
+    dock.shutdown(timeout=300)
+    replacement = VM(
+        ensure_base_image(),
+        fleet.seed(DOCK),
+        data_disk=booted["disks"][DOCK],
+        memory_mb=MEMORY_MB,
+        name="fleet-dock-replaced",
+        fleet_link=booted["links"][DOCK],
+    )
+    booted["vms"][DOCK] = replacement  # closed by the fixture
+    replacement.start()
+    replacement.wait_for_ssh(fleet.key, ADMIN, timeout=1200)
+    assert_cloud_init_clean(replacement)
+    # A new root disk has no image: its install step loaded it from the mirror again.
+    output = replacement.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+    assert f"owuibuild: loaded {fleet.plan.openwebui_image}" in output
+    assert replacement.ssh("cat /etc/machine-id", check=True).stdout.strip() != machine_id
+    wait_instances_healthy(replacement, fleet)
+    for name in INSTANCES:
+        data_dir = fleet.instance(name).data_dir
+        marker = replacement.ssh(f"sudo cat {data_dir}/replacement-marker", check=True).stdout
+        assert marker.strip() == f"{token}-{name}"
