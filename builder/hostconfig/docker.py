@@ -235,7 +235,10 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     ]
     return Part(
         name="docker",
-        packages=plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
+        packages=(
+            *plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
+            *(("ca-certificates", "curl") if install else ()),  # the image load fetches
+        ),
         apt_sources=apt_source(plan),
         files=tuple(files),
         install=install,

@@ -44,6 +44,11 @@ from owuibuild.plan import (
 # The versions the boot conftest's mirror serves (and the golden image was baked with).
 OLLAMA_VERSION = "0.12.4"
 QDRANT_VERSION = "1.15.4"
+# The Open WebUI TEST DOUBLE's image (tests/doubles/openwebui_standin.py): a registry on the
+# guest's own closed port, so that a pull can never leave the guest; hosts load the image from
+# the mirror's archive instead (openwebui.archive_sha256).
+STANDIN_IMAGE = "localhost:1/owuibuild/openwebui-test-double"
+STANDIN_VERSION = "0.12.4"
 
 ADMIN = "ops"
 SHARED = "shared"
@@ -326,35 +331,48 @@ def bench_path() -> Path:
 
 @dataclass
 class BootTiming:
-    """Seconds from QEMU's start: first SSH login, cloud-init done, every service healthy."""
+    """Seconds from QEMU's start: first SSH login, cloud-init done, ready (every service of the
+    host healthy; for a Docker host, its instances healthy). ``image`` names the row:
+    ``bare`` (the base image with a seed that only sets the admin user) or
+    ``<kind>/<vanilla|golden>`` with kind ``shared`` or ``instance-host``."""
 
-    image: str  # vanilla | golden
+    image: str
     ssh_s: float
     cloud_init_done_s: float
     ready_s: float
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+KINDS = ("shared", "instance-host")
+# One id for every row measured by one test process: rows of one run were measured side by
+# side, on the same machine under the same load.
+RUN_ID = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+
+
 def record_boot(timing: BootTiming, path: Path | None = None) -> dict[str, Any]:
-    """Merge one measurement into boot.json (atomically) and recompute the ratio."""
+    """Merge one measurement into boot.json (atomically) and recompute the ratios."""
     path = path or bench_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    data[timing.image] = {
+    rows = data.setdefault("rows", {})
+    rows[timing.image] = {
         "boot_to_ready_s": round(timing.ready_s, 1),
         "ssh_s": round(timing.ssh_s, 1),
         "cloud_init_done_s": round(timing.cloud_init_done_s, 1),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": RUN_ID,
         **timing.extra,
     }
-    vanilla, golden = data.get("vanilla"), data.get("golden")
-    if vanilla and golden and golden["boot_to_ready_s"] > 0:
-        data["ratio_vanilla_to_golden"] = round(
-            vanilla["boot_to_ready_s"] / golden["boot_to_ready_s"], 2
-        )
+    ratios = {}
+    bare = rows.get("bare")
+    for kind in KINDS:
+        golden = rows.get(f"{kind}/golden")
+        if bare and golden and bare["boot_to_ready_s"] > 0:
+            ratios[kind] = round(golden["boot_to_ready_s"] / bare["boot_to_ready_s"], 2)
+    data["ratio_golden_to_bare"] = ratios
     data["cpus"] = os.cpu_count()
     data["accelerator"] = "tcg"
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

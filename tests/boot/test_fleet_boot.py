@@ -23,19 +23,31 @@ install step loads, as an air-gapped site would. The real Open WebUI runs in the
 from __future__ import annotations
 
 import json
+import re
 import secrets as pysecrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_blueprint import OLLAMA_VERSION, QDRANT_VERSION, assert_cloud_init_clean, empty_disk
-from infra.vm import FLEET_INTERFACE, VM, FleetLink, ensure_base_image, missing_tools
+from fleet_blueprint import (
+    OLLAMA_VERSION,
+    QDRANT_VERSION,
+    STANDIN_IMAGE,
+    STANDIN_VERSION,
+    BootTiming,
+    assert_cloud_init_clean,
+    empty_disk,
+    record_boot,
+)
+from infra.vm import FLEET_INTERFACE, VM, BaseImage, FleetLink, ensure_base_image, missing_tools
 from owuibuild.artifacts import ollama_filename, qdrant_filename
+from owuibuild.plan import DATA_MOUNT
 
 pytestmark = pytest.mark.boot
 
@@ -43,9 +55,7 @@ ADMIN = "ops"
 SHARED, DOCK = "shared", "dock"
 SHARED_ADDRESS, DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
 INSTANCES = {"alpha": 3001, "beta": 3002}
-# A registry on the guest's own closed port: a pull can never leave the guest.
-IMAGE = "localhost:1/owuibuild/openwebui-test-double"
-OPENWEBUI_VERSION = "0.12.4"
+IMAGE, OPENWEBUI_VERSION = STANDIN_IMAGE, STANDIN_VERSION
 MEMORY_MB = 2048
 DATA_DEVICE = "/dev/vdb"
 PROBES = Path(__file__).resolve().parents[2] / "builder" / "probes.py"
@@ -103,27 +113,10 @@ class Fleet:
         return next(i for i in self.plan.instances if i.name == name)
 
 
-def serve_standin(mirror: Any) -> str:
-    """Put the Open WebUI test double's archive on the mirror; its sha256."""
-    from infra.docker_engine import docker_unavailable_reason, openwebui_standin_archive
-    from owuibuild.artifacts import openwebui_archive_filename
-
-    reason = docker_unavailable_reason()
-    if reason:
-        from conftest import unavailable
-
-        unavailable(f"building the Open WebUI test double needs Docker: {reason}")
-    archive = openwebui_standin_archive(f"{IMAGE}:v{OPENWEBUI_VERSION}")
-    name = openwebui_archive_filename(OPENWEBUI_VERSION)
-    mirror.files[name] = archive.read_bytes()
-    return str(mirror.sha256(name))
-
-
-def render(workdir: Path, mirror: Any) -> Fleet:
+def render(workdir: Path, mirror: Any, archive_sha256: str) -> Fleet:
     from owuibuild import secrets as store
     from owuibuild.pipeline import compile_blueprint
 
-    archive_sha256 = serve_standin(mirror)
     key = workdir / "admin_ed25519"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-boot", "-f", str(key)],
@@ -245,13 +238,13 @@ def boot_pair(fleet: Fleet, disks: dict[str, Path], links: dict[str, FleetLink])
 
 
 @pytest.fixture(scope="module")
-def fleet(mirror: Any, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+def fleet(mirror: Any, openwebui_standin: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     missing = missing_tools(extra=["mmdebstrap"])
     if missing:
         from conftest import unavailable
 
         unavailable(f"the boot tier needs {', '.join(missing)} (make system-deps installs them)")
-    return render(tmp_path_factory.mktemp("fleet2"), mirror)
+    return render(tmp_path_factory.mktemp("fleet2"), mirror, openwebui_standin)
 
 
 @pytest.fixture(scope="module")
@@ -265,10 +258,15 @@ def booted(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     links = {SHARED: a, DOCK: b}
     vms = boot_pair(fleet, disks, links)
     try:
-        for vm in vms.values():
-            vm.wait_for_ssh(fleet.key, ADMIN, timeout=1200)
-        statuses = {h: assert_cloud_init_clean(vm) for h, vm in vms.items()}
+        ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=1200) for h, vm in vms.items()}
+        statuses, done = {}, {}
+        for host, vm in vms.items():
+            statuses[host] = assert_cloud_init_clean(vm)
+            done[host] = vm.uptime()
         wait_instances_healthy(vms[DOCK], fleet)
+        ready = {SHARED: done[SHARED], DOCK: vms[DOCK].uptime()}
+        for host, kind in ((SHARED, "shared"), (DOCK, "instance-host")):
+            record_boot(BootTiming(f"{kind}/vanilla", ssh[host], done[host], ready[host]))
         yield {"vms": vms, "disks": disks, "links": links, "statuses": statuses}
     finally:
         for vm in vms.values():
@@ -405,3 +403,90 @@ def test_new_root_disk_keeps_instance_data(booted: dict[str, Any], fleet: Fleet)
         data_dir = fleet.instance(name).data_dir
         marker = replacement.ssh(f"sudo cat {data_dir}/replacement-marker", check=True).stdout
         assert marker.strip() == f"{token}-{name}"
+
+
+# -- golden images ---------------------------------------------------------------------------------
+
+
+def apt_changes_since_boot(vm: VM) -> list[str]:
+    """apt history stanzas (installs, upgrades, removals) of this boot."""
+    booted = datetime.strptime(vm.ssh("uptime -s", check=True).stdout.strip(), "%Y-%m-%d %H:%M:%S")
+    history = vm.ssh("cat /var/log/apt/history.log 2>/dev/null || true", timeout=60).stdout
+    changes = []
+    for stanza in history.split("\n\n"):
+        start = re.search(r"^Start-Date: (\S+)\s+(\S+)", stanza, re.M)
+        if start and re.search(r"^(Install|Upgrade|Remove|Purge):", stanza, re.M):
+            when = datetime.strptime(f"{start[1]} {start[2]}", "%Y-%m-%d %H:%M:%S")
+            if when >= booted:
+                changes.append(stanza.strip())
+    return changes
+
+
+def test_golden_fleet_boots_without_a_package_source(
+    baked_shared: Any,
+    baked_instance_host: Any,
+    fleet: Fleet,
+    mirror: Any,
+    tmp_path: Path,
+) -> None:
+    """Both golden images with the same seeds and fresh data disks, their uplinks cut
+    (restrict=on: ssh in, nothing out): no apt-get update, no install, no download, and the
+    fleet comes up, baked models on the shared host's data volume, the image preloaded."""
+    fetched_before = len(mirror.requests)
+    a, b = FleetLink.pair()
+    golden = {SHARED: baked_shared, DOCK: baked_instance_host}
+    vms: dict[str, VM] = {}
+    try:
+        for host, link in ((SHARED, a), (DOCK, b)):
+            baked = golden[host]
+            vms[host] = VM(
+                BaseImage(baked.disk, baked.base.kernel, baked.base.initrd, baked.base.root),
+                fleet.seed(host),
+                data_disk=empty_disk(tmp_path / f"golden-{host}.qcow2"),
+                memory_mb=MEMORY_MB,
+                name=f"golden-{host}",
+                fleet_link=link,
+                restrict=True,
+            )
+            vms[host].start()
+        ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=1200) for h, vm in vms.items()}
+        done = {}
+        for host, vm in vms.items():
+            assert_cloud_init_clean(vm)
+            done[host] = vm.uptime()
+        wait_instances_healthy(vms[DOCK], fleet)
+        ready = {SHARED: done[SHARED], DOCK: vms[DOCK].uptime()}
+        assert mirror.requests[fetched_before:] == []
+        for host, vm in vms.items():
+            assert apt_changes_since_boot(vm) == [], host
+            output = vm.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+            # cloud-init's package step (apt-get update) did not run at all.
+            assert not re.search(r"^(Hit|Get|Ign):\d+ ", output, re.M), host
+            assert "owuibuild: installed" not in output, host
+        shared_log = vms[SHARED].ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+        for name, version in (("qdrant", QDRANT_VERSION), ("ollama", OLLAMA_VERSION)):
+            assert f"owuibuild: {name} {version} is already installed" in shared_log, name
+        models = (
+            vms[SHARED]
+            .ssh(
+                f"sudo ls {DATA_MOUNT}/ollama/models/manifests/registry.ollama.ai/library",
+                check=True,
+            )
+            .stdout.split()
+        )
+        assert "tinyllama" in models, models
+        dock_log = vms[DOCK].ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+        assert f"owuibuild: image {fleet.plan.openwebui_image} is already present" in dock_log
+        for host, kind in ((SHARED, "shared"), (DOCK, "instance-host")):
+            record_boot(
+                BootTiming(
+                    f"{kind}/golden",
+                    ssh[host],
+                    done[host],
+                    ready[host],
+                    {"image_cached": bool(golden[host].cached)},
+                )
+            )
+    finally:
+        for vm in vms.values():
+            vm.close()

@@ -228,6 +228,7 @@ class VM:
         workdir: Path | None = None,
         name: str = "vm",
         fleet_link: FleetLink | None = None,
+        restrict: bool = False,
     ) -> None:
         self.base = base
         self.memory_mb = memory_mb
@@ -238,6 +239,8 @@ class VM:
         self.name = name
         self.data_disk = data_disk
         self.fleet_link = fleet_link
+        # restrict=on: the user-mode network forwards ssh in, and lets nothing out.
+        self.restrict = restrict
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"owuibuild-{name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +310,8 @@ class VM:
             f"user,id=net0,net={GUEST_NET},host={GUEST_GATEWAY},dns={GUEST_DNS},"
             f"dhcpstart={GUEST_ADDRESS},{fwd}"
         )
+        if self.restrict:
+            netdev += ",restrict=on"
         append = f"root={self.base.root} rw console=ttyS0,115200n8 {self.extra_append}".strip()
         cmd = [
             QEMU,

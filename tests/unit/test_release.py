@@ -196,3 +196,16 @@ def test_image_archive_without_a_mirror_is_a_located_error() -> None:
     d = one(diagnose(text), "openwebui.archive_sha256")
     assert d.message == "an image archive needs a mirror to be loaded from"
     assert (d.line, d.column) == where(text, "archive_sha256")
+
+
+def test_first_step_checks_every_package_of_the_seed(render_example: Callable[[str], Rendered]) -> None:
+    """A golden image skips cloud-init's package step; the seed's first runcmd step finds a
+    package that the image lacks instead of failing later in a stranger way."""
+    from owuibuild.hostconfig import CHECK_PACKAGES
+
+    r = render_example("seed-example.yml")
+    for host in ("ai-shared", "web-a"):
+        doc = user_data(r, host)
+        first = doc["runcmd"][0]
+        assert first[:4] == ["/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages"]
+        assert first[4:] == doc["packages"]
