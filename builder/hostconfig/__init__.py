@@ -73,7 +73,7 @@ Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
 # here with a message instead of failing later in a stranger way.
 CHECK_PACKAGES = (
     'missing=""; for p in "$@"; do '
-    "[ \"$(dpkg-query -W -f='${db:Status-Status}' \"$p\" 2>/dev/null)\" = installed ] "
+    '[ "$(dpkg-query -W -f=\'${db:Status-Status}\' "$p" 2>/dev/null)" = installed ] '
     '|| missing="$missing $p"; done; '
     '[ -z "$missing" ] || { echo "owuibuild: not installed:$missing;'
     ' bake the golden image again from this render" >&2; exit 1; }'
