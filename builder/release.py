@@ -90,7 +90,8 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             codename="trixie",
             postgres_major=17,
             redis_major=8,
-            docker_archive_packages=("docker.io", "docker-compose"),  # 26.1 and compose 2.26
+            # docker.io 26.1 only recommends its CLI; compose v2 2.26 is a CLI plugin.
+            docker_archive_packages=("docker.io", "docker-cli", "docker-compose"),
             docker_default=DOCKER_ARCHIVE,
             base_image=_debian_image(13, "trixie"),
         ),

@@ -46,7 +46,7 @@ for extra in (TESTS, TESTS / "infra"):
         sys.path.insert(0, str(extra))
 
 from doubles.mirror import Mirror, release_files  # noqa: E402
-from fleet_blueprint import STANDIN_IMAGE, STANDIN_VERSION  # noqa: E402
+from fleet_blueprint import REAL_OPENWEBUI, STANDIN_IMAGE, STANDIN_VERSION  # noqa: E402
 
 
 def _root_conftest() -> ModuleType:
@@ -93,7 +93,8 @@ def mirror() -> Iterator[Mirror]:
 
 
 def serve_standin(mirror: Mirror) -> str:
-    """Put the Open WebUI test double's ``docker save`` archive on the mirror; its sha256."""
+    """Put the Open WebUI test double's ``docker save`` archive on the mirror (the real Open
+    WebUI image's under OWUIBUILD_BOOT_REAL_OPENWEBUI=1); its sha256."""
     from docker_engine import docker_unavailable_reason, openwebui_standin_archive
     from owuibuild.artifacts import openwebui_archive_filename
 
@@ -102,7 +103,13 @@ def serve_standin(mirror: Mirror) -> str:
         reason = docker_unavailable_reason()
         if reason:
             unavailable(f"building the Open WebUI test double needs Docker: {reason}")
-        archive = openwebui_standin_archive(f"{STANDIN_IMAGE}:v{STANDIN_VERSION}")
+        ref = f"{STANDIN_IMAGE}:v{STANDIN_VERSION}"
+        if REAL_OPENWEBUI:
+            from docker_engine import openwebui_real_archive
+
+            archive = openwebui_real_archive(ref, STANDIN_VERSION)
+        else:
+            archive = openwebui_standin_archive(ref)
         mirror.files[name] = archive.read_bytes()
     return mirror.sha256(name)
 

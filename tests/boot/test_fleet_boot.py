@@ -38,6 +38,7 @@ import pytest
 from fleet_blueprint import (
     OLLAMA_VERSION,
     QDRANT_VERSION,
+    REAL_OPENWEBUI,
     STANDIN_IMAGE,
     STANDIN_VERSION,
     BootTiming,
@@ -57,6 +58,9 @@ SHARED_ADDRESS, DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
 INSTANCES = {"alpha": 3001, "beta": 3002}
 IMAGE, OPENWEBUI_VERSION = STANDIN_IMAGE, STANDIN_VERSION
 MEMORY_MB = 2048
+# Two real Open WebUI instances need about 875 MB each, and far longer to start under TCG.
+DOCK_MEMORY_MB = 6144 if REAL_OPENWEBUI else MEMORY_MB
+HEALTHY_TIMEOUT = 5400 if REAL_OPENWEBUI else 1200
 DATA_DEVICE = "/dev/vdb"
 PROBES = Path(__file__).resolve().parents[2] / "builder" / "probes.py"
 
@@ -200,7 +204,7 @@ def instance_health(vm: VM, fleet: Fleet) -> dict[str, str]:
     return health
 
 
-def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = 1200) -> None:
+def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while True:
         health = instance_health(vm, fleet)
@@ -222,7 +226,7 @@ def boot_pair(fleet: Fleet, disks: dict[str, Path], links: dict[str, FleetLink])
             base,
             fleet.seed(host),
             data_disk=disks[host],
-            memory_mb=MEMORY_MB,
+            memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
             name=f"fleet-{host}",
             fleet_link=links[host],
             forwards={3001: None} if host == DOCK else None,
@@ -287,6 +291,9 @@ def test_fleet_boots_and_instances_are_healthy(booted: dict[str, Any], fleet: Fl
     assert "docker.com" not in sources, sources
     assert dock.ssh("docker compose version", check=True).stdout.startswith("Docker Compose")
     assert all(h == "active healthy" for h in instance_health(dock, fleet).values())
+    if REAL_OPENWEBUI:
+        print(f"real Open WebUI healthy on the Docker host after {dock.uptime():.0f} s")
+        return
     # The double got healthy only by using every connection its env file names.
     for name, port in INSTANCES.items():
         checks = json.loads(
@@ -366,6 +373,35 @@ def test_instance_ports_answer_only_on_the_private_address(booted: dict[str, Any
 
     with pytest.raises((OSError, probes.ProbeFailure)):
         probes.http_get("127.0.0.1", dock.host_port(port), "/health", 10)
+    # A sender on the fleet link but outside the fleet network: Docker's DOCKER-USER chain,
+    # through the generated filter, drops it (its DROP rule for that port counts the packets).
+    drops_before = drop_count(dock, port)
+    shared.ssh(f"sudo ip addr add {OUTSIDER}/24 dev {FLEET_INTERFACE}", check=True)
+    try:
+        probe = shared.ssh(
+            f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --interface {OUTSIDER} "
+            f"http://{DOCK_ADDRESS}:{port}/health",
+            timeout=60,
+        )
+    finally:
+        shared.ssh(f"sudo ip addr del {OUTSIDER}/24 dev {FLEET_INTERFACE}", check=True)
+    assert probe.stdout.strip() == "000", probe.stdout
+    assert drop_count(dock, port) > drops_before
+
+
+OUTSIDER = "10.0.6.5"  # on the fleet link, outside the fleet's 10.0.5.0/24
+
+
+def drop_count(dock: VM, port: int) -> int:
+    """Packets the published-port filter dropped for ``port`` (iptables counters)."""
+    rules = dock.ssh("sudo iptables -w -L OWUIBUILD-PORTS -v -n -x", check=True).stdout
+    counts = [
+        int(line.split()[0])
+        for line in rules.splitlines()
+        if " DROP " in f" {line} " and f"ctorigdstport {port}" in line
+    ]
+    assert counts, rules
+    return sum(counts)
 
 
 def test_reboot_brings_the_instances_back(booted: dict[str, Any], fleet: Fleet) -> None:
@@ -386,7 +422,7 @@ def test_new_root_disk_keeps_instance_data(booted: dict[str, Any], fleet: Fleet)
         ensure_base_image(),
         fleet.seed(DOCK),
         data_disk=booted["disks"][DOCK],
-        memory_mb=MEMORY_MB,
+        memory_mb=DOCK_MEMORY_MB,
         name="fleet-dock-replaced",
         fleet_link=booted["links"][DOCK],
     )
@@ -443,7 +479,7 @@ def test_golden_fleet_boots_without_a_package_source(
                 BaseImage(baked.disk, baked.base.kernel, baked.base.initrd, baked.base.root),
                 fleet.seed(host),
                 data_disk=empty_disk(tmp_path / f"golden-{host}.qcow2"),
-                memory_mb=MEMORY_MB,
+                memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
                 name=f"golden-{host}",
                 fleet_link=link,
                 restrict=True,

@@ -160,3 +160,34 @@ def openwebui_standin_archive(ref: str) -> Path:
             raise RuntimeError(f"docker save {ref} failed:\n{save.stderr.decode()[-2000:]}")
         partial.rename(archive)
     return archive
+
+
+def openwebui_real_archive(ref: str, version: str) -> Path:
+    """A gzipped ``docker save`` archive of the REAL Open WebUI image (the containers tier's,
+    built from PyPI) tagged ``ref``, for the opt-in real-image boot (OWUIBUILD_BOOT_REAL_OPENWEBUI=1).
+    Cached by the image's id."""
+    built = f"ghcr.io/open-webui/open-webui:v{version}"
+    ensure_openwebui_image(built, version)
+    image_id = _run(["docker", "image", "inspect", "--format", "{{.Id}}", built], 60).stdout.strip()
+    archive = cache_dir() / "standin" / f"openwebui-real-{image_id.split(':')[-1][:16]}.tar.gz"
+    if archive.is_file():
+        return archive
+    tag = _run(["docker", "tag", built, ref], timeout=60)
+    if tag.returncode != 0:
+        raise RuntimeError(f"docker tag {built} {ref} failed:\n{_tail(tag.stdout)}")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
+    with partial.open("wb") as out:
+        save = subprocess.run(
+            f"docker save {shlex.quote(ref)} | gzip -1",
+            shell=True,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=3600,
+            check=False,
+        )
+    if save.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"docker save {ref} failed:\n{save.stderr.decode()[-2000:]}")
+    partial.rename(archive)
+    return archive

@@ -198,7 +198,9 @@ def test_image_archive_without_a_mirror_is_a_located_error() -> None:
     assert (d.line, d.column) == where(text, "archive_sha256")
 
 
-def test_first_step_checks_every_package_of_the_seed(render_example: Callable[[str], Rendered]) -> None:
+def test_first_step_checks_every_package_of_the_seed(
+    render_example: Callable[[str], Rendered],
+) -> None:
     """A golden image skips cloud-init's package step; the seed's first runcmd step finds a
     package that the image lacks instead of failing later in a stranger way."""
     from owuibuild.hostconfig import CHECK_PACKAGES

@@ -79,7 +79,9 @@ def cloud_init_problems(paths: list[Path]) -> dict[str, list[str]]:
         unavailable("cloud-init is not installed (make system-deps installs it)")
     result = subprocess.run(
         [SYSTEM_PYTHON, "-c", CLOUD_INIT_CHECK, *map(str, paths)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     problems: dict[str, list[str]] = json.loads(result.stdout)
     return problems
@@ -126,8 +128,9 @@ def test_scripts_pass_shellcheck(
     for key, text in scripts.items():
         path = tmp_path / key.replace("/", "_").replace(":", "_")
         path.write_text(text)
-        result = subprocess.run(["shellcheck", "--severity=style", str(path)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["shellcheck", "--severity=style", str(path)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             failures.append(f"{key}\n{result.stdout}")
     assert not failures, "\n".join(failures)
@@ -154,9 +157,10 @@ def test_units_pass_systemd_analyze_verify(
     """
     require_tool("systemd-analyze")
     _need_root("systemd-analyze verify with stub binaries")
-    if not Path("/lib/systemd/system/postgresql@.service").exists() or not Path(
-        "/lib/systemd/system/redis-server@.service"
-    ).exists():
+    if (
+        not Path("/lib/systemd/system/postgresql@.service").exists()
+        or not Path("/lib/systemd/system/redis-server@.service").exists()
+    ):
         unavailable("postgresql and redis-server packages are needed for their template units")
     rendered = render_example(example)
     for host, doc in user_datas(rendered).items():
@@ -168,10 +172,10 @@ def test_units_pass_systemd_analyze_verify(
             path = f["path"]
             if not path.startswith(UNIT_DIR):
                 continue
-            target = units / path[len(UNIT_DIR):]
+            target = units / path[len(UNIT_DIR) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(f["content"])
-            if "/" not in path[len(UNIT_DIR):]:
+            if "/" not in path[len(UNIT_DIR) :]:
                 names.append(target.name)
             for line in f["content"].splitlines():
                 key, _, command = line.partition("=")
@@ -194,10 +198,11 @@ def test_units_pass_systemd_analyze_verify(
         script = (
             f"{binds}mount -t tmpfs tmpfs {UNIT_DIR} && "
             f"cp -R {units}/. {UNIT_DIR} && cd {UNIT_DIR} && "
-            "exec systemd-analyze verify --man=no \"$@\""
+            'exec systemd-analyze verify --man=no "$@"'
         )
-        result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *names],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", *names], capture_output=True, text=True
+        )
         output = (result.stdout + result.stderr).strip()
         assert result.returncode == 0 and not output, f"{host}: {output}"
 
@@ -209,8 +214,10 @@ def test_systemd_check_sees_a_bad_key(tmp_path: Path) -> None:
     units = tmp_path / "units" / "redis-server@.service.d"
     units.mkdir(parents=True)
     (units / "x.conf").write_text("[Service]\nBogusKey=1\n")
-    script = (f"mount -t tmpfs tmpfs {UNIT_DIR} && cp -R {tmp_path}/units/. {UNIT_DIR} && "
-              "systemd-analyze verify --man=no redis-server@t.service")
+    script = (
+        f"mount -t tmpfs tmpfs {UNIT_DIR} && cp -R {tmp_path}/units/. {UNIT_DIR} && "
+        "systemd-analyze verify --man=no redis-server@t.service"
+    )
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert "BogusKey" in result.stdout + result.stderr
 
@@ -233,8 +240,9 @@ def test_firewall_passes_nft_check_and_keeps_other_tables(
     for key, text in found.items():
         path = tmp_path / "ruleset.nft"
         path.write_text(text)
-        check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(path)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["unshare", "-n", "nft", "-c", "-f", str(path)], capture_output=True, text=True
+        )
         assert check.returncode == 0, f"{key}: {check.stderr}"
         script = (
             "nft add table ip docker_standin && nft add chain ip docker_standin c && "
@@ -245,4 +253,3 @@ def test_firewall_passes_nft_check_and_keeps_other_tables(
         assert "table ip docker_standin" in run.stdout
         assert run.stdout.count("table inet owuibuild") == 1
         assert "policy drop" in run.stdout
-

@@ -92,9 +92,9 @@ echo "owuibuild: installed $NAME $VERSION"
 chmod 0755 /usr/local/lib/owuibuild/install-ollama.sh
 chown root:root /usr/local/lib/owuibuild/install-ollama.sh
 
-step 'packages: ca-certificates curl docker-compose docker.io nftables postgresql redis-server unattended-upgrades'
+step 'packages: ca-certificates curl docker-cli docker-compose docker.io nftables postgresql redis-server unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates curl docker-compose docker.io nftables postgresql redis-server unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates curl docker-cli docker-compose docker.io nftables postgresql redis-server unattended-upgrades
 
 step '/bin/sh /usr/local/lib/owuibuild/install-qdrant.sh'
 /bin/sh /usr/local/lib/owuibuild/install-qdrant.sh
