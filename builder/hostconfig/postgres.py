@@ -28,6 +28,7 @@ from ..plan import (
     Plan,
 )
 from ..quoting import render_template, shell, shell_command
+from ..release import RELEASES
 from ..secrets import Secrets
 from . import File, Part
 from .datavolume import state_dir_command
@@ -227,8 +228,19 @@ def upgrade_commands(plan: Plan) -> UpgradeCommands:
     version = plan.fleet.shared.postgres.version
     dumps = shell(UPGRADE_DUMPS)
     databases = " ".join(shell(i.db_name) for i in plan.instances)
+    # The example is the newest older major of this family's releases: the usual way a
+    # fleet moves. Where there is none, the operator must say which major the volume holds.
+    family = plan.fleet.os.release.family
+    older = sorted(
+        {
+            r.postgres_major
+            for r in RELEASES.values()
+            if r.family == family and r.postgres_major < version
+        }
+    )
+    old = str(older[-1]) if older else '"${OLD:?set OLD to the major the message names}"'
     dump = (
-        "OLD=15  # the major the unit's message names (15 if the volume comes from Debian 12)\n"
+        f"OLD={old}  # the major the unit's message names\n"
         f"install -d -m 0700 {dumps}\n"
         f"for db in {databases}; do\n"
         '    runuser -u postgres -- "/usr/lib/postgresql/$OLD/bin/pg_dump" --format=custom \\\n'
@@ -255,6 +267,7 @@ def upgrade_runbook(plan: Plan) -> str:
     host = plan.postgres_host.name
     unit = unit_name(version)
     commands = upgrade_commands(plan)
+    majors = ", ".join(f"{r.distro}: {r.postgres_major}" for r in RELEASES.values())
     by_host: dict[str, list[str]] = {}
     for i in plan.instances:
         by_host.setdefault(i.host.name, []).append(f"`{i.unit_name}`")
@@ -273,7 +286,8 @@ Upgrade the data with one of the paths below; then the host proceeds as usual.
 ### Dump and restore
 
 Works between any two majors with each release's own packages; the instances are down from
-the dump until the restore. Run as root (`sudo -i`).
+the dump until the restore. Run as root (`sudo -i`). `OLD` is the major the volume holds, as
+the unit's message names it ({majors}).
 
 1. On the old `{host}`, still on the old release: stop every instance ({stops}) so that
    nothing is written after the dump, then dump each instance database onto the data volume
