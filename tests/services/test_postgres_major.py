@@ -239,9 +239,8 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    """The old host's volume, then the new host's first boot on it (the setup script run as
-    cloud-init runs it, then the unit started again as a reboot would)."""
+def image() -> str:
+    """The trixie tools image (PostgreSQL 17 and systemd), once this machine can run it."""
     if not (OLD_BIN / "initdb").exists():
         unavailable(f"PostgreSQL {OLD} server binaries are missing (apt postgresql)")
     reason = unavailable_reason(docker_image=True)
@@ -253,8 +252,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         unavailable("the postgres system user is missing (apt postgresql)")
     if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
         unavailable("no Docker daemon answers (tests/infra/docker-up.sh starts one)")
-    image = trixie_tools(docker_image=True)["OWUIBUILD_TRIXIE_IMAGE"]
+    return trixie_tools(docker_image=True)["OWUIBUILD_TRIXIE_IMAGE"]
 
+
+@pytest.fixture(scope="module")
+def scenario(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    """The old host's volume, then the new host's first boot on it (the setup script run as
+    cloud-init runs it, then the unit started again as a reboot would)."""
     old_plan, new_plan, secrets = plans(tmp_path_factory.mktemp("blueprint"))
     volume = Path(tempfile.mkdtemp(prefix="owuibuild-volume-"))
     os.chmod(volume, 0o755)
@@ -320,3 +324,27 @@ def test_after_the_runbooks_dump_and_restore_the_new_major_runs_with_the_data(
     assert host.superuser("alpha", "SELECT count(*) FROM notes") == str(len(ROWS["alpha"]))
     # The old cluster stays as it was until the operator removes it.
     assert snapshot(scenario.old_cluster) == scenario.old_tree
+
+
+def test_an_empty_volume_still_gets_a_new_cluster(image: str, tmp_path: Path) -> None:
+    """The guard stands aside where there is nothing to protect: a new fleet's empty volume
+    gets its PostgreSQL 17 cluster and the instances' databases, as before."""
+    _, plan, secrets = plans(tmp_path)
+    volume = Path(tempfile.mkdtemp(prefix="owuibuild-volume-"))
+    os.chmod(volume, 0o755)
+    host: Host | None = None
+    try:
+        host = start_host(image, volume)
+        install_postgres_files(host, plan, secrets)
+        done = host.run("/bin/sh", postgres.SETUP_SCRIPT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "refusing" not in done.stderr
+        assert (volume / "postgresql" / str(NEW) / "main" / "PG_VERSION").read_text() == f"{NEW}\n"
+        assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
+        databases = host.superuser("postgres", "SELECT datname FROM pg_database "
+                                   "WHERE datname IN ('alpha', 'beta') ORDER BY 1")  # fmt: skip
+        assert databases.splitlines() == ["alpha", "beta"]
+    finally:
+        if host is not None:
+            subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)
+        shutil.rmtree(volume, ignore_errors=True)
