@@ -403,9 +403,10 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
 
     States: ok, down, refused, auth-failed, timeout, degraded. Exit 0 when every probe is ok,
     1 otherwise. Where nothing listens, a hint after the table (JSON: "hint") says what may
-    keep the service down, e.g. PostgreSQL's major-version guard after a release change. Credentials come from <blueprint>.secrets.yml and are never printed.
-    Probes dial from this machine: the fleet's firewall and pg_hba admit only instance hosts
-    to the shared services, so elsewhere expect timeout and refused.
+    keep the service down, e.g. PostgreSQL's major-version guard after a release change.
+    Credentials come from <blueprint>.secrets.yml and are never printed. Probes dial from
+    this machine: the fleet's firewall and pg_hba admit only instance hosts to the shared
+    services, so elsewhere expect timeout and refused.
 
     \b
     Example:
