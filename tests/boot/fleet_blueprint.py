@@ -127,28 +127,21 @@ class Fleet:
         return self.secret(f"instances.{instance}.redis_password")
 
 
-def render_fleet(workdir: Path, mirror: Any) -> Fleet:
-    """Write the blueprint with a fresh admin key and render it with the real CLI."""
+def admin_key(workdir: Path, comment: str) -> Path:
+    """A fresh ed25519 key pair for the fleet's admin (the private key's path)."""
+    key = workdir / "admin_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)],
+        check=True,
+    )
+    return key
+
+
+def render_with_cli(blueprint: Path, out: Path) -> tuple[dict[str, str], Any]:
+    """Render ``blueprint`` into ``out`` with the real CLI; its secrets and its plan."""
     from owuibuild import secrets as store
     from owuibuild.pipeline import compile_blueprint
 
-    for name in (ollama_filename(OLLAMA_VERSION), qdrant_filename(QDRANT_VERSION)):
-        assert name in mirror.files, f"the mirror does not serve {name}: versions drifted"
-    key = workdir / "admin_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f", str(key)],
-        check=True,
-    )
-    blueprint = workdir / "boottest.yml"
-    blueprint.write_text(
-        blueprint_text(
-            mirror.guest_url,
-            mirror.sha256(ollama_filename(OLLAMA_VERSION)),
-            mirror.sha256(qdrant_filename(QDRANT_VERSION)),
-            key.with_suffix(".pub").read_text().strip(),
-        )
-    )
-    out = workdir / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "owuibuild.cli", "render", str(blueprint), "-o", str(out)],
         capture_output=True,
@@ -160,13 +153,31 @@ def render_fleet(workdir: Path, mirror: Any) -> Fleet:
     assert values, diagnostics
     compiled = compile_blueprint(blueprint, write_secrets=False)
     assert compiled.ok and compiled.plan is not None
-    plan = compiled.plan
+    return dict(values), compiled.plan
+
+
+def render_fleet(workdir: Path, mirror: Any) -> Fleet:
+    """Write the blueprint with a fresh admin key and render it with the real CLI."""
+    for name in (ollama_filename(OLLAMA_VERSION), qdrant_filename(QDRANT_VERSION)):
+        assert name in mirror.files, f"the mirror does not serve {name}: versions drifted"
+    key = admin_key(workdir, "boot-test")
+    blueprint = workdir / "boottest.yml"
+    blueprint.write_text(
+        blueprint_text(
+            mirror.guest_url,
+            mirror.sha256(ollama_filename(OLLAMA_VERSION)),
+            mirror.sha256(qdrant_filename(QDRANT_VERSION)),
+            key.with_suffix(".pub").read_text().strip(),
+        )
+    )
+    out = workdir / "out"
+    values, plan = render_with_cli(blueprint, out)
     return Fleet(
         workdir=workdir,
         blueprint=blueprint,
         out=out,
         key=key,
-        secrets=dict(values),
+        secrets=values,
         redis_ports={i.name: i.redis_port for i in plan.instances},
         db_names={i.name: i.db_name for i in plan.instances},
     )

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import re
 import secrets as pysecrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,9 +40,11 @@ from fleet_blueprint import (
     STANDIN_IMAGE,
     STANDIN_VERSION,
     BootTiming,
+    admin_key,
     assert_cloud_init_clean,
     empty_disk,
     record_boot,
+    render_with_cli,
 )
 from infra.vm import FLEET_INTERFACE, VM, BaseImage, FleetLink, ensure_base_image, missing_tools
 from owuibuild.artifacts import ollama_filename, qdrant_filename
@@ -121,32 +121,15 @@ class Fleet:
 
 
 def render(workdir: Path, mirror: Any, archive_sha256: str) -> Fleet:
-    from owuibuild import secrets as store
-    from owuibuild.pipeline import compile_blueprint
-
-    key = workdir / "admin_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-boot", "-f", str(key)],
-        check=True,
-    )
+    key = admin_key(workdir, "fleet-boot")
     blueprint = workdir / "fleetboot.yml"
     blueprint.write_text(
         blueprint_text(mirror, key.with_suffix(".pub").read_text().strip(), archive_sha256)
     )
     out = workdir / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "owuibuild.cli", "render", str(blueprint), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    values, diagnostics = store.read(store.secrets_path(blueprint))
-    assert values, diagnostics
-    compiled = compile_blueprint(blueprint, write_secrets=False)
-    assert compiled.ok and compiled.plan is not None
-    assert compiled.plan.openwebui_image == f"{IMAGE}:v{OPENWEBUI_VERSION}"
-    return Fleet(workdir, out, key, dict(values), compiled.plan)
+    values, plan = render_with_cli(blueprint, out)
+    assert plan.openwebui_image == f"{IMAGE}:v{OPENWEBUI_VERSION}"
+    return Fleet(workdir, out, key, values, plan)
 
 
 # -- in-guest probes -----------------------------------------------------------------------------

@@ -144,21 +144,7 @@ def openwebui_standin_archive(ref: str) -> Path:
             raise RuntimeError(
                 f"building the Open WebUI test double failed:\n{_tail(build.stdout)}"
             )
-        partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
-        # `docker load` reads a gzipped archive as it is.
-        with partial.open("wb") as out:
-            save = subprocess.run(
-                f"docker save {shlex.quote(ref)} | gzip -1",
-                shell=True,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                timeout=600,
-                check=False,
-            )
-        if save.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise RuntimeError(f"docker save {ref} failed:\n{save.stderr.decode()[-2000:]}")
-        partial.rename(archive)
+        save_gzipped(ref, archive, timeout=600)
     return archive
 
 
@@ -176,6 +162,12 @@ def openwebui_real_archive(ref: str, version: str) -> Path:
     if tag.returncode != 0:
         raise RuntimeError(f"docker tag {built} {ref} failed:\n{_tail(tag.stdout)}")
     archive.parent.mkdir(parents=True, exist_ok=True)
+    save_gzipped(ref, archive, timeout=3600)
+    return archive
+
+
+def save_gzipped(ref: str, archive: Path, timeout: float) -> None:
+    """``docker save ref | gzip`` into ``archive``, atomically (`docker load` reads gzip)."""
     partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
     with partial.open("wb") as out:
         save = subprocess.run(
@@ -183,11 +175,10 @@ def openwebui_real_archive(ref: str, version: str) -> Path:
             shell=True,
             stdout=out,
             stderr=subprocess.PIPE,
-            timeout=3600,
+            timeout=timeout,
             check=False,
         )
     if save.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"docker save {ref} failed:\n{save.stderr.decode()[-2000:]}")
     partial.rename(archive)
-    return archive

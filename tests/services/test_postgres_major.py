@@ -315,8 +315,13 @@ def test_after_the_runbooks_dump_and_restore_the_new_major_runs_with_the_data(
     assert host.superuser("postgres", "SHOW data_directory") == postgres.data_dir(NEW)
     for role, notes in ROWS.items():
         assert host.superuser(role, "SELECT body FROM notes ORDER BY id").splitlines() == notes
-        assert host.superuser(role, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'") == role
-        owner = host.superuser("postgres", f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{role}'")
+        assert (
+            host.superuser(role, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'")
+            == role
+        )
+        owner = host.superuser(
+            "postgres", f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{role}'"
+        )
         assert owner == role
     # The setup script keeps working on the upgraded volume (a reboot, a re-run).
     again = host.run("/bin/sh", postgres.SETUP_SCRIPT)
