@@ -93,8 +93,12 @@ def plans(directory: Path) -> tuple[Plan, Plan, Secrets]:
 def as_postgres(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", "postgres", "--", *argv],
-        capture_output=True, text=True, cwd="/", check=False, **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def make_old_cluster(volume: Path, old_plan: Plan, secrets: Secrets, dump_block: str) -> None:
@@ -112,22 +116,44 @@ def make_old_cluster(volume: Path, old_plan: Plan, secrets: Secrets, dump_block:
     socket_dir = Path(tempfile.mkdtemp(prefix="owuibuild-pg15-"))
     shutil.chown(socket_dir, "postgres", "postgres")
     options = f"-c listen_addresses='' -c unix_socket_directories={socket_dir} -c port=5432"
-    start = as_postgres(str(OLD_BIN / "pg_ctl"), "-D", str(data), "-o", options,
-                        "-l", str(socket_dir / "log"), "-w", "start")  # fmt: skip
+    start = as_postgres(
+        str(OLD_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-l",
+        str(socket_dir / "log"),
+        "-w",
+        "start",
+    )
     assert start.returncode == 0, start.stderr + start.stdout
     try:
 
         def psql(database: str, sql: str) -> None:
-            done = as_postgres(str(OLD_BIN / "psql"), "--no-psqlrc", "-X", "-q", "-v",
-                               "ON_ERROR_STOP=1", "-h", str(socket_dir), "-d", database,
-                               input=sql)  # fmt: skip
+            done = as_postgres(
+                str(OLD_BIN / "psql"),
+                "--no-psqlrc",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(socket_dir),
+                "-d",
+                database,
+                input=sql,
+            )
             assert done.returncode == 0, done.stderr
 
         psql("postgres", postgres.init_sql(old_plan, secrets))
         for role, notes in ROWS.items():
             values = ", ".join(f"({n}, '{text}')" for n, text in enumerate(notes))
-            psql(role, f"SET ROLE {role};\nCREATE TABLE notes (id int PRIMARY KEY, body text);\n"
-                       f"INSERT INTO notes VALUES {values};\n")  # fmt: skip
+            psql(
+                role,
+                f"SET ROLE {role};\nCREATE TABLE notes (id int PRIMARY KEY, body text);\n"
+                f"INSERT INTO notes VALUES {values};\n",
+            )
         # The runbook's dump commands as printed, where the volume is mounted on the old host:
         # a private mount namespace puts the directory at DATA_MOUNT (over a tmpfs /var/lib, so
         # nothing is created on this machine); PGHOST/PGPORT name this server's socket.
@@ -136,8 +162,13 @@ def make_old_cluster(volume: Path, old_plan: Plan, secrets: Secrets, dump_block:
             f'mount --bind {volume} {DATA_MOUNT} && exec sh -euc "$1"'
         )
         env = {**os.environ, "PGHOST": str(socket_dir), "PGPORT": "5432"}
-        dumped = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", dump_block],
-                                capture_output=True, text=True, env=env, check=False)  # fmt: skip
+        dumped = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", dump_block],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         assert dumped.returncode == 0, dumped.stderr
     finally:
         stop = as_postgres(str(OLD_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
@@ -152,8 +183,13 @@ def snapshot(tree: Path) -> dict[str, tuple[object, ...]]:
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
         out[str(path.relative_to(tree))] = (
-            stat.filemode(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, digest,
-        )  # fmt: skip
+            stat.filemode(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_mtime_ns,
+            digest,
+        )
     return out
 
 
@@ -167,20 +203,43 @@ class Host:
     def run(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["docker", "exec", "-i", self.container, *argv],
-            input=stdin, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     def install(self, path: str, content: str, mode: str, owner: str) -> None:
         done = self.run(
-            "sh", "-c", 'install -d "$(dirname "$1")" && cat >"$1" && chmod "$2" "$1" && '
-            'chown "$3" "$1"', "sh", path, mode, owner, stdin=content,
-        )  # fmt: skip
+            "sh",
+            "-c",
+            'install -d "$(dirname "$1")" && cat >"$1" && chmod "$2" "$1" && chown "$3" "$1"',
+            "sh",
+            path,
+            mode,
+            owner,
+            stdin=content,
+        )
         assert done.returncode == 0, done.stderr
 
     def superuser(self, database: str, sql: str) -> str:
-        done = self.run("runuser", "-u", "postgres", "--", f"/usr/lib/postgresql/{NEW}/bin/psql",
-                        "--no-psqlrc", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", database,
-                        "-c", sql)  # fmt: skip
+        done = self.run(
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"/usr/lib/postgresql/{NEW}/bin/psql",
+            "--no-psqlrc",
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            database,
+            "-c",
+            sql,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -188,15 +247,37 @@ class Host:
 def start_host(image: str, volume: Path) -> Host:
     name = f"owuibuild-test-pgmajor-{random_names.token_hex(4)}"
     started = subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--network", "none",
-         # systemd as PID 1 needs to mount inside its container; nothing else is granted.
-         "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
-         "--security-opt", "apparmor=unconfined", "--tmpfs", "/run", "--tmpfs", "/run/lock",
-         "-v", f"{volume}:{DATA_MOUNT}", image,
-         # Hosts with cgroup v1 only: systemd 257 runs there only when told to.
-         "/lib/systemd/systemd", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            # systemd as PID 1 needs to mount inside its container; nothing else is granted.
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/run/lock",
+            "-v",
+            f"{volume}:{DATA_MOUNT}",
+            image,
+            # Hosts with cgroup v1 only: systemd 257 runs there only when told to.
+            "/lib/systemd/systemd",
+            "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert started.returncode == 0, started.stderr
     host = Host(name)
     deadline = time.monotonic() + 90
@@ -274,8 +355,18 @@ def scenario(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         # A reboot starts the unit through postgresql.service; it must fail the same way.
         restart = host.run("systemctl", "restart", NEW_UNIT)
         running = host.run("sh", "-c", "pgrep -a postgres || true").stdout.strip()
-        yield Scenario(volume, host, new_plan, old_tree, refused, unit_state, journal, restart,
-                       running, snapshot(volume / "postgresql" / str(OLD)))  # fmt: skip
+        yield Scenario(
+            volume,
+            host,
+            new_plan,
+            old_tree,
+            refused,
+            unit_state,
+            journal,
+            restart,
+            running,
+            snapshot(volume / "postgresql" / str(OLD)),
+        )
     finally:
         if host is not None:
             subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)
@@ -346,8 +437,10 @@ def test_an_empty_volume_still_gets_a_new_cluster(image: str, tmp_path: Path) ->
         assert "refusing" not in done.stderr
         assert (volume / "postgresql" / str(NEW) / "main" / "PG_VERSION").read_text() == f"{NEW}\n"
         assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
-        databases = host.superuser("postgres", "SELECT datname FROM pg_database "
-                                   "WHERE datname IN ('alpha', 'beta') ORDER BY 1")  # fmt: skip
+        databases = host.superuser(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
+        )
         assert databases.splitlines() == ["alpha", "beta"]
     finally:
         if host is not None:

@@ -541,8 +541,10 @@ def test_a_postgresql_that_does_not_listen_is_refused_with_the_guard_hint(fleet:
     path = where / "fleet.yml"
     path.write_text(blueprint_text(net))
     store.write(store.secrets_path(path), fleet.secrets, path.name)
-    text, js = status(path, "--only", "postgresql"), status(path, "--only", "postgresql",
-                                                            "--format", "json")  # fmt: skip
+    text, js = (
+        status(path, "--only", "postgresql"),
+        status(path, "--only", "postgresql", "--format", "json"),
+    )
     assert (text.code, js.code) == (1, 1)
     checks = js.json()["checks"]
     assert {(c["service"], c["state"], c["detail"]) for c in checks} == {
