@@ -9,16 +9,19 @@
     qemu builder, models baked, the doubles' checksums, ``mirror:`` pointing at the mirror.
     (Docker's apt repository cannot be reached here, so only the shared image is baked.)
 
-``baked_shared`` / ``baked_instance_host``
-    The golden images baked by the real ``owuibuild bake`` with Packer's qemu builder (TCG)
-    from the cached Debian 13 base image (tests/infra/vm-image.sh), from one render of the
-    bake blueprint. The instance-host image preloads the Open WebUI TEST DOUBLE image
-    (tests/doubles/openwebui_standin.py), which the mirror serves as a checked ``docker save``
-    archive. Cached under ``$OWUIBUILD_CACHE/baked/`` by a hash of the image's inputs: its
-    rendered Packer files (with the mirror's port taken out), the base image, the doubles and
-    ``owuibuild bake`` itself. A cache hit skips Packer; a miss (or OWUIBUILD_BAKE_REBUILD=1)
-    bakes again. The blueprint and its secrets file are kept next to each image, so tests can
-    check that none of those secrets is in it.
+``openwebui_standin(mirror)``
+    The Open WebUI TEST DOUBLE's image (tests/doubles/openwebui_standin.py) as a ``docker save``
+    archive on the mirror, for hosts that load it from there (openwebui.archive_sha256); the
+    fixture's value is its sha256.
+
+``baked_shared``
+    The shared golden image baked by the real ``owuibuild bake`` with Packer's qemu builder
+    (TCG) from the cached Debian 12 base image (tests/infra/vm-image.sh). Cached under
+    ``$OWUIBUILD_CACHE/baked/`` by a hash of its inputs: its rendered Packer files (with the
+    mirror's port taken out), the base image, the doubles and ``owuibuild bake`` itself. A cache
+    hit skips Packer; a miss (or OWUIBUILD_BAKE_REBUILD=1) bakes again. The blueprint and its
+    secrets file are kept next to the image, so tests can check that none of those secrets is
+    in it.
 
 Other boot tests may add fixtures here.
 """
@@ -125,7 +128,7 @@ def bake_blueprint(mirror: Mirror) -> str:
 
     return f"""apiVersion: owuibuild/v1
 name: baketest
-os: {{distro: debian-13, timezone: UTC}}
+os: {{distro: debian-12, timezone: UTC}}
 mirror: {mirror.guest_url}
 admin:
   user: ops
@@ -143,10 +146,6 @@ shared:
     sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
 hosts:
   - {{name: web, address: 10.0.2.16}}
-openwebui:
-  image: {STANDIN_IMAGE}
-  version: "{STANDIN_VERSION}"
-  archive_sha256: {serve_standin(mirror)}
 instances:
   - {{name: one, host: web, port: 3000}}
 images: {{builders: [qemu], bake_models: true}}
@@ -208,11 +207,6 @@ def baked_shared(mirror: Mirror) -> BakedImage:
     return bake(mirror, "shared")
 
 
-@pytest.fixture(scope="session")
-def baked_instance_host(mirror: Mirror) -> BakedImage:
-    return bake(mirror, "instance-host")
-
-
 def bake(mirror: Mirror, image: str) -> BakedImage:
     """The golden ``image`` (shared | instance-host) of the bake blueprint, from the cache or
     baked now with the real ``owuibuild bake``."""
@@ -222,7 +216,7 @@ def bake(mirror: Mirror, image: str) -> BakedImage:
     from vm import ensure_base_image
 
     start = time.monotonic()
-    base = ensure_base_image()
+    base = ensure_base_image("bookworm")
     work = Path(tempfile.mkdtemp(prefix="owuibuild-bake-test-"))
     blueprint = work / "baketest.yml"
     blueprint.write_text(bake_blueprint(mirror))

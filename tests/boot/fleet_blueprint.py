@@ -61,13 +61,13 @@ OTHER_INSTANCE = "gamma"  # on dockb (10.0.2.20): must be closed to dock
 DATA_LABEL = "owui-data"
 DATA_DEVICE = "/dev/vdb"
 MODELS = ("tinyllama", "nomic-embed-text")
-PG_VERSION = "17"
+PG_VERSION = "15"
 
 
 def blueprint_text(mirror_url: str, ollama_sha256: str, qdrant_sha256: str, admin_key: str) -> str:
     return f"""apiVersion: owuibuild/v1
 name: boottest
-os: {{distro: debian-13, timezone: UTC}}
+os: {{distro: debian-12, timezone: UTC}}
 mirror: {mirror_url}
 admin:
   user: {ADMIN}

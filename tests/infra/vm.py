@@ -113,15 +113,15 @@ class BaseImage:
         return cls.from_env_text(proc.stdout)
 
 
-_BASE_IMAGE: BaseImage | None = None
+_BASE_IMAGES: dict[str, BaseImage] = {}
 
 
-def ensure_base_image() -> BaseImage:
-    """Build the base image once per process (and once per recipe on disk)."""
-    global _BASE_IMAGE
-    if _BASE_IMAGE is None:
-        _BASE_IMAGE = BaseImage.build()
-    return _BASE_IMAGE
+def ensure_base_image(suite: str = "trixie") -> BaseImage:
+    """The base image of a Debian ``suite`` (trixie, bookworm): built once per process (and
+    once per recipe on disk)."""
+    if suite not in _BASE_IMAGES:
+        _BASE_IMAGES[suite] = BaseImage.build(env={"OWUIBUILD_VM_SUITE": suite})
+    return _BASE_IMAGES[suite]
 
 
 def missing_tools(extra: Sequence[str] = ()) -> list[str]:
