@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the heavy test artifacts side by side, ahead of the tests that need them: the boot
-# tier's Debian 13 VM image, the Debian 13 tools root filesystem (cloud-init 25.1,
+# tier's Debian 12 and 13 VM images, the Debian 13 tools root filesystem (cloud-init 25.1,
 # PostgreSQL 17), the local Debian base image and the Open WebUI image. Most of that time is
 # downloads and disk, so it overlaps well with the CPU-bound pure tests; .ci/run starts it in
 # the background before `make test`. Every script locks and caches on its own, so a test that
@@ -23,7 +23,7 @@ start() {
 	jobs[$name]=$!
 }
 
-start vm-image bash "$HERE/vm-image.sh"
+start vm-images bash -c 'OWUIBUILD_VM_SUITE=bookworm bash "$1/vm-image.sh" && OWUIBUILD_VM_SUITE=trixie bash "$1/vm-image.sh"' _ "$HERE"
 start trixie-tools bash "$HERE/trixie-tools.sh"
 start openwebui-image bash "$HERE/openwebui-image.sh" \
 	"ghcr.io/open-webui/open-webui:v$OPENWEBUI_VERSION" "$OPENWEBUI_VERSION"
