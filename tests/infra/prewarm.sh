@@ -23,7 +23,13 @@ start() {
 	jobs[$name]=$!
 }
 
-start vm-images bash -c 'OWUIBUILD_VM_SUITE=bookworm bash "$1/vm-image.sh" && OWUIBUILD_VM_SUITE=trixie bash "$1/vm-image.sh"' _ "$HERE"
+# shellcheck disable=SC2317  # run through start()
+vm_images() {
+	OWUIBUILD_VM_SUITE=bookworm bash "$HERE/vm-image.sh" &&
+		OWUIBUILD_VM_SUITE=trixie bash "$HERE/vm-image.sh"
+}
+
+start vm-images vm_images
 start trixie-tools bash "$HERE/trixie-tools.sh"
 start openwebui-image bash "$HERE/openwebui-image.sh" \
 	"ghcr.io/open-webui/open-webui:v$OPENWEBUI_VERSION" "$OPENWEBUI_VERSION"
