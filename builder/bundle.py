@@ -13,8 +13,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-import yaml
-
+from . import yamldump
 from .plan import CONTAINER_DATA_DIR, OPENWEBUI_CONTAINER_PORT, POSTGRES_PORT, InstancePlan, Plan
 from .secrets import Secrets
 
@@ -165,7 +164,5 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
 
 
 def compose_yaml(plan: Plan, inst: InstancePlan) -> str:
-    body = yaml.safe_dump(
-        compose_document(plan, inst), sort_keys=False, default_flow_style=False, width=100
-    )
+    body = yamldump.dump(compose_document(plan, inst), width=100)
     return HEADER.format(name=inst.name) + body
