@@ -8,16 +8,13 @@ never hold secrets (Packer templates, the manifest, READMEs) hold none.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 
 import yaml
 
 from .diagnostics import Diagnostic, error
+from .secrets import occurs_in
 from .targets import Artifact
-
-_TOKEN = re.compile(rb"[A-Za-z0-9_-]{24,}")
-
 
 # libyaml's parser when present: re-parsing every file is most of a large render's time.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -76,14 +73,9 @@ def never_secret(path: str) -> bool:
 
 
 def leaked_secrets(data: bytes, secrets: frozenset[str], lengths: frozenset[int]) -> bool:
-    """Whether any secret value occurs in ``data`` (secrets are long tokens; look only at tokens)."""
-    for match in _TOKEN.finditer(data):
-        token = match.group().decode("ascii")
-        for size in lengths:
-            for start in range(len(token) - size + 1):
-                if token[start : start + size] in secrets:
-                    return True
-    return False
+    """Whether any secret value occurs in ``data`` (latin-1 maps each byte to one character, so
+    an ASCII secret is found wherever its bytes are)."""
+    return occurs_in(data.decode("latin-1"), secrets, lengths)
 
 
 def verify(artifacts: Iterable[Artifact], secrets: Iterable[str]) -> list[Diagnostic]:
