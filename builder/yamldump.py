@@ -27,6 +27,8 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*\Z")
 # Printed as they are by both emitters: printable ASCII and the printable BMP (no BOM).
 _UNICODE_LINE = re.compile("[\x20-\x7e\u00a0-\ud7ff\ue000-\ufefe\uff00-\ufffd]*\\Z")
 _ASCII_LINE = re.compile("[\x20-\x7e]*\\Z")
+_UNICODE_LINES = re.compile("[\n\x20-\x7e\u00a0-\ud7ff\ue000-\ufefe\uff00-\ufffd]*\\Z")
+_ASCII_LINES = re.compile("[\n\x20-\x7e]*\\Z")
 
 
 class _Literal(yaml.SafeDumper):
@@ -62,7 +64,8 @@ def _string_agrees(value: str, literal_blocks: bool, allow_unicode: bool) -> boo
     # would force double quotes).
     if value.endswith("\n\n") or value.startswith((" ", "\n")) or " \n" in value:
         return False
-    return all(line.match(part) is not None for part in value.split("\n"))
+    lines = _UNICODE_LINES if allow_unicode else _ASCII_LINES
+    return lines.match(value) is not None
 
 
 def libyaml_agrees(doc: Any, *, literal_blocks: bool, allow_unicode: bool) -> bool:
