@@ -35,10 +35,10 @@ class _Literal(yaml.SafeDumper):
     """Multi-line strings as literal blocks, so embedded files stay readable."""
 
 
-def _str(dumper: yaml.BaseDumper, value: str) -> yaml.ScalarNode:
-    if "\n" in value:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+def _str(dumper: Any, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    node: yaml.ScalarNode = dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+    return node
 
 
 _Literal.add_representer(str, _str)
@@ -103,7 +103,8 @@ def dump(
         and _C_PLAIN is not None
         and libyaml_agrees(doc, literal_blocks=literal_blocks, allow_unicode=allow_unicode)
     ):
-        dumper = _C_LITERAL if literal_blocks else _C_PLAIN
+        fast = _C_LITERAL if literal_blocks else _C_PLAIN
+        dumper = fast if fast is not None else dumper
     text: str = yaml.dump(
         doc,
         Dumper=dumper,
