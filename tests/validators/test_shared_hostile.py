@@ -22,14 +22,31 @@ HOSTILE = ["a'b", 'a"b', "a\nb", "$(reboot)", "`id`", "ünï ✓", "a b", "x;y",
 BASE = {
     "apiVersion": "owuibuild/v1",
     "name": "hostile",
-    "admin": {"user": "ops", "allow_from": ["10.0.5.0/24"], "ssh_authorized_keys": [
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwuibuildExampleKeyReplaceWithYourOwn00000 ops@x"]},
+    "admin": {
+        "user": "ops",
+        "allow_from": ["10.0.5.0/24"],
+        "ssh_authorized_keys": [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwuibuildExampleKeyReplaceWithYourOwn00000 ops@x"
+        ],
+    },
     "network": {"cidr": "10.0.5.0/24", "gateway": "10.0.5.1", "dns": ["10.0.5.1"]},
-    "shared": {"host": {"name": "ai-shared", "address": "10.0.5.24",
-                        "data_volume": {"label": "owui-data", "device": "/dev/vdb"}}},
+    "shared": {
+        "host": {
+            "name": "ai-shared",
+            "address": "10.0.5.24",
+            "data_volume": {"label": "owui-data", "device": "/dev/vdb"},
+        }
+    },
     "hosts": [{"name": "web-a", "address": "10.0.5.30"}],
-    "instances": [{"name": "one", "host": "web-a", "port": 3000,
-                   "url": "https://chat.example.com", "env": {"WEBUI_NAME": "x"}}],
+    "instances": [
+        {
+            "name": "one",
+            "host": "web-a",
+            "port": 3000,
+            "url": "https://chat.example.com",
+            "env": {"WEBUI_NAME": "x"},
+        }
+    ],
 }
 
 FIELDS: list[tuple[tuple[str | int, ...], Callable[[str], object]]] = [
@@ -91,11 +108,17 @@ def test_hostile_values_are_refused_or_quoted(
         for host in user_datas(r):  # type: ignore[arg-type]
             raw = files[f"hosts/{host}/user-data"]
             assert hosts_target.fit_user_data(raw, "nocloud", host) == raw
-            rules = [f["content"] for f in user_datas(r)[host].get("write_files", [])  # type: ignore[arg-type]
-                     if f["path"].endswith(".nft")]
+            rules = [
+                f["content"]
+                for f in user_datas(r)[host].get("write_files", [])  # type: ignore[arg-type]
+                if f["path"].endswith(".nft")
+            ]
             for text in rules:
                 ruleset = tmp_path / "r.nft"
                 ruleset.write_text(text)
-                check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(ruleset)],
-                                       capture_output=True, text=True)
+                check = subprocess.run(
+                    ["unshare", "-n", "nft", "-c", "-f", str(ruleset)],
+                    capture_output=True,
+                    text=True,
+                )
                 assert check.returncode == 0, check.stderr
