@@ -362,7 +362,7 @@ def bake(
     require_file(blueprint)
     compiled = compile_blueprint(blueprint, write_secrets=not dry_run)
     lines = compiled.checked.source.lines if compiled.checked.source else []
-    report(compiled.diagnostics, "text", lines)
+    report(compiled.diagnostics, "text", lines, str(blueprint))
     if not compiled.ok or compiled.plan is None:
         sys.exit(EXIT_INVALID)
     plan = compiled.plan

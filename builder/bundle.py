@@ -10,11 +10,11 @@ Secrets live only in the env file; compose.yaml names the env file and holds non
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
-import yaml
-
+from . import yamldump
 from .plan import CONTAINER_DATA_DIR, OPENWEBUI_CONTAINER_PORT, POSTGRES_PORT, InstancePlan, Plan
 from .secrets import Secrets
 
@@ -166,8 +166,21 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
     }
 
 
+# Two outputs carry every bundle (instances/ and the Docker host's user-data), so one render
+# serializes each compose document once. Entries hold their plan, so an id in a key cannot be
+# reused while its entry lives.
+_COMPOSE_CACHE: OrderedDict[tuple[int, str], tuple[Plan, str]] = OrderedDict()
+_COMPOSE_CACHE_SIZE = 4096
+
+
 def compose_yaml(plan: Plan, inst: InstancePlan) -> str:
-    body = yaml.safe_dump(
-        compose_document(plan, inst), sort_keys=False, default_flow_style=False, width=100
-    )
-    return HEADER.format(name=inst.name) + body
+    """The instance's compose.yaml (pure; memoized per plan)."""
+    key = (id(plan), inst.name)
+    hit = _COMPOSE_CACHE.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    text = HEADER.format(name=inst.name) + yamldump.dump(compose_document(plan, inst), width=100)
+    _COMPOSE_CACHE[key] = (plan, text)
+    if len(_COMPOSE_CACHE) > _COMPOSE_CACHE_SIZE:
+        _COMPOSE_CACHE.popitem(last=False)
+    return text

@@ -48,12 +48,17 @@ def require_file(path: Path, fmt: str = "text") -> None:
 
 
 def report(
-    diagnostics: Sequence[Diagnostic], fmt: str, lines: Sequence[str], **extra: object
+    diagnostics: Sequence[Diagnostic],
+    fmt: str,
+    lines: Sequence[str],
+    source_file: str | None = None,
+    **extra: object,
 ) -> None:
+    """Print diagnostics; source lines (of ``source_file``, when given) illustrate them."""
     if fmt == "json":
         click.echo(format_json(diagnostics, **extra))
     elif diagnostics:
-        click.echo(format_text(diagnostics, lines), err=True)
+        click.echo(format_text(diagnostics, lines, source_file), err=True)
 
 
 @click.command()
@@ -62,7 +67,8 @@ def report(
 @STRICT
 def validate(blueprint: Path, fmt: str, strict: bool) -> None:
     """Check BLUEPRINT against the schema and the semantic rules, and list every problem at
-    once as file:line:col with a hint. Nothing is written.
+    once as file:line:col with a hint. When the secrets file beside it exists
+    (<blueprint>.secrets.yml), it is checked too, read-only. Nothing is written.
 
     \b
     Example:
@@ -70,12 +76,15 @@ def validate(blueprint: Path, fmt: str, strict: bool) -> None:
       owuibuild validate fleet.yml --format json --strict
     """
     from .pipeline import check
+    from .secrets import read, secrets_path
 
     require_file(blueprint, fmt)
     checked = check(blueprint, strict=strict)
     lines = checked.source.lines if checked.source else []
-    report(checked.diagnostics, fmt, lines)
-    if not checked.ok:
+    _, secret_problems = read(secrets_path(blueprint))  # what render would refuse
+    diagnostics = [*checked.diagnostics, *secret_problems]
+    report(diagnostics, fmt, lines, str(blueprint))
+    if not checked.ok or secret_problems:
         sys.exit(EXIT_INVALID)
     if fmt == "text" and checked.fleet is not None:
         f = checked.fleet
@@ -130,8 +139,9 @@ def render(
     )
     source = compiled.checked.source
     lines = source.lines if source else []
+    shown = str(blueprint)
     if not compiled.ok or compiled.plan is None:
-        report(compiled.diagnostics, fmt, lines)
+        report(compiled.diagnostics, fmt, lines, shown)
         sys.exit(EXIT_INVALID)
     out_dir = output if output is not None else Path("out") / compiled.plan.fleet.name
     if check_only:
@@ -141,7 +151,7 @@ def render(
             fail(str(exc), EXIT_INVALID, exc.hint)
         changes = diff(out_dir, compiled.artifacts)
         if compiled.secrets_changed:
-            report(compiled.diagnostics, fmt, lines, changes=[], secrets_missing=True)
+            report(compiled.diagnostics, fmt, lines, shown, changes=[], secrets_missing=True)
             if fmt == "text":
                 click.echo(
                     "the secrets file is missing secrets; render without --check first", err=True
@@ -151,6 +161,7 @@ def render(
             compiled.diagnostics,
             fmt,
             lines,
+            shown,
             changes=[{"path": c.path, "change": c.kind} for c in changes],
         )
         if fmt == "text":
@@ -170,6 +181,7 @@ def render(
         compiled.diagnostics,
         fmt,
         lines,
+        shown,
         output=str(out_dir),
         files=[a.path for a in compiled.artifacts],
     )

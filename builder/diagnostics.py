@@ -83,8 +83,16 @@ def sort_key(d: Diagnostic) -> tuple[str, int, int, str]:
     return (d.file or "", d.line or 0, d.column or 0, d.message)
 
 
-def format_text(diagnostics: Sequence[Diagnostic], source_lines: Sequence[str] = ()) -> str:
-    """``file:line:col: severity[path]: message``, the source line with a caret, and a hint."""
+def format_text(
+    diagnostics: Sequence[Diagnostic],
+    source_lines: Sequence[str] = (),
+    source_file: str | None = None,
+) -> str:
+    """``file:line:col: severity[path]: message``, the source line with a caret, and a hint.
+
+    The source line is shown for diagnostics of ``source_file`` only, when it is given: another
+    file's line numbers do not index these lines (and the secrets file's lines are never shown).
+    """
     chunks: list[str] = []
     for d in diagnostics:
         where = d.file or "<blueprint>"
@@ -93,7 +101,8 @@ def format_text(diagnostics: Sequence[Diagnostic], source_lines: Sequence[str] =
             if d.column is not None:
                 where += f":{d.column}"
         lines = [f"{where}: {d.severity.value}[{format_path(d.path)}]: {d.message}"]
-        if d.line is not None and 0 < d.line <= len(source_lines):
+        ours = source_file is None or d.file == source_file
+        if ours and d.line is not None and 0 < d.line <= len(source_lines):
             text = source_lines[d.line - 1].rstrip("\r\n").expandtabs(1)
             gutter = f"{d.line:>5} | "
             lines.append(gutter + text)

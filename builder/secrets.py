@@ -13,6 +13,7 @@ import secrets as random_source
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,25 @@ HEADER = (
 )
 
 
+# Runs of the characters a secret is made of: a secret can only occur inside one of these.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{24,}")
+
+
+def occurs_in(text: str, values: frozenset[str], lengths: frozenset[int]) -> bool:
+    """Whether any of ``values`` (secrets of SECRET_PATTERN's form, ``lengths`` their lengths)
+    occurs in ``text``: one set lookup per window of each length inside each token, instead of
+    a scan of the text for every secret."""
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token in values:
+            return True
+        for size in lengths:
+            for start in range(len(token) - size + 1):
+                if token[start : start + size] in values:
+                    return True
+    return False
+
+
 @dataclass(frozen=True)
 class Secrets:
     values: Mapping[str, str]
@@ -37,6 +57,19 @@ class Secrets:
 
     def all_values(self) -> frozenset[str]:
         return frozenset(self.values.values())
+
+    @cached_property
+    def _scan(self) -> tuple[frozenset[str], frozenset[int], bool]:
+        values = self.all_values()
+        tokens_only = all(SECRET_PATTERN.match(v) for v in values)
+        return values, frozenset(len(v) for v in values), tokens_only
+
+    def occur_in(self, text: str) -> bool:
+        """Whether any secret value occurs in ``text``."""
+        values, lengths, tokens_only = self._scan
+        if not tokens_only:  # not a form owuibuild reads or writes: compare the slow way
+            return any(v in text for v in values)
+        return occurs_in(text, values, lengths)
 
 
 def secrets_path(blueprint: Path) -> Path:
@@ -71,8 +104,58 @@ def new_secret() -> str:
     return random_source.token_urlsafe(32)
 
 
+# Every scalar is read as the text it is written as: a hand-edited secret of digits stays a
+# string ("000123..." keeps its zeros), and no value is ever a number, a date or a null. libyaml
+# parses when present (a large fleet's file has thousands of entries).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FORM_HINT = "secrets are 24-256 characters of A-Z a-z 0-9 _ -; delete it to generate a new one"
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _values(
+    node: yaml.MappingNode, prefix: tuple[str, ...], name: str
+) -> tuple[dict[str, str], list[Diagnostic]]:
+    """The file's secrets by dotted name, with a located diagnostic for each bad entry."""
+    found: dict[str, str] = {}
+    problems: list[Diagnostic] = []
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            problems.append(
+                error(prefix, "a key of the secrets file is not text").located(
+                    name, *_mark(key_node)
+                )
+            )
+            continue
+        path = (*prefix, key_node.value)
+        if key_node.value in seen:
+            problems.append(
+                error(path, "the secret is defined twice", "keep one of them").located(
+                    name, *_mark(key_node)
+                )
+            )
+            continue
+        seen.add(key_node.value)
+        if isinstance(value_node, yaml.MappingNode):
+            inner, inner_problems = _values(value_node, path, name)
+            found.update(inner)
+            problems += inner_problems
+        elif isinstance(value_node, yaml.ScalarNode) and SECRET_PATTERN.match(value_node.value):
+            found[".".join(path)] = value_node.value
+        else:
+            # An empty value's own mark is wherever the next token starts: point at its key.
+            at = value_node if getattr(value_node, "value", "") else key_node
+            problems.append(
+                error(path, "secret has an invalid form", FORM_HINT).located(name, *_mark(at))
+            )
+    return found, problems
+
+
 def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
-    """Read an existing secrets file; None when there is none."""
+    """Read an existing secrets file; None when there is none. Nothing is written."""
     name = str(path)
     try:
         st = path.stat()
@@ -88,29 +171,24 @@ def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
                 f"run: chmod 600 {name}",
             ).located(name, None, None)
         ]
+    unparsable = error((), "the secrets file cannot be parsed", "restore it from backup")
     try:
-        tree = yaml.safe_load(path.read_text("utf-8")) or {}
+        root = yaml.compose(path.read_text("utf-8"), Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if mark is None:
+            return None, [unparsable.located(name, None, None)]
+        return None, [unparsable.located(name, mark.line + 1, mark.column + 1)]
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return None, [
-            error((), "the secrets file cannot be parsed", "restore it from backup").located(
-                name, None, None
-            )
-        ]
-    if not isinstance(tree, dict):
-        return None, [error((), "the secrets file must be a mapping").located(name, None, None)]
-    flat = _flatten(tree)
-    diagnostics = [
-        error(
-            tuple(key.split(".")),
-            "secret has an invalid form",
-            "secrets are 24-256 characters of A-Z a-z 0-9 _ -; delete it to generate a new one",
-        ).located(name, None, None)
-        for key, value in sorted(flat.items())
-        if not isinstance(value, str) or not SECRET_PATTERN.match(value)
-    ]
+        return None, [unparsable.located(name, None, None)]
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
+        return {}, []
+    if not isinstance(root, yaml.MappingNode):
+        return None, [error((), "the secrets file must be a mapping").located(name, *_mark(root))]
+    values, diagnostics = _values(root, (), name)
     if diagnostics:
         return None, diagnostics
-    return {k: str(v) for k, v in flat.items()}, []
+    return values, []
 
 
 def complete(

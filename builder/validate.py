@@ -389,6 +389,39 @@ def check_container_pool(data: dict[str, Any]) -> Iterator[Located]:
         )
 
 
+def check_ssh_keys(data: dict[str, Any]) -> Iterator[Located]:
+    """Each key decodes to a key of its named type (sshd would skip any other)."""
+    from . import sshkey
+
+    admin = data.get("admin")
+    keys = admin.get("ssh_authorized_keys") if isinstance(admin, dict) else None
+    for i, line in enumerate(keys if isinstance(keys, list) else []):
+        if not isinstance(line, str):
+            continue
+        path = ("admin", "ssh_authorized_keys", i)
+        if sshkey.EXAMPLE_KEY in line.split(" "):
+            yield (
+                warning(
+                    path,
+                    "is the example key of the starter blueprint, not a real key: nobody could "
+                    "log in to the hosts with it",
+                    "replace it with your own public key, e.g. the line in ~/.ssh/id_ed25519.pub",
+                ),
+                False,
+            )
+            continue
+        problem = sshkey.problem(line)
+        if problem is not None:
+            yield (
+                error(
+                    path,
+                    f"the SSH key {problem}",
+                    "paste the whole line of your ~/.ssh/id_*.pub file, unchanged",
+                ),
+                False,
+            )
+
+
 def check_admin(data: dict[str, Any]) -> Iterator[Located]:
     admin = data.get("admin")
     if not isinstance(admin, dict) or not isinstance(admin.get("allow_from"), list):
@@ -777,6 +810,7 @@ SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_names,
     check_network,
     check_admin,
+    check_ssh_keys,
     check_instances,
     check_versions,
     check_capacity,

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from .. import artifacts
+from .. import artifacts, yamldump
 from ..plan import DATA_MOUNT, QDRANT_DATA, QDRANT_PORT, HostPlan, Plan
 from ..quoting import render_template
 from ..secrets import Secrets
@@ -105,7 +103,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             File(UNIT, unit(plan, host)),
             File(
                 CONFIG,
-                yaml.safe_dump(config(plan, secrets, host), sort_keys=False),
+                yamldump.dump(config(plan, secrets, host)),
                 permissions="0600",
                 owner="qdrant:qdrant",
                 defer=True,

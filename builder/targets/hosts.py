@@ -10,36 +10,15 @@ import gzip
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
-
+from .. import yamldump
 from ..hostconfig import merge, parts_for
 from ..plan import HostPlan, Plan
 from ..secrets import Secrets
 from . import Artifact
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks, so embedded files stay readable."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    if "\n" in value:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
-
-
-_Dumper.add_representer(str, _str)
-
-
 def dump_yaml(doc: Any) -> str:
-    return yaml.dump(
-        doc,
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=100,
-    )
+    return yamldump.dump(doc, literal_blocks=True, allow_unicode=True, width=100)
 
 
 # Largest user-data each platform accepts, in bytes (None: no limit). cloud-init reads

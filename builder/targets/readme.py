@@ -6,7 +6,7 @@ file lists). It never holds a secret: it says where each secret lives, not what 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
 
 from ..hostconfig import parts_for
@@ -23,10 +23,14 @@ def _node(name: str) -> str:
     return "h_" + name.replace("-", "_")
 
 
-def _sources(plan: Plan, nets: tuple[IPv4Network, ...]) -> list[str]:
-    """Diagram nodes for a rule's sources: fleet hosts by name, other networks as themselves."""
+def _source_names(plan: Plan) -> Callable[[tuple[IPv4Network, ...]], list[str]]:
+    """Names for a rule's sources: fleet hosts by name, other networks as themselves."""
     by_address = {IPv4Network(f"{h.host.address}/32"): h.name for h in plan.hosts}
-    return [by_address.get(n, str(n)) for n in nets]
+
+    def names(nets: tuple[IPv4Network, ...]) -> list[str]:
+        return [by_address.get(n, str(n)) for n in nets]
+
+    return names
 
 
 def mermaid(plan: Plan) -> str:
@@ -40,10 +44,12 @@ def mermaid(plan: Plan) -> str:
             lines.append(f'    i_{inst.db_name}["Open WebUI {inst.name} :{inst.port}"]')
         lines.append("  end")
     outside: dict[str, str] = {}
+    sources = _source_names(plan)
+    fleet_hosts = {h.name for h in plan.hosts}
     for host in plan.hosts:
         for rule in host.firewall:
-            for source in _sources(plan, rule.sources):
-                if source in {h.name for h in plan.hosts}:
+            for source in sources(rule.sources):
+                if source in fleet_hosts:
                     src = _node(source)
                 else:
                     src = outside.setdefault(source, f"n{len(outside)}")
@@ -74,10 +80,11 @@ def _hosts_table(plan: Plan) -> str:
 
 def _firewall_table(plan: Plan) -> str:
     rows = ["| host | port | service | allowed from |", "| --- | --- | --- | --- |"]
+    sources = _source_names(plan)
     for h in plan.hosts:
         for r in h.firewall:
             rows.append(
-                f"| {h.name} | {r.port}/{r.proto} | {r.service} | {', '.join(_sources(plan, r.sources))} |"
+                f"| {h.name} | {r.port}/{r.proto} | {r.service} | {', '.join(sources(r.sources))} |"
             )
     return "\n".join(rows)
 
@@ -98,11 +105,10 @@ def _instances_table(plan: Plan) -> str:
 
 def _secret_locations(plan: Plan, secrets: Secrets) -> str:
     rows = ["| host | file | owner |", "| --- | --- | --- |"]
-    values = secrets.all_values()
     for h in plan.hosts:
         for part in parts_for(plan, h, secrets):
             for f in part.files:
-                if any(v in f.content for v in values):
+                if secrets.occur_in(f.content):
                     rows.append(f"| {h.name} | `{f.path}` | {f.owner} |")
     return "\n".join(rows)
 

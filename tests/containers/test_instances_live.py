@@ -69,7 +69,7 @@ name: livetest
 os: {distro: debian-12, timezone: UTC}
 admin:
   user: ops
-  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest ops@laptop]
+  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeTestKeyOnlyNotARealKey00000000000000000 ops@laptop]
   allow_from: [10.213.7.0/24]
 network: {cidr: 10.213.7.0/24, gateway: 10.213.7.1, dns: [10.213.7.1]}
 shared:

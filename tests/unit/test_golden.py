@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from owuibuild import bundle, yamldump
 from owuibuild import secrets as store
 from owuibuild.pipeline import compile_blueprint
 from owuibuild.plan import make_plan
@@ -110,6 +111,21 @@ def test_golden(example: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     assert not problems, "output differs from golden files (make golden, then review):\n" + (
         "\n".join(problems)
     )
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_pure_python_yaml_emitter_gives_the_golden_bytes(
+    example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renders use libyaml's emitter where PyYAML has it; without it (or where it is not
+    trusted) the pure-Python emitter must write exactly the same files."""
+    monkeypatch.setattr(yamldump, "USE_LIBYAML", False)
+    monkeypatch.setattr(bundle, "_COMPOSE_CACHE", type(bundle._COMPOSE_CACHE)())
+    files = render(example, tmp_path, update=False)
+    expected = stored(GOLDEN / example.removesuffix(".yml"))
+    assert files.keys() == expected.keys()
+    differ = sorted(path for path in files if files[path] != expected[path])
+    assert not differ, f"the pure-Python emitter writes other bytes for {differ}"
 
 
 def test_golden_secrets_are_fake() -> None:

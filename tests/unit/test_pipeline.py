@@ -30,9 +30,14 @@ def blueprint(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_examples_check_clean(example: Path) -> None:
-    checked = check(example, strict=True)
+    """Clean but for the placeholder SSH key the examples share with the starter, which
+    validation names (until it is replaced, nobody could log in)."""
+    checked = check(example)
     assert checked.ok, [d.as_dict() for d in checked.diagnostics]
-    assert checked.diagnostics == []
+    assert [(d.severity.value, d.path[:2]) for d in checked.diagnostics] == [
+        ("warning", ("admin", "ssh_authorized_keys"))
+    ]
+    assert "example key" in checked.diagnostics[0].message
 
 
 def test_strict_promotes_warnings(tmp_path: Path) -> None:

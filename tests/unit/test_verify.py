@@ -72,6 +72,8 @@ def test_gzipped_user_data_is_checked() -> None:
         (Artifact("h/meta-data", b"a: [\n"), "does not parse"),
         (Artifact("manifest.json", b"{"), "does not parse"),
         (Artifact("packer/a.pkr.hcl", b"variable {{{"), "does not parse"),
+        (Artifact("packer/b.pkr.hcl", b'locals {\n  a = "x\n"\n}\n'), "multi-line string"),
+        (Artifact("packer/c.pkr.hcl", b'source "qemu" "x" {\n  a = 1\n'), "Unclosed"),
         (Artifact("a.env", b"A=1\nnot a pair\n", secret=True), "line 2 is not KEY=VALUE"),
     ],
 )
