@@ -26,6 +26,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_TEST = "tests/unit/test_golden.py"
+# Run first, so that a caught mutation stops (-x) within seconds; pytest collects each file once,
+# so the same tests run as with `pytest tests`, in another order.
+FIRST = [
+    "tests/unit/test_security_properties.py",
+    "tests/unit/test_seed_command.py",
+    "tests/unit/test_writer_interrupted.py",
+    "tests/validators/test_docker_ports.py",
+    "tests/validators/test_ollama_models_script.py",
+]
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,7 @@ def run(mutation: Mutation, with_golden: bool, log_dir: Path) -> tuple[str, str,
         args = [
             sys.executable, "-m", "pytest", "-m", "unit or validators", "-x", "-q",
             "-p", "no:cacheprovider", "-o", "addopts=--strict-markers",
-            "--hypothesis-seed=0",
+            "--hypothesis-seed=0", *FIRST, "tests",
         ]  # fmt: skip
         if not with_golden:
             args += ["--deselect", GOLDEN_TEST]
