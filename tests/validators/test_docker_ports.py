@@ -8,7 +8,7 @@ twice (the unit re-runs whenever docker.service restarts), and reads the chains 
 iptables: the jump to the port chain must come before Docker's RETURN, exactly once, and each
 private instance's published port must be dropped for every source outside the fleet network.
 The containers tier sends real packets through the same script (tests/containers/
-test_docker_ports_live.py).
+test_docker_ports_live.py, which sends real packets).
 """
 
 from __future__ import annotations
