@@ -112,7 +112,7 @@ def test_one_server_per_instance_on_the_private_address(per_instance: Fleet) -> 
 ADMIN_COMMANDS = [
     ("CONFIG", "GET", "bind"),
     ("ACL", "LIST"),
-    ("DEBUG", "SLEEP", "0"),
+    ("CONFIG", "RESETSTAT"),
     ("SLOWLOG", "GET"),
     ("CLIENT", "LIST"),
     ("LASTSAVE",),
