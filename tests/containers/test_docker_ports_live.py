@@ -10,7 +10,7 @@ namespace stands in for Open WebUI (any TCP server would do: the filter is what 
 Then the generated owuibuild-docker-ports script runs in the host namespace, as its unit does
 after docker.service, and real TCP connections are made:
 
-- from a host on the fleet network (the blueprint's 10.0.5.0/24): the private instance's
+- from a host on the fleet network (the seed example's 10.0.5.0/24): the private instance's
   published port answers;
 - from a host outside it (192.0.2.0/24, routed through the Docker host): it does not;
 - the public instance's port answers both.
@@ -21,6 +21,7 @@ topology, is what stops it. Nothing leaves the namespaces: they have no route to
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -32,28 +33,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Rendered, compile_path, require_tool, unavailable
+from conftest import BLUEPRINTS, Rendered, compile_path, require_tool, unavailable
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import Plan
 
 pytestmark = pytest.mark.containers
 
-BLUEPRINT = """\
-apiVersion: owuibuild/v1
-name: portfilter
-admin:
-  user: ops
-  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest ops@laptop]
-  allow_from: [10.0.5.0/24]
-network: {cidr: 10.0.5.0/24, gateway: 10.0.5.1, dns: [10.0.5.1]}
-shared:
-  host: {name: shared, address: 10.0.5.10, memory_gb: 64, data_volume: {label: owui-data}}
-hosts:
-  - {name: web-a, address: 10.0.5.20, memory_gb: 64, data_volume: {label: owui-data}}
-instances:
-  - {name: private, host: web-a, port: 3001}
-  - {name: open, host: web-a, port: 3002, public: true}
-"""
+# The seed example (one Docker host, five instances) with one instance made public.
+PUBLIC = "{name: webui2, host: web-a, port: 3002"
+BLUEPRINT = (BLUEPRINTS / "seed-example.yml").read_text().replace(PUBLIC, PUBLIC + ", public: true")
 FLEET_PEER = "10.0.5.40"  # another host of the fleet network
 OUTSIDE = "192.0.2.2"  # a host outside it (TEST-NET-1, only inside these namespaces)
 OUTSIDE_GW = "192.0.2.1"
@@ -133,7 +121,7 @@ def dockerd_chains(publish: list[tuple[str, int, int]]) -> list[list[str]]:
 
 def ports_script(rendered: Rendered) -> str:
     data = rendered.files["hosts/web-a/user-data"]
-    doc = yaml.safe_load(data)
+    doc = yaml.safe_load(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
     files = {f["path"]: f["content"] for f in doc["write_files"]}
     return str(files[docker_section.PORTS_SCRIPT])
 
