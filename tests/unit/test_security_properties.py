@@ -5,7 +5,8 @@ example blueprint (not by comparing with golden files, which come from the code 
   Redis shared by several instances, from @dangerous ones and from other instances' keys);
   no later rule gives any command back. The services tier runs the same files on redis-server.
 - pg_hba: each instance role reaches only its own database, only from its instance host's
-  address, with scram-sha-256; everything else ends in reject.
+  address, with scram-sha-256; everything else ends in reject. init.sql takes CONNECT away from
+  PUBLIC on every instance database and gives it back to that instance's role only.
 - nftables: every host drops input by default, and every accepted port names the sources the
   plan gives it (SSH from admin.allow_from, services from the hosts that use them).
 - secret-bearing files (in out/ and on the hosts) are 0600, and no secret is in any file that
@@ -172,6 +173,49 @@ def test_pg_hba_admits_each_role_only_to_its_database_from_its_host(
             if not address.subnet_of(source):
                 decision = hba_decision(lines, i.db_name, i.db_role, str(h.host.address))
                 assert decision == "reject", (i.name, h.host.name)
+
+
+def sql_statements(script: str) -> list[str]:
+    """The SQL statements of a psql script, whitespace folded. Comments are dropped; a psql
+    meta-command line (\\gexec) ends the statement before it, as psql reads it."""
+    lines = [";" if line.startswith("\\") else line for line in script.splitlines()]
+    text = "\n".join(line for line in lines if not line.startswith("--"))
+    return [" ".join(s.split()) for s in text.split(";") if s.strip()]
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_each_database_is_closed_to_public_and_open_to_its_role_only(
+    render_example: RenderExample, example: str
+) -> None:
+    r = render_example(example)
+    plan = r.plan
+    assert isinstance(plan, Plan)
+    db_host = plan.postgres_host.name
+    (script,) = [
+        f["content"]
+        for (h, p), f in host_files(r).items()
+        if h == db_host and p.endswith("/init.sql")
+    ]
+    statements = sql_statements(script)
+    assert "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC" in statements
+    grants = [s for s in statements if s.startswith("GRANT ")]
+    assert not any(s.endswith(("TO PUBLIC", "TO public")) for s in grants), grants
+    for i in plan.instances:
+        db, role = ident(i.db_name), ident(i.db_role)
+        # PUBLIC loses the default CONNECT and TEMPORARY on the instance's database ...
+        assert f"REVOKE ALL ON DATABASE {db} FROM PUBLIC" in statements, i.name
+        # ... and only the instance's own role gets them back, after the revoke.
+        mine = [s for s in grants if f" ON DATABASE {db} " in s]
+        assert mine == [f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"], (i.name, mine)
+        revoke = statements.index(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
+        assert statements.index(mine[0]) > revoke
+        assert f"ALTER DATABASE {db} OWNER TO {role}" in statements
+        login = [s for s in statements if s.startswith(f"ALTER ROLE {role} WITH ")]
+        assert len(login) == 1 and " NOSUPERUSER " in login[0] and " NOCREATEROLE " in login[0]
 
 
 # -- nftables -------------------------------------------------------------------------------------
