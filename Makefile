@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 BLUEPRINT ?= blueprints/seed-example.yml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint bench golden mutate clean system-deps
+.PHONY: setup demo test test-unit lint bench bench-boot golden mutate clean system-deps
 
 $(BIN)/owuibuild: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ mutate: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/boot_bench.py
+
+# Boots the VMs again (about 20 minutes under TCG) and prints bare, vanilla and golden side by side.
+bench-boot: setup system-deps
+	$(BIN)/python bench/boot_bench.py --measure
 
 clean:
 	rm -rf out/*/ .pytest_cache .mypy_cache .ruff_cache

@@ -88,6 +88,16 @@ def qdrant(version: str, sha256: str | None = None) -> Artifact | None:
     )
 
 
+def openwebui_archive_filename(version: str) -> str:
+    return f"openwebui-v{version}.docker.tar"
+
+
+def openwebui_archive(version: str, sha256: str) -> Artifact:
+    """A `docker save` archive of the Open WebUI image, which only a mirror serves."""
+    filename = openwebui_archive_filename(version)
+    return Artifact("openwebui-image", version, filename, sha256, upstream_url=filename)
+
+
 DOCKER_APT_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 
 

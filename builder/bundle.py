@@ -126,6 +126,8 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
     service: dict[str, Any] = {
         "image": plan.openwebui_image,
         "restart": "unless-stopped",
+        # Loaded from the mirror's archive at install: never reach out to a registry for it.
+        **({"pull_policy": "never"} if plan.openwebui_archive is not None else {}),
         "env_file": [env_file_name(inst)],
         "ports": [
             {

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-DISTRO_POSTGRES = {"debian-12": 15, "ubuntu-24.04": 16}
-DISTRO_CODENAME = {"debian-12": "bookworm", "ubuntu-24.04": "noble"}
+from .release import RELEASES, Release
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,15 @@ class Host:
 class OS:
     distro: str
     timezone: str
+    docker_source: str  # release.DOCKER_ARCHIVE or DOCKER_UPSTREAM, the release's default filled in
+
+    @property
+    def release(self) -> Release:
+        return RELEASES[self.distro]
 
     @property
     def codename(self) -> str:
-        return DISTRO_CODENAME[self.distro]
+        return self.release.codename
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class OpenWebUI:
     version: str
     image: str
     digest: str | None
+    archive_sha256: str | None  # load a `docker save` archive from the mirror instead of pulling
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ class Placement:
 class Images:
     builders: tuple[str, ...]
     bake_models: bool
+    preload_openwebui: bool
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,12 @@ class Fleet:
 
     @staticmethod
     def from_data(d: dict[str, Any]) -> Fleet:
-        os_ = OS(d["os"]["distro"], d["os"]["timezone"])
+        release = RELEASES[d["os"]["distro"]]
+        os_ = OS(
+            release.distro,
+            d["os"]["timezone"],
+            d["os"].get("docker_source", release.docker_default),
+        )
         s = d["shared"]
         o, q, p, r = s["ollama"], s["qdrant"], s["postgres"], s["redis"]
         return Fleet(
@@ -219,9 +230,7 @@ class Fleet:
                     q["replication_factor"],
                     QdrantTLS(**q["tls"]) if "tls" in q else None,
                 ),
-                postgres=Postgres(
-                    p.get("version", DISTRO_POSTGRES[os_.distro]), p["max_connections"]
-                ),
+                postgres=Postgres(p.get("version", release.postgres_major), p["max_connections"]),
                 redis=Redis(r["mode"], r["maxmemory_mb"], r["base_port"]),
                 backups=Backups(
                     s["backups"]["enabled"],
@@ -232,7 +241,10 @@ class Fleet:
             ),
             hosts=tuple(Host.from_data(h) for h in d["hosts"]),
             openwebui=OpenWebUI(
-                d["openwebui"]["version"], d["openwebui"]["image"], d["openwebui"].get("digest")
+                d["openwebui"]["version"],
+                d["openwebui"]["image"],
+                d["openwebui"].get("digest"),
+                d["openwebui"].get("archive_sha256"),
             ),
             instances=tuple(
                 Instance(
@@ -247,7 +259,11 @@ class Fleet:
                 )
                 for i in d["instances"]
             ),
-            images=Images(tuple(d["images"]["builders"]), d["images"]["bake_models"]),
+            images=Images(
+                tuple(d["images"]["builders"]),
+                d["images"]["bake_models"],
+                d["images"]["preload_openwebui"],
+            ),
             placement=Placement(
                 postgres=d["placement"].get("postgres", s["host"]["name"]),
                 redis=d["placement"].get("redis", s["host"]["name"]),

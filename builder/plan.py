@@ -10,6 +10,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from . import artifacts
+from .artifacts import Artifact
 from .model import Fleet, Host, Instance
 
 # Connections PostgreSQL keeps free of instance pools: superuser slots, backups, status probes.
@@ -201,6 +203,7 @@ class Plan:
     ollama_url: str
     qdrant_url: str
     openwebui_image: str  # full reference: repo:tag[@digest]
+    openwebui_archive: Artifact | None  # the image as a `docker save` archive on the mirror
     ollama_models: tuple[str, ...]  # models to pull, embedding model included
     qdrant_api_key: SecretRef
     backup_dir: str  # where the backup timer writes dumps and snapshots
@@ -380,6 +383,11 @@ def make_plan(fleet: Fleet) -> Plan:
         ollama_url=f"http://{ollama_hosts[0].address}:{OLLAMA_PORT}",
         qdrant_url=f"http://{qdrant_hosts[0].address}:{QDRANT_PORT}",
         openwebui_image=image,
+        openwebui_archive=(
+            artifacts.openwebui_archive(ow.version, ow.archive_sha256)
+            if ow.archive_sha256
+            else None
+        ),
         ollama_models=models,
         qdrant_api_key=SecretRef("qdrant.api_key"),
         backup_dir=fleet.shared.backups.directory or BACKUP_DIR,

@@ -74,11 +74,15 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+# The detail of a connection the target's kernel turned away: nothing listens on that port.
+REFUSED_DETAIL = "connection refused"
+
+
 def _oserror_outcome(exc: OSError) -> Outcome:
     if isinstance(exc, TimeoutError | socket.timeout):
         return Outcome(State.TIMEOUT, "no answer within the timeout")
     if isinstance(exc, ConnectionRefusedError):
-        return Outcome(State.REFUSED, "connection refused")
+        return Outcome(State.REFUSED, REFUSED_DETAIL)
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
         return Outcome(State.DOWN, "connection closed by the server")
     if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):

@@ -21,8 +21,10 @@ from pathlib import Path
 import click
 
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
+from .hostconfig import postgres as postgres_section
 from .plan import OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT, InstancePlan, Plan, SecretRef
 from .probes import (
+    REFUSED_DETAIL,
     Outcome,
     ProbeFailure,
     State,
@@ -44,7 +46,11 @@ Probe = Callable[[float], Outcome]
 
 @dataclass(frozen=True)
 class Check:
-    """One probe of one service: where it dials and what it runs (a closure over secrets)."""
+    """One probe of one service: where it dials and what it runs (a closure over secrets).
+
+    ``refused_hint`` is shown when nothing listens at the target (connection refused): the
+    likely reasons a generated host has for not serving there.
+    """
 
     service: str
     instance: str | None
@@ -52,6 +58,7 @@ class Check:
     address: str
     port: int
     run: Probe = field(repr=False, compare=False)
+    refused_hint: str = ""
 
     @property
     def target(self) -> str:
@@ -64,9 +71,10 @@ class Result:
     state: State
     latency_ms: float
     detail: str
+    hint: str = ""  # what the state may mean and where to look; in JSON only when set
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        row: dict[str, object] = {
             "service": self.check.service,
             "instance": self.check.instance,
             "host": self.check.host,
@@ -75,6 +83,9 @@ class Result:
             "latency_ms": self.latency_ms,
             "detail": self.detail,
         }
+        if self.hint:
+            row["hint"] = self.hint
+        return row
 
 
 # -- what each HTTP answer means --------------------------------------------------------------------
@@ -156,6 +167,20 @@ def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
 # -- the probes a plan implies ----------------------------------------------------------------------
 
 
+def postgres_refused_hint(plan: Plan) -> str:
+    """Why the PostgreSQL host may refuse connections: its unit is down, most surprisingly
+    because the major-version guard found a data volume made by another major."""
+    major = plan.fleet.shared.postgres.version
+    unit = postgres_section.unit_name(major)
+    return (
+        f"PostgreSQL is not listening on {plan.postgres_host.name}. If the host was moved to a "
+        f"new release, {unit} refuses to start on a data volume that holds only a cluster of "
+        f"another major (its guard {postgres_section.GUARD_SCRIPT}); see "
+        f"`systemctl status {unit}` there and the README's section "
+        f'"{postgres_section.UPGRADE_SECTION}"'
+    )
+
+
 def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> list[Check]:
     """Every probe for the fleet, in table order: shared services, then each instance's."""
 
@@ -189,6 +214,7 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
     checks += [qdrant_check(str(h.address), h.name) for h in plan.qdrant_hosts]
     pg_address = str(plan.postgres_host.address)
     pg_host = plan.postgres_host.name
+    pg_hint = postgres_refused_hint(plan)
 
     def postgres(i: InstancePlan) -> Check:
         def make(password: str) -> Probe:
@@ -201,6 +227,7 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
             pg_address,
             POSTGRES_PORT,
             with_secret(i.db_password, make),
+            pg_hint,
         )
 
     def redis(i: InstancePlan) -> Check:
@@ -268,7 +295,9 @@ def run_checks(
             else:
                 outcome, ms = future.result()
             detail = scrub(outcome.detail, redact)
-            results.append(Result(check, outcome.state, round(ms, 1), detail))
+            nothing_listens = outcome.state is State.REFUSED and detail == REFUSED_DETAIL
+            hint = check.refused_hint if nothing_listens else ""
+            results.append(Result(check, outcome.state, round(ms, 1), detail, hint))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results
@@ -305,6 +334,15 @@ def format_table(results: Sequence[Result]) -> str:
         ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
+
+
+def hint_lines(results: Sequence[Result]) -> list[str]:
+    """Each distinct hint once, in table order, naming the rows it explains."""
+    rows: dict[str, list[str]] = {}
+    for r in results:
+        if r.hint:
+            rows.setdefault(r.hint, []).append(f"{r.check.service} {r.check.instance or '-'}")
+    return [f"hint: {hint} (rows: {', '.join(names)})" for hint, names in rows.items()]
 
 
 def summary(results: Sequence[Result]) -> dict[str, int]:
@@ -364,9 +402,11 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
     /health and /health/db.
 
     States: ok, down, refused, auth-failed, timeout, degraded. Exit 0 when every probe is ok,
-    1 otherwise. Credentials come from <blueprint>.secrets.yml and are never printed.
-    Probes dial from this machine: the fleet's firewall and pg_hba admit only instance hosts
-    to the shared services, so elsewhere expect timeout and refused.
+    1 otherwise. Where nothing listens, a hint after the table (JSON: "hint") says what may
+    keep the service down, e.g. PostgreSQL's major-version guard after a release change.
+    Credentials come from <blueprint>.secrets.yml and are never printed. Probes dial from
+    this machine: the fleet's firewall and pg_hba admit only instance hosts to the shared
+    services, so elsewhere expect timeout and refused.
 
     \b
     Example:
@@ -418,4 +458,8 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
         click.echo(format_table(results))
         click.echo()
         click.echo(summary_line(plan.fleet.name, results))
+        hints = hint_lines(results)
+        if hints:
+            click.echo()
+            click.echo("\n".join(hints))
     sys.exit(EXIT_OK if all(r.state is State.OK for r in results) else EXIT_INVALID)

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from .diagnostics import Diagnostic, JsonPath, error, has_errors, warning
-from .model import DISTRO_POSTGRES, Fleet
+from .model import Fleet
 from .plan import (
     OLLAMA_PORT,
     POSTGRES_PORT,
@@ -29,6 +29,7 @@ from .plan import (
     database_pools,
     estimated_memory_mb,
 )
+from .release import DEFAULT_DISTRO, DOCKER_ARCHIVE, NEW_FLEET_DISTRO, RELEASES
 from .source import Source
 
 # Variables the generator owns: an instance's `env` may not override them.
@@ -575,13 +576,27 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
 def check_versions(data: dict[str, Any]) -> Iterator[Located]:
     os_ = data.get("os") if isinstance(data.get("os"), dict) else {}
     assert isinstance(os_, dict)
-    distro = os_.get("distro", "debian-12")
+    named = os_.get("distro", DEFAULT_DISTRO)
+    release = RELEASES.get(named) if isinstance(named, str) else None
+    if release is None:
+        return  # the schema reports an unknown distro
+    distro = release.distro
+    if os_.get("docker_source") == DOCKER_ARCHIVE and release.docker_archive_packages is None:
+        yield (
+            error(
+                ("os", "docker_source"),
+                f"{distro}'s archive has no compose v2 (only docker-compose 1.29)",
+                "leave docker_source out (Docker's own repository on this release), "
+                f"or move the fleet to {NEW_FLEET_DISTRO}",
+            ),
+            False,
+        )
     shared = data.get("shared") if isinstance(data.get("shared"), dict) else {}
     assert isinstance(shared, dict)
     pg = shared.get("postgres") if isinstance(shared.get("postgres"), dict) else {}
     assert isinstance(pg, dict)
-    expected = DISTRO_POSTGRES.get(distro)
-    if "version" in pg and expected is not None and pg["version"] != expected:
+    expected = release.postgres_major
+    if "version" in pg and pg["version"] != expected:
         yield (
             error(
                 ("shared", "postgres", "version"),
@@ -745,6 +760,17 @@ def check_pins(data: dict[str, Any]) -> Iterator[Located]:
                 ),
                 False,
             )
+    openwebui = data.get("openwebui")
+    if isinstance(openwebui, dict) and "archive_sha256" in openwebui and not data.get("mirror"):
+        yield (
+            error(
+                ("openwebui", "archive_sha256"),
+                "an image archive needs a mirror to be loaded from",
+                "set mirror: to the server that holds openwebui-v<version>.docker.tar, "
+                "or leave archive_sha256 out to pull the image from its registry",
+            ),
+            True,
+        )
 
 
 SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (

@@ -67,6 +67,22 @@ class Part:
 
 Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
 
+# The first runcmd step: every package of the seed is installed. On a vanilla image cloud-init
+# has just installed them; a golden image skips cloud-init's package step (no apt-get update at
+# boot, see templates/packer/seal.sh), so an image baked before a package was added must stop
+# here with a message instead of failing later in a stranger way.
+CHECK_PACKAGES = (
+    'missing=""; for p in "$@"; do '
+    '[ "$(dpkg-query -W -f=\'${db:Status-Status}\' "$p" 2>/dev/null)" = installed ] '
+    '|| missing="$missing $p"; done; '
+    '[ -z "$missing" ] || { echo "owuibuild: not installed:$missing;'
+    ' bake the golden image again from this render" >&2; exit 1; }'
+)
+
+
+def check_packages(packages: Iterable[str]) -> Command:
+    return ("/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages", *packages)
+
 
 @cache
 def sections() -> tuple[tuple[int, str, Section], ...]:
@@ -151,9 +167,9 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
         raise ValueError("two sections write the same file")
     if files:
         doc["write_files"] = files
-    runcmd = [list(c) for p in parts for c in p.install] + [
-        list(c) for p in parts for c in p.configure
-    ]
+    runcmd = [list(check_packages(packages))] if packages else []
+    runcmd += [list(c) for p in parts for c in p.install]
+    runcmd += [list(c) for p in parts for c in p.configure]
     if runcmd:
         doc["runcmd"] = runcmd
     return doc

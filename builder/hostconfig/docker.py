@@ -1,7 +1,8 @@
 """Section: Docker hosts. Docker Engine with compose v2, and the Open WebUI instances a host runs.
 
 Applies to every host with instances, the shared host included. It installs Docker from a signed
-apt source (Debian 12: Docker's repository, its key embedded; Ubuntu 24.04: the archive), writes
+apt source (the release table says where from: Debian 13 and Ubuntu 24.04 have Docker and compose v2
+in their own archives; Debian 12 uses Docker's repository, its key embedded), writes
 each instance's bundle (from owuibuild.bundle) to its bundle directory, runs each instance with
 one systemd unit, and keeps published ports to the fleet's network unless an instance is public.
 
@@ -16,8 +17,9 @@ import shlex
 
 from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
-from ..plan import DATA_MOUNT, HostPlan, InstancePlan, Plan
+from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
 from ..quoting import render_template
+from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
 from . import Command, File, Part
 
@@ -25,15 +27,10 @@ ORDER = 60
 
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
 DOCKER_REPO = "https://download.docker.com/linux"
-# Debian 12 has no compose v2 package, so Docker's own repository provides both.
-PACKAGES = {
-    "debian-12": ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"),
-    "ubuntu-24.04": ("docker.io", "docker-compose-v2"),
-}
-REPO_DISTRO = {"debian-12": "debian"}  # distros that need Docker's repository
 
 DOCKER = "/usr/bin/docker"
 PORTS_SCRIPT = "/usr/local/sbin/owuibuild-docker-ports"
+LOAD_IMAGE_SCRIPT = f"{SCRIPT_DIR}/load-openwebui-image.sh"
 PORTS_UNIT = "owuibuild-docker-ports.service"
 PORTS_CHAIN = "OWUIBUILD-PORTS"
 UNIT_DIR = "/etc/systemd/system"
@@ -44,13 +41,18 @@ START_TIMEOUT_SECONDS = 1800
 _UNIT_WORD = re.compile(r"[A-Za-z0-9_./:@=+-]+")
 
 
+def from_upstream(plan: Plan) -> bool:
+    """Whether Docker comes from Docker's own repository rather than the distribution's."""
+    return plan.fleet.os.docker_source == DOCKER_UPSTREAM
+
+
 def apt_source(plan: Plan) -> dict[str, dict[str, str]]:
-    distro = plan.fleet.os.distro
-    if distro not in REPO_DISTRO:
+    if not from_upstream(plan):
         return {}
+    release = plan.fleet.os.release
     line = (
-        f"deb [arch=amd64 signed-by={DOCKER_KEYRING}] {DOCKER_REPO}/{REPO_DISTRO[distro]} "
-        f"{plan.fleet.os.codename} stable"
+        f"deb [arch=amd64 signed-by={DOCKER_KEYRING}] {DOCKER_REPO}/{release.family} "
+        f"{release.codename} stable"
     )
     return {"docker": {"source": line}}
 
@@ -180,6 +182,20 @@ def ports_script(plan: Plan, host: HostPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_image(plan: Plan) -> tuple[tuple[File, ...], tuple[Command, ...]]:
+    """The install step that loads the Open WebUI image from the mirror's archive, if any."""
+    archive = plan.openwebui_archive
+    if archive is None:
+        return (), ()
+    script = render_template(
+        "load-image.sh.j2",
+        image=plan.openwebui_image,
+        sha256=archive.sha256,
+        url=archive.url(plan.fleet.mirror),
+    )
+    return (File(LOAD_IMAGE_SCRIPT, script, "0755"),), (("/bin/sh", LOAD_IMAGE_SCRIPT),)
+
+
 def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[File, ...]:
     return (
         File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst)),
@@ -191,9 +207,8 @@ def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[Fi
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     if not host.runs_docker:
         return None
-    distro = plan.fleet.os.distro
     files: list[File] = []
-    if distro in REPO_DISTRO:
+    if from_upstream(plan):
         files.append(File(DOCKER_KEYRING, docker_apt_key()))
     files += [
         File(PORTS_SCRIPT, ports_script(plan, host), "0755"),
@@ -207,6 +222,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         )
     for inst in host.instances:
         files += instance_files(plan, inst, secrets)
+    load_files, install = load_image(plan)
+    files += load_files
     configure: list[Command] = [
         ("systemctl", "daemon-reload"),
         ("systemctl", "enable", "--now", "docker.service"),
@@ -218,8 +235,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     ]
     return Part(
         name="docker",
-        packages=PACKAGES[distro],
+        packages=(
+            *plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
+            *(("ca-certificates", "curl") if install else ()),  # the image load fetches
+        ),
         apt_sources=apt_source(plan),
         files=tuple(files),
+        install=install,
         configure=tuple(configure),
     )

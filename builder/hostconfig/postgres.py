@@ -1,7 +1,10 @@
 """Section: PostgreSQL on the shared host.
 
 The distribution's PostgreSQL, with its data directory on the data volume: the cluster is
-initialised only when the volume holds none, and reused otherwise. One role and one UTF8
+initialised only when the volume holds none, and reused otherwise. A volume that holds only a
+cluster of another major version (a host moved to a newer release) is never initialised next
+to nor started on: a guard, run by the setup script and as the unit's ExecStartPre, fails the
+unit with a message that points to the runbook's upgrade section. One role and one UTF8
 database per instance, owned by that role, CONNECT revoked from PUBLIC; pg_hba.conf lets each
 role reach only its own database, only from its instance host, with scram-sha-256, and rejects
 everything else. Passwords go to the server as SCRAM verifiers in a 0600 SQL file owned by
@@ -24,7 +27,8 @@ from ..plan import (
     HostPlan,
     Plan,
 )
-from ..quoting import render_template, shell_command
+from ..quoting import render_template, shell, shell_command
+from ..release import RELEASES
 from ..secrets import Secrets
 from . import File, Part
 from .datavolume import state_dir_command
@@ -34,6 +38,13 @@ ORDER = 200
 SOURCE_DIR = "/etc/owuibuild/postgresql"  # rendered config, installed by the setup script
 INIT_SQL = f"{SOURCE_DIR}/init.sql"
 SETUP_SCRIPT = f"{SCRIPT_DIR}/postgresql-setup.sh"
+# Refuses a data volume whose only cluster is of another major (ExecStartPre and setup script).
+GUARD_SCRIPT = f"{SCRIPT_DIR}/postgresql-guard.sh"
+# The runbook section that says how to upgrade; the guard's message points there.
+UPGRADE_SECTION = "Upgrading PostgreSQL to a new major version"
+# Where the runbook's dump-and-restore path keeps its dumps: on the data volume, which moves
+# from the old host to the new one.
+UPGRADE_DUMPS = f"{DATA_MOUNT}/postgresql-upgrade"
 SOCKET_DIR = "/var/run/postgresql"
 DROPIN = "/etc/systemd/system/postgresql@.service.d/owuibuild.conf"
 # Read by postgresql-common before the package creates its default cluster: we create ours.
@@ -117,6 +128,40 @@ def init_sql(plan: Plan, secrets: Secrets) -> str:
     return render_template("init.sql.j2", databases=databases)
 
 
+def unit_name(version: int) -> str:
+    return f"postgresql@{version}-main.service"
+
+
+def bin_dir(version: int) -> str:
+    return f"/usr/lib/postgresql/{version}/bin"
+
+
+def make_data_dir_command(version: int) -> tuple[str, ...]:
+    """Creates the cluster's directories on the volume (refusing when it is not mounted)."""
+    return state_dir_command(
+        "postgres", "0700", POSTGRES_DATA_ROOT, f"{POSTGRES_DATA_ROOT}/{version}", data_dir(version)
+    )
+
+
+def initdb_command(version: int) -> tuple[str, ...]:
+    """The cluster as owuibuild makes it: UTF8, peer locally, SCRAM over the network."""
+    return (
+        "runuser", "-u", "postgres", "--", f"{bin_dir(version)}/initdb",
+        f"--pgdata={data_dir(version)}", "--encoding=UTF8", "--locale=C.UTF-8",
+        "--auth-local=peer", "--auth-host=scram-sha-256", "--username=postgres",
+    )  # fmt: skip
+
+
+def guard_script(plan: Plan) -> str:
+    return render_template(
+        "postgresql-guard.sh.j2",
+        version=plan.fleet.shared.postgres.version,
+        data_root=POSTGRES_DATA_ROOT,
+        setup_script=SETUP_SCRIPT,
+        runbook_section=UPGRADE_SECTION,
+    )
+
+
 def setup_script(plan: Plan) -> str:
     version = plan.fleet.shared.postgres.version
     return render_template(
@@ -125,15 +170,9 @@ def setup_script(plan: Plan) -> str:
         data_dir=data_dir(version),
         source_dir=SOURCE_DIR,
         init_sql=INIT_SQL,
-        state_dir_command=shell_command(
-            state_dir_command(
-                "postgres",
-                "0700",
-                POSTGRES_DATA_ROOT,
-                f"{POSTGRES_DATA_ROOT}/{version}",
-                data_dir(version),
-            )
-        ),
+        guard=GUARD_SCRIPT,
+        state_dir_command=shell_command(make_data_dir_command(version)),
+        initdb_command=shell_command(initdb_command(version)),
     )
 
 
@@ -149,7 +188,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                 "# owuibuild creates the cluster on the data volume itself\n"
                 "create_main_cluster = false\n",
             ),
-            File(DROPIN, render_template("dropin.conf.j2", mount=DATA_MOUNT, read_write="")),
+            File(
+                DROPIN,
+                render_template(
+                    "dropin.conf.j2", mount=DATA_MOUNT, read_write="", guard=GUARD_SCRIPT
+                ),
+            ),
             File(f"{SOURCE_DIR}/postgresql.conf", postgresql_conf(plan)),
             File(f"{SOURCE_DIR}/pg_hba.conf", pg_hba_conf(plan)),
             File(f"{SOURCE_DIR}/pg_ident.conf", "# no user name maps\n"),
@@ -161,7 +205,129 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                 owner="postgres:postgres",
                 defer=True,
             ),
+            File(GUARD_SCRIPT, guard_script(plan), permissions="0755"),
             File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),
         ),
         configure=(("/bin/sh", SETUP_SCRIPT),),
     )
+
+
+@dataclass(frozen=True)
+class UpgradeCommands:
+    """The shell blocks of the runbook's dump-and-restore upgrade, for this fleet's layout.
+
+    ``dump`` runs on the old host (the major in $OLD), ``new_host`` on the new one; both as
+    root. The runbook prints them, and the services tier runs them as printed.
+    """
+
+    dump: str
+    new_host: str
+
+
+def upgrade_commands(plan: Plan) -> UpgradeCommands:
+    version = plan.fleet.shared.postgres.version
+    dumps = shell(UPGRADE_DUMPS)
+    databases = " ".join(shell(i.db_name) for i in plan.instances)
+    # The example is the newest older major of this family's releases: the usual way a
+    # fleet moves. Where there is none, the operator must say which major the volume holds.
+    family = plan.fleet.os.release.family
+    older = sorted(
+        {
+            r.postgres_major
+            for r in RELEASES.values()
+            if r.family == family and r.postgres_major < version
+        }
+    )
+    old = str(older[-1]) if older else '"${OLD:?set OLD to the major the message names}"'
+    dump = (
+        f"OLD={old}  # the major the unit's message names\n"
+        f"install -d -m 0700 {dumps}\n"
+        f"for db in {databases}; do\n"
+        '    runuser -u postgres -- "/usr/lib/postgresql/$OLD/bin/pg_dump" --format=custom \\\n'
+        f'        -- "$db" >{dumps}/"$db.dump"\n'
+        "done\n"
+    )
+    new_host = (
+        f"{shell_command(make_data_dir_command(version))}\n"
+        f"{shell_command(initdb_command(version))}\n"
+        "# Finds the new cluster, starts it, creates the roles and empty databases:\n"
+        f"/bin/sh {shell(SETUP_SCRIPT)}\n"
+        "# The dumps are root's: the shell opens each one, pg_restore reads it on stdin.\n"
+        f"for db in {databases}; do\n"
+        f"    runuser -u postgres -- {shell(bin_dir(version) + '/pg_restore')} --exit-on-error \\\n"
+        f'        --single-transaction --dbname="$db" <{dumps}/"$db.dump"\n'
+        "done\n"
+    )
+    return UpgradeCommands(dump, new_host)
+
+
+def upgrade_runbook(plan: Plan) -> str:
+    """The README's section on moving the cluster to another PostgreSQL major. Pure."""
+    version = plan.fleet.shared.postgres.version
+    host = plan.postgres_host.name
+    unit = unit_name(version)
+    commands = upgrade_commands(plan)
+    majors = ", ".join(f"{r.distro}: {r.postgres_major}" for r in RELEASES.values())
+    by_host: dict[str, list[str]] = {}
+    for i in plan.instances:
+        by_host.setdefault(i.host.name, []).append(f"`{i.unit_name}`")
+    stops = "; ".join(f"on {h}: {', '.join(units)}" for h, units in by_host.items()) or "none"
+    return f"""## {UPGRADE_SECTION}
+
+`{host}` runs PostgreSQL {version} (`{unit}`), with its cluster on the data volume in
+`{data_dir(version)}` and its configuration in `{conf_dir(version)}`. A host of another
+release may run another major, and two majors cannot share a cluster. When a host
+meets a data volume that holds a cluster of another major and none of its own, it changes
+nothing: it neither initialises a new, empty cluster nor starts. `{unit}` fails (its
+`ExecStartPre`, `{GUARD_SCRIPT}`, refuses), `systemctl status {unit}` and the cloud-init log
+say what was found, and `owuibuild status` shows each database as `refused`, with a hint.
+Upgrade the data with one of the paths below; then the host proceeds as usual.
+
+### Dump and restore
+
+Works between any two majors with each release's own packages; the instances are down from
+the dump until the restore. Run as root (`sudo -i`). `OLD` is the major the volume holds, as
+the unit's message names it ({majors}).
+
+1. On the old `{host}`, still on the old release: stop every instance ({stops}) so that
+   nothing is written after the dump, then dump each instance database onto the data volume
+   (copy `{UPGRADE_DUMPS}` elsewhere too):
+
+   ```sh
+{_indent(commands.dump)}   ```
+
+2. Replace `{host}` with a VM of the new release booted from its new seed, with the same data
+   volume. `{unit}` refuses to start, as described above.
+3. On the new `{host}`: make the PostgreSQL {version} cluster next to the old one, let the setup
+   script configure it (the instances' roles, passwords and empty databases), and restore
+   each dump into its database (objects keep their owner, the instance's role):
+
+   ```sh
+{_indent(commands.new_host)}   ```
+
+4. Start the instances again and check them with `owuibuild status <blueprint>`.
+5. Once everything works, remove the old cluster and the dumps:
+   `rm -r {POSTGRES_DATA_ROOT}/$OLD {UPGRADE_DUMPS}`.
+
+### pg_upgrade
+
+Faster for large databases, but it needs both majors' server binaries on one machine, and
+neither Debian release ships the other's: install the missing major from PostgreSQL's own apt
+repository on the old host. Then, with the instances stopped, make the new cluster as in step
+3 above (its first two commands), and:
+
+```sh
+systemctl stop postgresql@$OLD-main.service
+cd /tmp && runuser -u postgres -- {bin_dir(version)}/pg_upgrade \\
+    --old-bindir=/usr/lib/postgresql/$OLD/bin --new-bindir={bin_dir(version)} \\
+    --old-datadir={POSTGRES_DATA_ROOT}/$OLD/main --new-datadir={data_dir(version)} \\
+    --old-options="-c config_file=/etc/postgresql/$OLD/main/postgresql.conf"
+```
+
+Then replace the host as in step 2: the new host finds the PostgreSQL {version} cluster and
+starts it. owuibuild's tests run the dump-and-restore path for real; this one is not tested.
+"""
+
+
+def _indent(block: str) -> str:
+    return "".join(f"   {line}\n" if line else "\n" for line in block.splitlines())

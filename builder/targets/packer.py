@@ -55,43 +55,6 @@ HEADER = (
 )
 
 
-# -- distro facts Packer needs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """Where a distro's official cloud image comes from, per builder."""
-
-    qemu_url: str
-    qemu_checksum: str  # Packer's "file:<url>" form: checked against the published sums
-    ami_owner: str
-    ami_name: str
-    ami_root_device: str
-    cloud_user: str  # the image's default cloud-init user
-
-
-BASE_IMAGES = {
-    "debian-12": BaseImage(
-        qemu_url="https://cloud.debian.org/images/cloud/bookworm/latest/"
-        "debian-12-genericcloud-amd64.qcow2",
-        qemu_checksum="file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS",
-        ami_owner="136693071363",
-        ami_name="debian-12-amd64-*",
-        ami_root_device="/dev/xvda",
-        cloud_user="admin",
-    ),
-    "ubuntu-24.04": BaseImage(
-        qemu_url="https://cloud-images.ubuntu.com/releases/noble/release/"
-        "ubuntu-24.04-server-cloudimg-amd64.img",
-        qemu_checksum="file:https://cloud-images.ubuntu.com/releases/noble/release/SHA256SUMS",
-        ami_owner="099720109477",
-        ami_name="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
-        ami_root_device="/dev/sda1",
-        cloud_user="ubuntu",
-    ),
-}
-
-
 # -- a small HCL emitter ---------------------------------------------------------------------------
 
 
@@ -267,7 +230,7 @@ class Variable:
 
 def variables(plan: Plan) -> list[Variable]:
     """Every input a site sets, for the builders the blueprint selects."""
-    base = BASE_IMAGES[plan.fleet.os.distro]
+    base = plan.fleet.os.release.base_image
     every = [
         Variable(
             "image_name_prefix",
@@ -458,17 +421,23 @@ class Image:
 
 def images(plan: Plan) -> list[Image]:
     """The shared image, and the instance-host image for the first host that runs Docker."""
+    # The image comes from its registry unless the mirror's archive loads it (an install step).
+    pull = (
+        (plan.openwebui_image,)
+        if plan.fleet.images.preload_openwebui and plan.openwebui_archive is None
+        else ()
+    )
     out = [
         Image(
             "shared",
             plan.shared,
             plan.ollama_models if plan.fleet.images.bake_models else (),
-            (plan.openwebui_image,) if plan.shared.runs_docker else (),
+            pull if plan.shared.runs_docker else (),
         )
     ]
     docker = next((h for h in plan.docker_hosts), plan.shared if plan.shared.runs_docker else None)
     if docker is not None:
-        out.append(Image("instance-host", docker, (), (plan.openwebui_image,)))
+        out.append(Image("instance-host", docker, (), pull))
     return out
 
 

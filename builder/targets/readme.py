@@ -11,7 +11,7 @@ from ipaddress import IPv4Network
 
 from ..hostconfig import parts_for
 from ..hostconfig.backup import restore_runbook
-from ..hostconfig.postgres import INIT_SQL
+from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
 from ..plan import Plan
 from ..secrets import Secrets
 from . import Artifact
@@ -202,7 +202,7 @@ gets the role passwords only as SCRAM-SHA-256 verifiers, in `{INIT_SQL}` (0600, 
 authentication only).
 
 {restore_runbook(plan)}
-"""
+{upgrade_runbook(plan)}"""
 
 
 def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:

@@ -9,13 +9,16 @@
     qemu builder, models baked, the doubles' checksums, ``mirror:`` pointing at the mirror.
     (Docker's apt repository cannot be reached here, so only the shared image is baked.)
 
-``baked_shared``
-    The shared golden image baked by the real ``owuibuild bake`` with Packer's qemu builder
-    (TCG) from the cached Debian 12 base image (tests/infra/vm-image.sh). Cached under
-    ``$OWUIBUILD_CACHE/baked/`` by a hash of its inputs: the rendered packer/ files (with the
-    mirror's port taken out), the base image and the doubles. A cache hit skips Packer; a
-    miss (or OWUIBUILD_BAKE_REBUILD=1) bakes again. The blueprint and its secrets file are
-    kept next to the image, so tests can check that none of those secrets is in it.
+``baked_shared`` / ``baked_instance_host``
+    The golden images baked by the real ``owuibuild bake`` with Packer's qemu builder (TCG)
+    from the cached Debian 13 base image (tests/infra/vm-image.sh), from one render of the
+    bake blueprint. The instance-host image preloads the Open WebUI TEST DOUBLE image
+    (tests/doubles/openwebui_standin.py), which the mirror serves as a checked ``docker save``
+    archive. Cached under ``$OWUIBUILD_CACHE/baked/`` by a hash of the image's inputs: its
+    rendered Packer files (with the mirror's port taken out), the base image, the doubles and
+    ``owuibuild bake`` itself. A cache hit skips Packer; a miss (or OWUIBUILD_BAKE_REBUILD=1)
+    bakes again. The blueprint and its secrets file are kept next to each image, so tests can
+    check that none of those secrets is in it.
 
 Other boot tests may add fixtures here.
 """
@@ -43,6 +46,7 @@ for extra in (TESTS, TESTS / "infra"):
         sys.path.insert(0, str(extra))
 
 from doubles.mirror import Mirror, release_files  # noqa: E402
+from fleet_blueprint import REAL_OPENWEBUI, STANDIN_IMAGE, STANDIN_VERSION  # noqa: E402
 
 
 def _root_conftest() -> ModuleType:
@@ -88,12 +92,40 @@ def mirror() -> Iterator[Mirror]:
         yield m
 
 
+def serve_standin(mirror: Mirror) -> str:
+    """Put the Open WebUI test double's ``docker save`` archive on the mirror (the real Open
+    WebUI image's under OWUIBUILD_BOOT_REAL_OPENWEBUI=1); its sha256."""
+    from docker_engine import docker_unavailable_reason, openwebui_standin_archive
+    from owuibuild.artifacts import openwebui_archive_filename
+
+    name = openwebui_archive_filename(STANDIN_VERSION)
+    if name not in mirror.files:
+        reason = docker_unavailable_reason()
+        if reason:
+            unavailable(f"building the Open WebUI test double needs Docker: {reason}")
+        ref = f"{STANDIN_IMAGE}:v{STANDIN_VERSION}"
+        if REAL_OPENWEBUI:
+            from docker_engine import openwebui_real_archive
+
+            archive = openwebui_real_archive(ref, STANDIN_VERSION)
+        else:
+            archive = openwebui_standin_archive(ref)
+        mirror.files[name] = archive.read_bytes()
+    return mirror.sha256(name)
+
+
+@pytest.fixture(scope="session")
+def openwebui_standin(mirror: Mirror) -> str:
+    """The Open WebUI test double's archive, served by the mirror; its sha256."""
+    return serve_standin(mirror)
+
+
 def bake_blueprint(mirror: Mirror) -> str:
     from owuibuild.artifacts import ollama_filename, qdrant_filename
 
     return f"""apiVersion: owuibuild/v1
 name: baketest
-os: {{distro: debian-12, timezone: UTC}}
+os: {{distro: debian-13, timezone: UTC}}
 mirror: {mirror.guest_url}
 admin:
   user: ops
@@ -111,6 +143,10 @@ shared:
     sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
 hosts:
   - {{name: web, address: 10.0.2.16}}
+openwebui:
+  image: {STANDIN_IMAGE}
+  version: "{STANDIN_VERSION}"
+  archive_sha256: {serve_standin(mirror)}
 instances:
   - {{name: one, host: web, port: 3000}}
 images: {{builders: [qemu], bake_models: true}}
@@ -127,12 +163,19 @@ class BakedImage:
     seconds: float  # how long getting it took in this run
 
 
-def _hash_inputs(packer_dir: Path, mirror_url: str, base_disk: Path) -> str:
+def _hash_inputs(packer_dir: Path, image: str, mirror_url: str, base_disk: Path) -> str:
     h = hashlib.sha256()
-    for path in sorted(packer_dir.rglob("*")):
-        if path.is_file() and path.name != "plugins.pkr.hcl":
-            h.update(path.relative_to(packer_dir).as_posix().encode() + b"\0")
-            h.update(path.read_bytes().replace(mirror_url.encode(), b"MIRROR") + b"\0")
+    inputs = (
+        "variables.pkr.hcl",
+        f"{image}.pkr.hcl",
+        f"scripts/{image}-install.sh",
+        "scripts/seal.sh",
+    )
+    for name in inputs:
+        h.update(name.encode() + b"\0")
+        h.update((packer_dir / name).read_bytes().replace(mirror_url.encode(), b"MIRROR") + b"\0")
+    # How Packer is called is an input too: a change to it must run a real bake.
+    h.update((REPO / "builder" / "bake.py").read_bytes())
     st = base_disk.stat()
     h.update(f"{base_disk.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     for double in sorted((TESTS / "doubles").glob("*.py")):
@@ -162,6 +205,17 @@ def _var_file(path: Path, base: object) -> None:
 
 @pytest.fixture(scope="session")
 def baked_shared(mirror: Mirror) -> BakedImage:
+    return bake(mirror, "shared")
+
+
+@pytest.fixture(scope="session")
+def baked_instance_host(mirror: Mirror) -> BakedImage:
+    return bake(mirror, "instance-host")
+
+
+def bake(mirror: Mirror, image: str) -> BakedImage:
+    """The golden ``image`` (shared | instance-host) of the bake blueprint, from the cache or
+    baked now with the real ``owuibuild bake``."""
     missing = [t for t in BAKE_TOOLS if shutil.which(t) is None]
     if missing:
         unavailable(f"baking needs {', '.join(missing)} (make system-deps installs them)")
@@ -179,8 +233,8 @@ def baked_shared(mirror: Mirror) -> BakedImage:
         timeout=300,
     )
     assert render.returncode == 0, render.stderr
-    key = _hash_inputs(work / "out" / "packer", mirror.guest_url, base.disk)
-    cached = cache_root() / "baked" / f"shared-{key}"
+    key = _hash_inputs(work / "out" / "packer", image, mirror.guest_url, base.disk)
+    cached = cache_root() / "baked" / f"{image}-{key}"
     if (cached / "disk.qcow2").is_file() and os.environ.get("OWUIBUILD_BAKE_REBUILD") != "1":
         shutil.rmtree(work, ignore_errors=True)
         return BakedImage(
@@ -204,7 +258,7 @@ def baked_shared(mirror: Mirror) -> BakedImage:
                 "bake",
                 str(blueprint),
                 "--image",
-                "shared",
+                image,
                 "--var-file",
                 str(var_file),
                 "-o",
@@ -224,7 +278,7 @@ def baked_shared(mirror: Mirror) -> BakedImage:
             f"owuibuild bake exited {proc.returncode}:\n"
             f"{log.read_text(errors='replace')[-6000:]}\n--- console ---\n{tail}"
         )
-    built = work / "images" / "shared" / "baketest-shared.qcow2"
+    built = work / "images" / image / f"baketest-{image}.qcow2"
     assert built.is_file(), log.read_text(errors="replace")[-3000:]
     staging = cached.with_name(cached.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,11 @@ CACHE="${OWUIBUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/owuibuild}"
 
 log() { echo "base-image: $*" >&2; }
 
+# One build at a time (CI warms this in the background while tests may ask for it too).
+mkdir -p "$CACHE"
+exec 8>"$CACHE/.base-image.lock"
+flock 8
+
 if docker image inspect "$IMAGE" >/dev/null 2>&1; then
   log "$IMAGE already exists"
   exit 0

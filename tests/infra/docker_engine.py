@@ -17,6 +17,7 @@ Every docker and ``docker compose`` command the tests run inherits it.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,3 +98,87 @@ def _script(name: str, *args: str, timeout: float) -> None:
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+STANDIN_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 curl \\
+ && rm -rf /var/lib/apt/lists/*
+COPY probes.py openwebui_standin.py /app/
+WORKDIR /app
+EXPOSE 8080
+CMD ["python3", "/app/openwebui_standin.py"]
+"""
+
+
+def openwebui_standin_archive(ref: str) -> Path:
+    """A ``docker save`` archive of the Open WebUI TEST DOUBLE (tests/doubles/
+    openwebui_standin.py) tagged ``ref``, for loading into QEMU guests.
+
+    Cached under ``$OWUIBUILD_CACHE/standin/`` by a hash of its inputs (the double, owuibuild's
+    probes, the Dockerfile and ``ref``); a miss builds it from the local base image.
+    """
+    import hashlib
+    import tempfile
+
+    tests = INFRA_DIR.parent
+    sources = {
+        "openwebui_standin.py": tests / "doubles" / "openwebui_standin.py",
+        "probes.py": tests.parent / "builder" / "probes.py",
+    }
+    digest = hashlib.sha256(STANDIN_DOCKERFILE.encode() + ref.encode() + BASE_IMAGE.encode())
+    for name, path in sorted(sources.items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    archive = cache_dir() / "standin" / f"openwebui-double-{digest.hexdigest()[:16]}.tar.gz"
+    if archive.is_file():
+        return archive
+    ensure_base_image()
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="owuibuild-standin-") as tmp:
+        context = Path(tmp)
+        for name, path in sources.items():
+            shutil.copy(path, context / name)
+        (context / "Dockerfile").write_text(STANDIN_DOCKERFILE.format(base=BASE_IMAGE))
+        build = _run(["docker", "build", "-q", "-t", ref, str(context)], timeout=900)
+        if build.returncode != 0:
+            raise RuntimeError(
+                f"building the Open WebUI test double failed:\n{_tail(build.stdout)}"
+            )
+        save_gzipped(ref, archive, timeout=600)
+    return archive
+
+
+def openwebui_real_archive(ref: str, version: str) -> Path:
+    """A gzipped ``docker save`` archive of the REAL Open WebUI image (the containers tier's,
+    built from PyPI) tagged ``ref``, for the opt-in real-image boot (OWUIBUILD_BOOT_REAL_OPENWEBUI=1).
+    Cached by the image's id."""
+    built = f"ghcr.io/open-webui/open-webui:v{version}"
+    ensure_openwebui_image(built, version)
+    image_id = _run(["docker", "image", "inspect", "--format", "{{.Id}}", built], 60).stdout.strip()
+    archive = cache_dir() / "standin" / f"openwebui-real-{image_id.split(':')[-1][:16]}.tar.gz"
+    if archive.is_file():
+        return archive
+    tag = _run(["docker", "tag", built, ref], timeout=60)
+    if tag.returncode != 0:
+        raise RuntimeError(f"docker tag {built} {ref} failed:\n{_tail(tag.stdout)}")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    save_gzipped(ref, archive, timeout=3600)
+    return archive
+
+
+def save_gzipped(ref: str, archive: Path, timeout: float) -> None:
+    """``docker save ref | gzip`` into ``archive``, atomically (`docker load` reads gzip)."""
+    partial = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
+    with partial.open("wb") as out:
+        save = subprocess.run(
+            f"docker save {shlex.quote(ref)} | gzip -1",
+            shell=True,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    if save.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"docker save {ref} failed:\n{save.stderr.decode()[-2000:]}")
+    partial.rename(archive)

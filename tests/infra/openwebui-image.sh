@@ -25,6 +25,11 @@ export DOCKER_BUILDKIT=0
 log() { echo "openwebui-image: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# One build at a time (CI warms this in the background while tests may ask for it too).
+mkdir -p "$CACHE"
+exec 7>"$CACHE/.openwebui-image.lock"
+flock 7
+
 recipe=$( { cat "$DOCKERFILE"; echo "open-webui=$OPENWEBUI_VERSION torch=$TORCH_VERSION base=$BASE_IMAGE"; } \
           | sha256sum | cut -c1-16)
 

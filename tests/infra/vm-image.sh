@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build (once) and cache a Debian 12 (bookworm) base VM image for the boot tier.
+# Build (once) and cache a Debian base VM image for the boot tier: Debian 13 (trixie) by
+# default, the release new fleets target; OWUIBUILD_VM_SUITE=bookworm builds Debian 12's.
 #
 # The image is what a stock Debian "genericcloud" image would be to cloud-init:
 # a systemd system with cloud-init (NoCloud in its datasource list), netplan with
-# the systemd-networkd backend (the renderer Debian 12 cloud images use),
+# the systemd-networkd backend (the renderer Debian cloud images use),
 # systemd-resolved, openssh-server without host keys, sudo, locales and
 # cloud-guest-utils. It has NO users or passwords of its own: the seed
 # configures everything.
@@ -23,18 +24,24 @@
 #   OWUIBUILD_CACHE          cache root (see above)
 #   OWUIBUILD_DEBIAN_MIRROR  optional mirror URL passed to mmdebstrap
 #                            (default: mmdebstrap's own default)
+#   OWUIBUILD_VM_SUITE       Debian suite to build (default trixie)
 #   OWUIBUILD_VM_REBUILD=1   ignore the cache and rebuild
 #
 # Needs: root (mmdebstrap root mode, so that file ownership is kept),
 # mmdebstrap, e2fsprogs (mkfs.ext4 -d), fdisk (sfdisk), qemu-utils, flock.
 set -euo pipefail
 
-SUITE=bookworm
+SUITE=${OWUIBUILD_VM_SUITE:-trixie}
+case "$SUITE" in bookworm | trixie) ;; *)
+	echo "vm-image: unsupported suite: $SUITE" >&2
+	exit 1
+	;;
+esac
 DISK_SIZE_MIB=8192 # virtual size; the qcow2 only stores what is used
 PART_START_MIB=1
 
-# ifupdown is deliberately absent: with it, cloud-init 22.4 would pick its
-# first-priority "eni" renderer; Debian 12 cloud images use netplan+networkd.
+# ifupdown is deliberately absent: with it, cloud-init would pick its
+# first-priority "eni" renderer; Debian cloud images use netplan+networkd.
 PACKAGES=(
 	linux-image-amd64
 	systemd-sysv
@@ -154,6 +161,31 @@ rm -f "$root/var/lib/dbus/machine-id"
 rm -rf "$root/var/lib/cloud" "$root"/var/log/cloud-init*
 rm -rf "$root"/var/lib/apt/lists/*
 : >"$root/etc/hostname"
+
+# The test harness's uplink (tests/infra/vm.py UPLINK_MAC): a second NIC, on QEMU's user-mode
+# network, that a multi-VM test adds for ssh and the package mirror, while the seed's own
+# network-config drives the fleet NIC. Only that MAC matches, so a guest without it is
+# configured by its seed alone. The two /1 routes beat the fleet's default route without
+# touching it; the fleet's own subnet stays on the fleet NIC (a longer prefix).
+cat >"$root/etc/systemd/network/05-owuibuild-test-uplink.network" <<'EOF'
+# Written by tests/infra/vm-image.sh (test harness only)
+[Match]
+MACAddress=52:54:00:aa:00:01
+
+[Network]
+Address=10.0.2.15/24
+DNS=10.0.2.3
+Domains=~.
+IPv6AcceptRA=no
+
+[Route]
+Destination=0.0.0.0/1
+Gateway=10.0.2.2
+
+[Route]
+Destination=128.0.0.0/1
+Gateway=10.0.2.2
+EOF
 
 # Root filesystem by label so the fstab does not depend on the disk bus.
 cat >"$root/etc/fstab" <<'EOF'

@@ -1,4 +1,4 @@
-"""Boot-tier harness: run a Debian 12 QEMU guest from the cached base image and a NoCloud seed.
+"""Boot-tier harness: run a Debian QEMU guest (13 by default) from the cached base image and a NoCloud seed.
 
 Used by ``@pytest.mark.boot`` tests::
 
@@ -49,6 +49,13 @@ VM_IMAGE_SCRIPT = HERE / "vm-image.sh"
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 DEFAULT_MAC = "52:54:00:12:34:56"
+# A guest with a fleet link gets its user-mode NIC under this MAC: the base image configures
+# that NIC itself (vm-image.sh, 05-owuibuild-test-uplink.network) as an uplink for ssh and the
+# package mirror, and the seed's network-config drives the fleet NIC (FLEET_INTERFACE).
+UPLINK_MAC = "52:54:00:aa:00:01"
+UPLINK_SLOT = 16  # PCI slot (clear of the automatic ones): the uplink is ens16
+FLEET_SLOT = 17  # the fleet NIC is ens17
+FLEET_INTERFACE = f"ens{FLEET_SLOT}"
 
 GUEST_NET = "10.0.2.0/24"
 GUEST_ADDRESS = "10.0.2.15"
@@ -169,6 +176,38 @@ class CloudInitStatus:
         return self.status == "done" and not self.errors
 
 
+# ------------------------------------------------------------- fleet link
+
+
+@dataclass(frozen=True)
+class FleetLink:
+    """A guest's NIC on the private fleet network between two test VMs.
+
+    QEMU's UDP socket netdev on 127.0.0.1: each guest sends its frames to the other's port and
+    nothing leaves the machine. It is stateless, so either guest can be replaced (a new QEMU on
+    the same ports) while the other runs. ``pcap`` records every frame the NIC sends or receives.
+    """
+
+    local_port: int
+    remote_port: int
+    mac: str
+    pcap: Path | None = None
+
+    @staticmethod
+    def pair(
+        macs: tuple[str, str] = ("52:54:00:f1:00:01", "52:54:00:f1:00:02"),
+    ) -> tuple[FleetLink, FleetLink]:
+        a, b = free_udp_port(), free_udp_port()
+        return FleetLink(a, b, macs[0]), FleetLink(b, a, macs[1])
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 # ---------------------------------------------------------------------- VM
 
 
@@ -188,6 +227,8 @@ class VM:
         extra_append: str = "",
         workdir: Path | None = None,
         name: str = "vm",
+        fleet_link: FleetLink | None = None,
+        restrict: bool = False,
     ) -> None:
         self.base = base
         self.memory_mb = memory_mb
@@ -197,6 +238,9 @@ class VM:
         self.extra_append = extra_append
         self.name = name
         self.data_disk = data_disk
+        self.fleet_link = fleet_link
+        # restrict=on: the user-mode network forwards ssh in, and lets nothing out.
+        self.restrict = restrict
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"owuibuild-{name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -266,6 +310,8 @@ class VM:
             f"user,id=net0,net={GUEST_NET},host={GUEST_GATEWAY},dns={GUEST_DNS},"
             f"dhcpstart={GUEST_ADDRESS},{fwd}"
         )
+        if self.restrict:
+            netdev += ",restrict=on"
         append = f"root={self.base.root} rw console=ttyS0,115200n8 {self.extra_append}".strip()
         cmd = [
             QEMU,
@@ -303,11 +349,23 @@ class VM:
             f"file={self.seed_path},if=ide,media=cdrom,format=raw,readonly=on",
             "-netdev",
             netdev,
-            "-device",
-            f"virtio-net-pci,netdev=net0,mac={self.mac}",
-            "-device",
-            "virtio-rng-pci",
         ]
+        link = self.fleet_link
+        if link is None:
+            cmd += ["-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"]
+        cmd += ["-device", "virtio-rng-pci"]
+        if link is not None:
+            cmd += [
+                "-device",
+                f"virtio-net-pci,netdev=net0,mac={UPLINK_MAC},addr={UPLINK_SLOT:#x}",
+                "-netdev",
+                f"socket,id=net1,udp=127.0.0.1:{link.remote_port},"
+                f"localaddr=127.0.0.1:{link.local_port}",
+                "-device",
+                f"virtio-net-pci,netdev=net1,mac={link.mac},addr={FLEET_SLOT:#x}",
+            ]
+            if link.pcap is not None:
+                cmd += ["-object", f"filter-dump,id=dump1,netdev=net1,file={link.pcap}"]
         if self.data_disk is not None:
             fmt = _image_format(self.data_disk)
             cmd += ["-drive", f"file={self.data_disk},if=virtio,format={fmt},cache=unsafe"]

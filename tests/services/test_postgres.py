@@ -122,9 +122,26 @@ class Server:
     def superuser(self, sql: str) -> str:
         """Run SQL as postgres over the unix socket (peer authentication, as on the host)."""
         result = subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "--no-psqlrc", "-At",
-             "-h", str(self.root), "-p", str(self.port), "-d", "postgres", "-c", sql],
-            capture_output=True, text=True, cwd="/",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "psql"),
+                "--no-psqlrc",
+                "-At",
+                "-h",
+                str(self.root),
+                "-p",
+                str(self.port),
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
         )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
@@ -135,22 +152,45 @@ class Server:
         os.chmod(path, 0o600)
         shutil.chown(path, "postgres", "postgres")
         return subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "--no-psqlrc", "--quiet",
-             "-h", str(self.root), "-p", str(self.port), "--set=ON_ERROR_STOP=1",
-             f"--file={path}"],
-            capture_output=True, text=True, cwd="/",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "-h",
+                str(self.root),
+                "-p",
+                str(self.port),
+                "--set=ON_ERROR_STOP=1",
+                f"--file={path}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
         )
 
-    def connect(self, role: str, database: str, password: str, source: str,
-                sql: str = "SELECT current_user") -> subprocess.CompletedProcess[str]:
+    def connect(
+        self, role: str, database: str, password: str, source: str, sql: str = "SELECT current_user"
+    ) -> subprocess.CompletedProcess[str]:
         """psql as ``role`` to ``database``, arriving from ``source``."""
         relay = Relay(source, (SHARED, self.port))
         try:
             return subprocess.run(
-                [str(PG_BIN / "psql"), "--no-psqlrc", "-At", "-c", sql,
-                 f"host=127.0.0.1 port={relay.port} user={role} dbname={database} "
-                 "sslmode=disable connect_timeout=10"],
-                capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password},
+                [
+                    str(PG_BIN / "psql"),
+                    "--no-psqlrc",
+                    "-At",
+                    "-c",
+                    sql,
+                    f"host=127.0.0.1 port={relay.port} user={role} dbname={database} "
+                    "sslmode=disable connect_timeout=10",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PGPASSWORD": password},
                 timeout=60,
             )
         finally:
@@ -185,10 +225,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = root / "data"
     port = free_port()
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), f"--pgdata={data}",
-         "--encoding=UTF8", "--locale=C.UTF-8", "--auth-local=peer",
-         "--auth-host=scram-sha-256", "--username=postgres"],
-        check=True, capture_output=True, cwd="/",
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            f"--pgdata={data}",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "--username=postgres",
+        ],
+        check=True,
+        capture_output=True,
+        cwd="/",
     )
     plan = rendered.plan
     conf = map_addresses(postgres.postgresql_conf(plan))  # type: ignore[arg-type]
@@ -199,15 +251,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"ident_file = '{root}/pg_ident.conf'\nexternal_pid_file = '{root}/pg.pid'\n"
         f"unix_socket_directories = '{root}'\nport = {port}\nssl = off\n"
     )
-    for name, text in (("postgresql.conf", conf + overrides), ("pg_hba.conf", hba),
-                       ("pg_ident.conf", "")):
+    for name, text in (
+        ("postgresql.conf", conf + overrides),
+        ("pg_hba.conf", hba),
+        ("pg_ident.conf", ""),
+    ):
         (root / name).write_text(text)
         shutil.chown(root / name, "postgres", "postgres")
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data),
-         "-o", f"-c config_file={root}/postgresql.conf", "-l", str(root / "log"), "-w",
-         "start"],
-        check=True, capture_output=True, cwd="/",
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            f"-c config_file={root}/postgresql.conf",
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        cwd="/",
     )
     srv = Server(root, port, rendered)
     try:
@@ -215,8 +284,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert result.returncode == 0, result.stderr
         yield srv
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
-                        str(data), "-m", "immediate", "stop"], capture_output=True, cwd="/")
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            cwd="/",
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -273,8 +356,10 @@ def test_roles_are_unprivileged(server: Server, role: str) -> None:
         f"FROM pg_roles WHERE rolname = '{role}'"
     )
     assert flags == "f|f|f|f|f"
-    for sql, message in (("CREATE ROLE intruder", "permission denied to create role"),
-                         ("CREATE DATABASE intruder", "permission denied to create database")):
+    for sql, message in (
+        ("CREATE ROLE intruder", "permission denied to create role"),
+        ("CREATE DATABASE intruder", "permission denied to create database"),
+    ):
         result = server.connect(role, role, password(server, role), HOST_OF[role], sql)
         assert message in result.stderr
 
@@ -288,7 +373,9 @@ def test_databases_are_utf8_owned_and_closed_to_public(server: Server) -> None:
     # REVOKE CONNECT ... FROM PUBLIC: no other role may connect, even if pg_hba allowed it.
     for db in ROLES:
         for role in ROLES:
-            allowed = server.superuser(f"SELECT has_database_privilege('{role}', '{db}', 'CONNECT')")
+            allowed = server.superuser(
+                f"SELECT has_database_privilege('{role}', '{db}', 'CONNECT')"
+            )
             assert allowed == ("t" if role == db else "f"), (role, db)
     public = server.superuser(
         "SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a "
@@ -301,19 +388,29 @@ def test_init_sql_is_idempotent_and_realigns_passwords(server: Server) -> None:
     plan, secrets = server.rendered.plan, server.rendered.secrets
     again = server.apply_sql(postgres.init_sql(plan, secrets))  # type: ignore[arg-type]
     assert again.returncode == 0, again.stderr
-    assert server.connect("alpha", "alpha", password(server, "alpha"), HOST_OF["alpha"]).returncode == 0
+    assert (
+        server.connect("alpha", "alpha", password(server, "alpha"), HOST_OF["alpha"]).returncode
+        == 0
+    )
 
     # Someone changed alpha's password on the server; the next run brings it back in line.
     server.superuser("ALTER ROLE alpha PASSWORD 'drifted'")
     assert server.apply_sql(postgres.init_sql(plan, secrets)).returncode == 0  # type: ignore[arg-type]
-    assert server.connect("alpha", "alpha", password(server, "alpha"), HOST_OF["alpha"]).returncode == 0
+    assert (
+        server.connect("alpha", "alpha", password(server, "alpha"), HOST_OF["alpha"]).returncode
+        == 0
+    )
 
     # A new secret (as after editing the secrets file) replaces the old password.
     name = next(i.db_password.name for i in plan.instances if i.db_role == "alpha")  # type: ignore[attr-defined]
     rotated = Secrets({**secrets.values, name: "rotated-password-0123456789abcdef"})  # type: ignore[attr-defined]
     assert server.apply_sql(postgres.init_sql(plan, rotated)).returncode == 0  # type: ignore[arg-type]
-    assert server.connect("alpha", "alpha", "rotated-password-0123456789abcdef",
-                          HOST_OF["alpha"]).returncode == 0
+    assert (
+        server.connect(
+            "alpha", "alpha", "rotated-password-0123456789abcdef", HOST_OF["alpha"]
+        ).returncode
+        == 0
+    )
     old = server.connect("alpha", "alpha", password(server, "alpha"), HOST_OF["alpha"])
     assert "password authentication failed" in old.stderr
     assert server.superuser("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha'") == "1"

@@ -64,10 +64,14 @@ def start(rendered: Rendered, root: Path) -> Iterator[Fleet]:
             conf += f"\n# test overrides\npidfile {data}/redis.pid\nport {port}\nsupervised no\n"
             path = root / f"redis-{server.name}.conf"
             path.write_text(conf)
-            processes.append(subprocess.Popen(["redis-server", str(path)],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-            servers.append(RedisServer(server.name, port,
-                                       {i.redis_user: "" for i in server.instances}))
+            processes.append(
+                subprocess.Popen(
+                    ["redis-server", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                )
+            )
+            servers.append(
+                RedisServer(server.name, port, {i.redis_user: "" for i in server.instances})
+            )
         fleet = Fleet(rendered, servers)
         for s in servers:
             for _ in range(100):
@@ -103,7 +107,9 @@ def test_one_server_per_instance_on_the_private_address(per_instance: Fleet) -> 
     assert [s.name for s in per_instance.servers] == USERS
     for s in per_instance.servers:
         assert list(s.users) == [s.name]
-        info = cli(s.port, "CONFIG", "GET", "bind", user=s.name, password=per_instance.password(s.name))
+        info = cli(
+            s.port, "CONFIG", "GET", "bind", user=s.name, password=per_instance.password(s.name)
+        )
         # CONFIG is an admin command: instance users may not run it.
         assert "NOPERM" in info
 

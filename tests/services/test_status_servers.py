@@ -517,6 +517,7 @@ def test_a_missing_model_is_degraded_and_named(running: Fleet) -> None:
 def test_only_probes_what_is_asked(running: Fleet) -> None:
     run = status(running.blueprint, "--only", "postgresql", "--only", "webui1", "--format", "json")
     assert run.code == 0
+    assert not any("hint" in c for c in run.json()["checks"])  # hints only where one helps
     assert set(states(run.json()["checks"])) == {
         ("postgresql", "webui1"),
         ("postgresql", "webui2"),
@@ -525,6 +526,41 @@ def test_only_probes_what_is_asked(running: Fleet) -> None:
         ("openwebui", "webui1"),
         ("openwebui-db", "webui1"),
     }
+
+
+def test_a_postgresql_that_does_not_listen_is_refused_with_the_guard_hint(fleet: Fleet) -> None:
+    """Nothing listens on the PostgreSQL port (as when the major-version guard keeps
+    postgresql@15-main from starting on a volume of another major): every database row is
+    refused, and one hint names the unit, its guard and the runbook's upgrade section."""
+    from owuibuild.hostconfig.postgres import GUARD_SCRIPT, UPGRADE_SECTION
+
+    for n in range(120, 160):
+        net = f"127.77.{n}"
+        if net != fleet.net and _can_bind(f"{net}.24", 5432):
+            break
+    else:
+        pytest.fail("no free 127.77.N.0/24 network for the stopped fleet")
+    where = fleet.dir / "stopped"
+    where.mkdir()
+    path = where / "fleet.yml"
+    path.write_text(blueprint_text(net))
+    store.write(store.secrets_path(path), fleet.secrets, path.name)
+    text, js = (
+        status(path, "--only", "postgresql"),
+        status(path, "--only", "postgresql", "--format", "json"),
+    )
+    assert (text.code, js.code) == (1, 1)
+    checks = js.json()["checks"]
+    assert {(c["service"], c["state"], c["detail"]) for c in checks} == {
+        ("postgresql", "refused", "connection refused")
+    }
+    (hint,) = {c["hint"] for c in checks}
+    for needle in ("postgresql@15-main.service", GUARD_SCRIPT, UPGRADE_SECTION, "ai-shared"):
+        assert needle in hint
+    hints = [line for line in text.stdout.splitlines() if line.startswith("hint: ")]
+    rows = ", ".join(f"postgresql {name}" for name, _, _ in INSTANCES)
+    assert hints == [f"hint: {hint} (rows: {rows})"]
+    assert states(text.rows()) == {("postgresql", name): "refused" for name, _, _ in INSTANCES}
 
 
 # -- the probes on their own, against the same servers ----------------------------------------------

@@ -234,7 +234,7 @@ def test_shared_host_with_instances_gets_docker(render_example: Callable[[str], 
     r = render_example("homelab.yml")
     files = written(r, "homelab")
     assert "/opt/owuibuild/family/compose.yaml" in files
-    assert "docker-ce" in user_data(r, "homelab")["packages"]
+    assert "docker.io" in user_data(r, "homelab")["packages"]
 
 
 def test_host_embeds_exactly_the_rendered_bundles(rendered: Rendered) -> None:

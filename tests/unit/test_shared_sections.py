@@ -82,7 +82,7 @@ def test_postgres_is_derived_from_the_plan(seed: Rendered) -> None:
     conf = postgres.postgresql_conf(plan)  # type: ignore[arg-type]
     assert "listen_addresses = '10.0.5.24,localhost'" in conf
     assert "max_connections = 200" in conf
-    assert f"data_directory = '{DATA_MOUNT}/postgresql/15/main'" in conf
+    assert f"data_directory = '{DATA_MOUNT}/postgresql/17/main'" in conf
     hba = postgres.pg_hba_conf(plan)  # type: ignore[arg-type]
     lines = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
     assert lines[0] == ["local", "all", "postgres", "peer"]

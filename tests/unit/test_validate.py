@@ -454,7 +454,7 @@ def test_a_date_where_an_enum_is_expected() -> None:
     text = edit(BASE, "name: fleet\n", "name: fleet\nos: {distro: 2024-01-01}\n")
     d = one(diagnose(text), "os.distro")
     assert d.message == '"2024-01-01" is not allowed'
-    assert d.hint == 'use one of: "debian-12", "ubuntu-24.04"'
+    assert d.hint == 'use one of: "debian-13", "debian-12", "ubuntu-24.04"'
     assert_at(text, d, "distro: 2024-01-01", "2024")
 
 

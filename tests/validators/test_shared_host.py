@@ -2,13 +2,13 @@
 and nft run on every host's user-data of every example blueprint.
 
 cloud-init is asked through Debian's python3 (which ships ``cloudinit``), strictly, plus a check
-for top-level keys its schema does not know (``cloud-init schema`` ignores those).
+for top-level keys its schema does not know (``cloud-init schema`` ignores those); the program
+is cloud_init_schema.CHECK, which test_cloud_init_trixie.py runs with Debian 13's cloud-init.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -17,35 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from cloud_init_schema import distro_of, examples_on, run_check, user_data_texts
 from conftest import EXAMPLES, Rendered, require_tool, unavailable
 
 pytestmark = pytest.mark.validators
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 UNIT_DIR = "/etc/systemd/system/"
-
-CLOUD_INIT_CHECK = r"""
-import json, sys
-from cloudinit.config.schema import get_schema, validate_cloudconfig_schema, SchemaValidationError
-schema = get_schema()
-known = set(schema.get("properties", {}))
-for part in schema.get("allOf", []):
-    if "$ref" in part:
-        part = schema["$defs"][part["$ref"].rsplit("/", 1)[-1]]
-    known |= set(part.get("properties", {}))
-out = {}
-for path in sys.argv[1:]:
-    import yaml
-    with open(path, "rb") as f:
-        cfg = yaml.safe_load(f)
-    problems = sorted("unknown top-level key: " + k for k in cfg if k not in known)
-    try:
-        validate_cloudconfig_schema(cfg, schema, strict=True)
-    except SchemaValidationError as exc:
-        problems += [f"{p}: {m}" for p, m in exc.schema_errors]
-    out[path] = problems
-print(json.dumps(out))
-"""
 
 
 def user_data(rendered: Rendered, host: str) -> bytes:
@@ -72,16 +50,13 @@ def written(rendered: Rendered) -> dict[str, str]:
 
 
 def cloud_init_problems(paths: list[Path]) -> dict[str, list[str]]:
+    """This machine's cloud-init (Debian 12: 22.4) on each file: {str(path): problems}."""
     if not Path(SYSTEM_PYTHON).exists():
         unavailable("Debian's python3 is missing")
     probe = subprocess.run([SYSTEM_PYTHON, "-c", "import cloudinit"], capture_output=True)
     if probe.returncode != 0:
         unavailable("cloud-init is not installed (make system-deps installs it)")
-    result = subprocess.run(
-        [SYSTEM_PYTHON, "-c", CLOUD_INIT_CHECK, *map(str, paths)],
-        capture_output=True, text=True, check=True,
-    )
-    problems: dict[str, list[str]] = json.loads(result.stdout)
+    _, problems = run_check([SYSTEM_PYTHON], {str(p): p.read_text() for p in paths})
     return problems
 
 
@@ -98,6 +73,23 @@ def test_user_data_passes_cloud_init_schema_strictly(
     assert paths
     problems = cloud_init_problems(paths)
     assert problems == {str(p): [] for p in paths}
+
+
+def test_debian12_user_data_passes_its_own_cloud_init_schema(
+    render_example: Callable[[str], Rendered], tmp_path: Path
+) -> None:
+    """Debian 12 hosts run cloud-init 22.4 (this machine's): the debian-12 examples, or a
+    debian-12 variant of each example while every example is on another release."""
+    how, cases = examples_on("debian-12", render_example, tmp_path)
+    paths = []
+    for case, rendered in cases.items():
+        assert distro_of(rendered) == "debian-12", how
+        for host, text in user_data_texts(rendered):
+            path = tmp_path / f"{case}-{host}.yaml"
+            path.write_text(text)
+            paths.append(path)
+    assert paths, how
+    assert cloud_init_problems(paths) == {str(p): [] for p in paths}, how
 
 
 def test_schema_check_catches_unknown_keys_and_bad_values(tmp_path: Path) -> None:
@@ -126,8 +118,9 @@ def test_scripts_pass_shellcheck(
     for key, text in scripts.items():
         path = tmp_path / key.replace("/", "_").replace(":", "_")
         path.write_text(text)
-        result = subprocess.run(["shellcheck", "--severity=style", str(path)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["shellcheck", "--severity=style", str(path)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             failures.append(f"{key}\n{result.stdout}")
     assert not failures, "\n".join(failures)
@@ -154,9 +147,10 @@ def test_units_pass_systemd_analyze_verify(
     """
     require_tool("systemd-analyze")
     _need_root("systemd-analyze verify with stub binaries")
-    if not Path("/lib/systemd/system/postgresql@.service").exists() or not Path(
-        "/lib/systemd/system/redis-server@.service"
-    ).exists():
+    if (
+        not Path("/lib/systemd/system/postgresql@.service").exists()
+        or not Path("/lib/systemd/system/redis-server@.service").exists()
+    ):
         unavailable("postgresql and redis-server packages are needed for their template units")
     rendered = render_example(example)
     for host, doc in user_datas(rendered).items():
@@ -168,10 +162,10 @@ def test_units_pass_systemd_analyze_verify(
             path = f["path"]
             if not path.startswith(UNIT_DIR):
                 continue
-            target = units / path[len(UNIT_DIR):]
+            target = units / path[len(UNIT_DIR) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(f["content"])
-            if "/" not in path[len(UNIT_DIR):]:
+            if "/" not in path[len(UNIT_DIR) :]:
                 names.append(target.name)
             for line in f["content"].splitlines():
                 key, _, command = line.partition("=")
@@ -194,10 +188,11 @@ def test_units_pass_systemd_analyze_verify(
         script = (
             f"{binds}mount -t tmpfs tmpfs {UNIT_DIR} && "
             f"cp -R {units}/. {UNIT_DIR} && cd {UNIT_DIR} && "
-            "exec systemd-analyze verify --man=no \"$@\""
+            'exec systemd-analyze verify --man=no "$@"'
         )
-        result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *names],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", *names], capture_output=True, text=True
+        )
         output = (result.stdout + result.stderr).strip()
         assert result.returncode == 0 and not output, f"{host}: {output}"
 
@@ -209,8 +204,10 @@ def test_systemd_check_sees_a_bad_key(tmp_path: Path) -> None:
     units = tmp_path / "units" / "redis-server@.service.d"
     units.mkdir(parents=True)
     (units / "x.conf").write_text("[Service]\nBogusKey=1\n")
-    script = (f"mount -t tmpfs tmpfs {UNIT_DIR} && cp -R {tmp_path}/units/. {UNIT_DIR} && "
-              "systemd-analyze verify --man=no redis-server@t.service")
+    script = (
+        f"mount -t tmpfs tmpfs {UNIT_DIR} && cp -R {tmp_path}/units/. {UNIT_DIR} && "
+        "systemd-analyze verify --man=no redis-server@t.service"
+    )
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert "BogusKey" in result.stdout + result.stderr
 
@@ -233,8 +230,9 @@ def test_firewall_passes_nft_check_and_keeps_other_tables(
     for key, text in found.items():
         path = tmp_path / "ruleset.nft"
         path.write_text(text)
-        check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(path)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["unshare", "-n", "nft", "-c", "-f", str(path)], capture_output=True, text=True
+        )
         assert check.returncode == 0, f"{key}: {check.stderr}"
         script = (
             "nft add table ip docker_standin && nft add chain ip docker_standin c && "
@@ -245,4 +243,3 @@ def test_firewall_passes_nft_check_and_keeps_other_tables(
         assert "table ip docker_standin" in run.stdout
         assert run.stdout.count("table inet owuibuild") == 1
         assert "policy drop" in run.stdout
-

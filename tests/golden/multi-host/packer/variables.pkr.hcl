@@ -16,13 +16,13 @@ variable "ssh_timeout" {
 
 variable "qemu_base_image_url" {
   type        = string
-  default     = "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"
-  description = "The ubuntu-24.04 cloud image (qcow2) the qemu images start from."
+  default     = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
+  description = "The debian-13 cloud image (qcow2) the qemu images start from."
 }
 
 variable "qemu_base_image_checksum" {
   type        = string
-  default     = "file:https://cloud-images.ubuntu.com/releases/noble/release/SHA256SUMS"
+  default     = "file:https://cloud.debian.org/images/cloud/trixie/latest/SHA512SUMS"
   description = "Checksum of qemu_base_image_url, as Packer's iso_checksum (\"sha256:...\" or \"file:<url of the published sums>\")."
 }
 
@@ -107,12 +107,12 @@ variable "proxmox_node" {
 
 variable "proxmox_clone_vm" {
   type        = string
-  description = "Template VM to clone: the ubuntu-24.04 cloud image with cloud-init and qemu-guest-agent, whose cloud-init user is proxmox_ssh_username."
+  description = "Template VM to clone: the debian-13 cloud image with cloud-init and qemu-guest-agent, whose cloud-init user is proxmox_ssh_username."
 }
 
 variable "proxmox_ssh_username" {
   type        = string
-  default     = "ubuntu"
+  default     = "admin"
   description = "User that cloud-init creates in the cloned VM; removed when sealed."
 }
 
@@ -134,25 +134,25 @@ variable "aws_instance_type" {
 
 variable "aws_source_ami_owner" {
   type        = string
-  default     = "099720109477"
+  default     = "136693071363"
   description = "Owner id of the distro's official AMIs."
 }
 
 variable "aws_source_ami_name" {
   type        = string
-  default     = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+  default     = "debian-13-amd64-*"
   description = "Name filter of the source AMI (the most recent match is used)."
 }
 
 variable "aws_ssh_username" {
   type        = string
-  default     = "ubuntu"
+  default     = "admin"
   description = "Default user of the source AMI."
 }
 
 variable "aws_root_device_name" {
   type        = string
-  default     = "/dev/sda1"
+  default     = "/dev/xvda"
   description = "Root device of the source AMI."
 }
 

@@ -16,13 +16,13 @@ variable "ssh_timeout" {
 
 variable "qemu_base_image_url" {
   type        = string
-  default     = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
-  description = "The debian-12 cloud image (qcow2) the qemu images start from."
+  default     = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
+  description = "The debian-13 cloud image (qcow2) the qemu images start from."
 }
 
 variable "qemu_base_image_checksum" {
   type        = string
-  default     = "file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS"
+  default     = "file:https://cloud.debian.org/images/cloud/trixie/latest/SHA512SUMS"
   description = "Checksum of qemu_base_image_url, as Packer's iso_checksum (\"sha256:...\" or \"file:<url of the published sums>\")."
 }
 

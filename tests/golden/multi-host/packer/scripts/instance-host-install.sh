@@ -9,9 +9,9 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 step() { printf '==> owuibuild: %s\n' "$*"; }
 
-step 'packages: docker-compose-v2 docker.io nftables unattended-upgrades'
+step 'packages: docker-cli docker-compose docker.io nftables unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install docker-compose-v2 docker.io nftables unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install docker-cli docker-compose docker.io nftables unattended-upgrades
 
 step 'pre-pull ghcr.io/open-webui/open-webui:v0.12.4'
 systemctl start docker

@@ -1,0 +1,169 @@
+"""TEST DOUBLE: a small stand-in for the Open WebUI image, for QEMU guests only.
+
+The real Open WebUI image (3.4 GB, ~875 MB RSS an instance) is far too slow to run under TCG in
+CI; the containers tier runs the real one. This stand-in is built as a tiny image tagged with
+the generated image reference and started by the generated compose file and unit, with exactly
+the env file its bundle gives it. It answers ``/health`` with 200 only once it has, with those
+values and nothing else:
+
+* logged into PostgreSQL (SCRAM-SHA-256) as ``DATABASE_URL`` says;
+* authenticated to its Redis with ``REDIS_URL`` and published on ``socketio``;
+* listed Qdrant's collections with ``QDRANT_API_KEY`` at ``QDRANT_URI``;
+* fetched ``/api/tags`` from every Ollama URL (``OLLAMA_BASE_URLS`` or ``OLLAMA_BASE_URL``).
+
+Until then ``/health`` answers 503 with what is still failing (never a secret). ``/checks``
+gives the same as JSON. It uses owuibuild's own wire-protocol probes (``probes.py``, copied
+next to it in the image), so it needs no library. It checks that the fleet is wired as the
+generated files say; it says nothing about Open WebUI itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import probes  # owuibuild.probes, copied beside this file
+
+PORT = 8080
+TIMEOUT = 5.0
+RETRY_SECONDS = 3.0
+
+# name -> (ok, detail); read by the HTTP handler, written by the checker thread.
+RESULTS: dict[str, tuple[bool, str]] = {}
+LOCK = threading.Lock()
+
+
+def _secrets() -> tuple[str, ...]:
+    values = []
+    for key in ("DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "WEBUI_SECRET_KEY"):
+        url = os.environ.get(key, "")
+        values.append(url)
+        parts = urlsplit(url) if "://" in url else None
+        if parts is not None and parts.password:
+            values.append(unquote(parts.password))
+    return tuple(v for v in values if v)
+
+
+def check_postgres() -> tuple[bool, str]:
+    url = urlsplit(os.environ["DATABASE_URL"])
+    outcome = probes.pg_login(
+        url.hostname or "",
+        url.port or 5432,
+        unquote(url.username or ""),
+        unquote(url.path.lstrip("/")),
+        unquote(url.password or ""),
+        TIMEOUT,
+    )
+    return outcome.state is probes.State.OK, outcome.detail
+
+
+def check_redis() -> tuple[bool, str]:
+    url = urlsplit(os.environ["REDIS_URL"])
+    deadline = probes.Deadline(TIMEOUT)
+    with socket.create_connection((url.hostname or "", url.port or 6379), timeout=TIMEOUT) as sock:
+        for command in (
+            ("AUTH", unquote(url.username or "default"), unquote(url.password or "")),
+            ("PUBLISH", "socketio", "owuibuild test double: hello"),
+        ):
+            reply = probes._resp_call(sock, deadline, *command)
+            if isinstance(reply, probes.RespError):
+                return False, f"{command[0]}: {reply}"
+    return True, "AUTH and PUBLISH socketio"
+
+
+def check_qdrant() -> tuple[bool, str]:
+    url = urlsplit(os.environ["QDRANT_URI"])
+    answer = probes.http_get(
+        url.hostname or "",
+        url.port or 6333,
+        "/collections",
+        TIMEOUT,
+        {"api-key": os.environ.get("QDRANT_API_KEY", "")},
+    )
+    return answer.status == 200, f"GET /collections: {answer.status}"
+
+
+def ollama_urls() -> list[str]:
+    several = os.environ.get("OLLAMA_BASE_URLS", "")
+    return [u for u in several.split(";") if u] or [os.environ["OLLAMA_BASE_URL"]]
+
+
+def check_ollama() -> tuple[bool, str]:
+    details = []
+    for base in ollama_urls():
+        url = urlsplit(base)
+        answer = probes.http_get(url.hostname or "", url.port or 11434, "/api/tags", TIMEOUT)
+        if answer.status != 200:
+            return False, f"{base}/api/tags: {answer.status}"
+        details.append(f"{url.hostname}: 200")
+    return True, ", ".join(details)
+
+
+CHECKS = {
+    "postgres": check_postgres,
+    "redis": check_redis,
+    "qdrant": check_qdrant,
+    "ollama": check_ollama,
+}
+
+
+def run_checks() -> None:
+    secrets = _secrets()
+    while True:
+        for name, check in CHECKS.items():
+            with LOCK:
+                if RESULTS.get(name, (False, ""))[0]:
+                    continue
+            try:
+                ok, detail = check()
+            except Exception as exc:  # report and retry: the services may not be up yet
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            with LOCK:
+                RESULTS[name] = (ok, probes.scrub(detail, secrets))
+        with LOCK:
+            if len(RESULTS) == len(CHECKS) and all(ok for ok, _ in RESULTS.values()):
+                print("owuibuild test double: every check passed", flush=True)
+                return
+        time.sleep(RETRY_SECONDS)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        with LOCK:
+            results = dict(RESULTS)
+        healthy = len(results) == len(CHECKS) and all(ok for ok, _ in results.values())
+        if self.path == "/health":
+            status = 200 if healthy else 503
+            body = {"status": healthy, "test_double": True}
+        elif self.path == "/checks":
+            status = 200
+            body = {name: {"ok": ok, "detail": d} for name, (ok, d) in results.items()}
+        else:
+            status, body = 404, {"detail": "not found"}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+def main() -> None:
+    missing = [k for k in ("DATABASE_URL", "REDIS_URL", "QDRANT_URI") if not os.environ.get(k)]
+    if missing:
+        sys.exit(f"owuibuild test double: missing {', '.join(missing)}")
+    threading.Thread(target=run_checks, daemon=True).start()
+    ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
