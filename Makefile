@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 BLUEPRINT ?= blueprints/seed-example.yml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint bench bench-boot golden clean system-deps
+.PHONY: setup demo test test-unit lint bench bench-boot golden mutate clean system-deps
 
 $(BIN)/owuibuild: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: setup
 
 golden: setup
 	$(BIN)/pytest tests/unit/test_golden.py --update-golden
+
+# Mutation audit (not CI): each listed bug applied to a copy of builder/, fast tiers run.
+mutate: setup
+	$(BIN)/python tests/mutate.py $(MUTATE_ARGS)
 
 bench: setup
 	$(BIN)/python bench/bench.py

@@ -242,6 +242,8 @@ def seed(host_dir: Path) -> None:
     target = host_dir / "seed.iso"
     tmp = host_dir / ".seed.iso.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A temporary file left by an earlier, killed run keeps its mode through O_TRUNC.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(make_seed_iso(files))
     os.replace(tmp, target)

@@ -1,7 +1,9 @@
 """The writer: puts a complete set of artifacts on disk, atomically.
 
 Output is assembled in a temporary directory next to the target and swapped in, so a failed
-or interrupted render leaves the previous output untouched. The manifest is written last.
+or interrupted render leaves the previous output untouched; what a killed render leaves behind
+(hidden ``.<name>.new-*`` / ``.old-*`` siblings) is repaired by the next one. The manifest is
+written last.
 Only this room (and the CLI) writes files.
 """
 
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +78,57 @@ def _materialize(root: Path, artifacts: Sequence[Artifact]) -> None:
         os.chmod(dest, a.mode)  # umask must not widen or narrow the intended mode
 
 
+def _leftovers(out_dir: Path, kind: str) -> list[Path]:
+    """Hidden ``.<name>.<kind>-*`` directories an earlier, killed render left next to the target."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return []
+    prefix = f".{out_dir.name}.{kind}-"
+    return sorted(p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir())
+
+
+def recover(out_dir: Path) -> None:
+    """Undo what a render killed mid-swap left behind, so the target is wholly one output.
+
+    Without renameat2 the swap is two renames, and a render killed between them leaves the
+    previous output only in a hidden ``.<name>.old-*`` directory: put it back. Every other
+    leftover (``.new-*`` staging, an ``.old-*`` already superseded) is removed. Callers hold
+    the parent directory's lock, so no live render's staging is touched.
+    """
+    olds = _leftovers(out_dir, "old")
+    if olds and not out_dir.exists() and (olds[-1] / MANIFEST).is_file():
+        os.rename(olds.pop(), out_dir)
+    for leftover in olds + _leftovers(out_dir, "new"):
+        shutil.rmtree(leftover)
+
+
+@contextmanager
+def _locked(parent: Path) -> Iterator[None]:
+    """Serialise renders into one parent directory: recovery must not remove a live staging."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write(out_dir: Path, artifacts: Sequence[Artifact]) -> None:
-    """Replace ``out_dir`` with exactly ``artifacts``; the manifest artifact is written last."""
-    check_target(out_dir)
+    """Replace ``out_dir`` with exactly ``artifacts``; the manifest artifact is written last.
+
+    At every instant ``out_dir`` is wholly the previous output or wholly the new one: the new
+    output is assembled in a hidden sibling and swapped in with one renameat2(RENAME_EXCHANGE).
+    Where that call is missing, the fallback's window between its two renames is closed by
+    :func:`recover` at the next render.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir.parent):
+        recover(out_dir)
+        check_target(out_dir)
+        _swap_in(out_dir, artifacts)
+
+
+def _swap_in(out_dir: Path, artifacts: Sequence[Artifact]) -> None:
     ordered = [a for a in artifacts if a.path != MANIFEST] + [
         a for a in artifacts if a.path == MANIFEST
     ]
@@ -92,11 +143,13 @@ def write(out_dir: Path, artifacts: Sequence[Artifact]) -> None:
             return
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.rmdir(old)
-        os.rename(out_dir, old)
         try:
+            os.rename(out_dir, old)
             os.rename(staging, out_dir)
-        except OSError:
-            os.rename(old, out_dir)
+        except BaseException:
+            # Decide by what is on disk: the interruption may come just after either rename.
+            if old.is_dir() and not out_dir.exists():
+                os.rename(old, out_dir)
             raise
         shutil.rmtree(old)
     except BaseException:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -31,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip because a tool is missing; under CI that is a failure, since CI installs it."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must provide this: {reason}")

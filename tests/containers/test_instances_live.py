@@ -9,8 +9,10 @@ this test creates. On it:
   directory and pid file, are given on the command line);
 - the same container runs TEST DOUBLES of Ollama and Qdrant: a tiny HTTP server that answers
   the model list and version (Ollama) and every request with an empty success (Qdrant). They
-  are NOT Ollama or Qdrant, whose servers cannot be had here; Open WebUI only needs them to
-  answer at start-up and nothing below asks them for anything real;
+  are NOT Ollama or Qdrant, whose servers cannot be had here. The Qdrant double, like Qdrant
+  with an api_key, answers 401 unless the request's `api-key` header is the fleet's generated
+  key, and logs each request with its source and whether the key matched; Ollama has no API
+  key (the firewall is its boundary), so its double only logs;
 - each instance runs from its generated compose.yaml and env file, unmodified, with the Open
   WebUI image built locally and tagged with exactly the reference the generator writes. A
   compose override only puts the container on the test network at its host's address (so the
@@ -42,7 +44,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Rendered, compile_path, unavailable
+from conftest import Rendered, compile_path, require_tool, unavailable
 from infra.docker_engine import (
     docker_unavailable_reason,
     ensure_base_image,
@@ -103,7 +105,7 @@ for conf in /test/redis-*.conf; do
   redis-server "$conf" --pidfile "/srv/$name.pid" --supervised no \\
     --daemonize yes --logfile "/srv/$name.log"
 done
-python3 /test/doubles.py "$SHARED_ADDRESS" &
+python3 /test/doubles.py "$SHARED_ADDRESS" "$(cat /test/qdrant-api-key)" &
 touch /srv/ready
 exec sleep infinity
 """
@@ -111,11 +113,22 @@ exec sleep infinity
 DOUBLES = """\
 # TEST DOUBLES of Ollama (port 11434) and Qdrant (port 6333). They are not Ollama or Qdrant:
 # they answer just enough for Open WebUI to start (model list, version, empty successes).
+# Qdrant's double requires the api-key it is given (argv[2]), as Qdrant does with an api_key.
+# Every request is logged to /srv/doubles.log: service, source address, path, key matched.
 import json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+LOG_LOCK = threading.Lock()
+
+def log(service, handler, key_ok):
+    entry = {"service": service, "source": handler.client_address[0],
+             "path": handler.path, "key_ok": key_ok}
+    with LOG_LOCK, open("/srv/doubles.log", "a") as out:
+        out.write(json.dumps(entry) + "\\n")
+
 class Ollama(BaseHTTPRequestHandler):
     def do_GET(self):
+        log("ollama", self, None)
         body = {"/api/tags": {"models": []}, "/api/version": {"version": "0.0.0-test-double"},
                 "/api/ps": {"models": []}}.get(self.path.split("?")[0])
         self.reply(200, body) if body is not None else self.reply(200, "Ollama test double")
@@ -132,13 +145,17 @@ class Ollama(BaseHTTPRequestHandler):
 
 class Qdrant(Ollama):
     def do_GET(self):
-        if self.path.startswith("/collections"):
+        key_ok = self.headers.get("api-key") == API_KEY
+        log("qdrant", self, key_ok)
+        if not key_ok:
+            self.reply(401, {"status": {"error": "Must provide an API key or an Authorization bearer token"}})
+        elif self.path.startswith("/collections"):
             self.reply(200, {"result": {"collections": []}, "status": "ok", "time": 0})
         else:
             self.reply(200, {"title": "qdrant test double", "version": "0.0.0"})
     do_POST = do_PUT = do_DELETE = do_GET
 
-address = sys.argv[1]
+address, API_KEY = sys.argv[1], sys.argv[2]
 for port, handler in ((11434, Ollama), (6333, Qdrant)):
     server = ThreadingHTTPServer((address, port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -262,6 +279,9 @@ def start_shared(fleet: Fleet, config: dict[str, str], workdir: Path) -> None:
         (test_dir / name).write_text(content)
     (test_dir / "start.sh").write_text(SHARED_START)
     (test_dir / "doubles.py").write_text(DOUBLES)
+    key = test_dir / "qdrant-api-key"
+    key.write_text(fleet.secret(fleet.plan.qdrant_api_key.name))
+    key.chmod(0o600)
     address = str(fleet.plan.shared.host.address)
     run(
         "docker", "run", "-d", "--name", fleet.shared, "--network", fleet.network,
@@ -472,12 +492,63 @@ def test_changed_env_value_is_in_effect_after_restart(fleet: Fleet) -> None:
     assert status == 200  # same database, same secret key: the admin is still signed in
 
 
+def doubles_log(fleet: Fleet) -> list[dict[str, Any]]:
+    text = fleet.in_shared("sh", "-c", "cat /srv/doubles.log 2>/dev/null || true")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_the_qdrant_double_requires_the_generated_key(fleet: Fleet) -> None:
+    """The double is honest: without the fleet's key it refuses, as Qdrant with an api_key."""
+    address = str(fleet.plan.shared.host.address)
+    probe = (
+        "import sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1], headers=dict([sys.argv[2:4]]) if len(sys.argv) > 3 else {})\n"
+        "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
+    url = f"http://{address}:6333/collections"
+    key = fleet.secret(fleet.plan.qdrant_api_key.name)
+    assert fleet.in_shared("python3", "-c", probe, url).strip() == "401"
+    assert fleet.in_shared("python3", "-c", probe, url, "api-key", "wrong").strip() == "401"
+    assert fleet.in_shared("python3", "-c", probe, url, "api-key", key).strip() == "200"
+
+
+def test_open_webui_reaches_qdrant_with_the_generated_key(fleet: Fleet) -> None:
+    """Resetting the vector store makes each instance list Qdrant's collections with the key
+    from its env file; the double logs whether every request carried the right one."""
+    for name, running in fleet.instances.items():
+        token = admins(fleet)[name]["token"]
+        status, _ = http("POST", f"{running.url}/api/v1/retrieval/reset/db", token=token)
+        assert status == 200, (name, status)
+    hosts = {str(r.inst.host.address): name for name, r in fleet.instances.items()}
+    # (the shared host's own probes, from the test above, are not Open WebUI's)
+    log = [e for e in doubles_log(fleet) if e["service"] == "qdrant" and e["source"] in hosts]
+    for name, running in fleet.instances.items():
+        mine = [e for e in log if e["source"] == str(running.inst.host.address)]
+        assert any(e["path"].startswith("/collections") for e in mine), (name, log)
+    assert all(e["key_ok"] for e in log), [e for e in log if not e["key_ok"]]
+
+
+def publish_like_docker(fleet: Fleet, pid: str) -> None:
+    """In the network namespace ``pid``, send each instance's published address and port to its
+    container's port, as Docker's DNAT on each instance host does (the test's override
+    publishes on 127.0.0.1 instead, because the hosts' addresses do not exist here)."""
+    for running in fleet.instances.values():
+        inst = running.inst
+        rule = ["-d", str(inst.host.address), "-p", "tcp", "--dport", str(inst.port),
+                "-j", "DNAT", "--to-destination", f"{inst.host.address}:{bundle.OPENWEBUI_CONTAINER_PORT}"]  # fmt: skip
+        ns = ["nsenter", "-t", pid, "-n", "--", "iptables", "-w", "-t", "nat"]
+        if run(*ns, "-C", "OUTPUT", *rule, check=False).returncode != 0:
+            run(*ns, "-A", "OUTPUT", *rule)
+
+
 def status_from(fleet: Fleet, name: str, *only: str) -> tuple[int, dict[str, Any], str]:
     """Run `owuibuild status` inside instance ``name``'s network namespace: it dials the fleet's
     addresses from that instance's host address, on the test's own Docker network, as the
     instance host would. Nothing leaves that network."""
     container = fleet.instances[name].compose("ps", "--quiet").stdout.split()[0]
     pid = run("docker", "inspect", "--format", "{{.State.Pid}}", container).stdout.strip()
+    publish_like_docker(fleet, pid)
     args = [f"--only={o}" for o in only]
     done = subprocess.run(
         ["nsenter", "-t", pid, "-n", "--", sys.executable, "-m", "owuibuild.cli", "status",
@@ -505,3 +576,32 @@ def test_status_probes_real_postgres_and_redis_from_an_instance_host(fleet: Flee
     assert beta["postgresql"] == "ok" and beta["redis"] == "ok", output
     for value in fleet.rendered.secrets.all_values():  # type: ignore[attr-defined]
         assert value not in output
+
+
+def test_status_probes_real_open_webui_from_an_instance_host(fleet: Fleet) -> None:
+    """The `openwebui` and `openwebui-db` rows against the real Open WebUI instances: /health
+    and /health/db at each instance's published address and port, dialled from alpha's host."""
+    if shutil.which("nsenter") is None:
+        unavailable("nsenter (util-linux) is not installed")
+    require_tool("iptables")
+    code, doc, output = status_from(fleet, "alpha", "openwebui", "openwebui-db")
+    rows = {(c["service"], c["instance"]): c for c in doc["checks"]}
+    assert set(rows) == {
+        (service, name) for service in ("openwebui", "openwebui-db") for name in fleet.instances
+    }, output
+    for (service, name), row in rows.items():
+        inst = fleet.instances[name].inst
+        assert row["state"] == "ok", (service, name, output)
+        assert row["target"] == f"{inst.host.address}:{inst.port}", row
+    assert code == 0, output
+    # The same probe, with the instance stopped: the row turns, and the exit code with it.
+    beta = fleet.instances["beta"]
+    beta.compose("stop", "--timeout", "10")
+    try:
+        code, doc, output = status_from(fleet, "alpha", "openwebui")
+        states = {c["instance"]: c["state"] for c in doc["checks"]}
+        assert states["alpha"] == "ok" and states["beta"] != "ok", output
+        assert code == 1
+    finally:
+        beta.compose("start")
+        beta.compose("up", "--detach", "--wait")

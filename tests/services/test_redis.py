@@ -114,6 +114,28 @@ def test_one_server_per_instance_on_the_private_address(per_instance: Fleet) -> 
         assert "NOPERM" in info
 
 
+# @admin commands whose effect, were one allowed, is harmless to the running test server.
+ADMIN_COMMANDS = [
+    ("CONFIG", "GET", "bind"),
+    ("ACL", "LIST"),
+    ("CONFIG", "RESETSTAT"),
+    ("SLOWLOG", "GET"),
+    ("CLIENT", "LIST"),
+    ("LASTSAVE",),
+]
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: " ".join(c))
+def test_instance_users_may_not_run_admin_commands(
+    per_instance: Fleet, shared: Fleet, command: tuple[str, ...]
+) -> None:
+    for fleet in (per_instance, shared):
+        for s in fleet.servers:
+            for user in s.users:
+                answer = cli(s.port, *command, user=user, password=fleet.password(user))
+                assert "NOPERM" in answer, (s.name, user, command, answer)
+
+
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_works_on_its_own_server_only(per_instance: Fleet, user: str) -> None:
     secret = per_instance.password(user)

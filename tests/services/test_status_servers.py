@@ -1,8 +1,12 @@
 """`owuibuild status` against real servers: PostgreSQL 15 and redis-server, started here.
 
 Ollama, Qdrant and Open WebUI are HTTP test doubles (`OllamaDouble`, `QdrantDouble`,
-`OpenWebUIDouble`): none of those servers can be downloaded here, so the doubles answer the few
-requests `status` makes, the way the real ones do. They check our probes, not those servers.
+`OpenWebUIDouble`) that answer the few requests `status` makes, the way the real ones do. They
+check our probes, not those servers. Ollama and Qdrant servers cannot be downloaded here. Open
+WebUI can (the containers tier runs it), but one instance takes about 20 s and 875 MB to start,
+and this tier runs three on loopback addresses: so here it is a double, and
+tests/containers/test_instances_live.py probes the `openwebui` and `openwebui-db` rows against
+the real Open WebUI.
 
 The test fleet lives on loopback addresses (127.77.N.0/24: the shared host at .24, Docker hosts
 at .30 and .31; all of 127.0.0.0/8 is loopback on Linux), so every probe dials loopback only.

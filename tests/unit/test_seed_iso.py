@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pycdlib
 import pytest
+from conftest import unavailable
 from owuibuild.seed_iso import (
     SEED_VOLUME_ID,
     SeedIsoError,
@@ -200,9 +201,7 @@ def test_rejects_non_bytes_content() -> None:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed; cannot check the seed ISO with a real tool"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        unavailable(f"{name} is not installed; cannot check the seed ISO with a real tool")
     return path
 
 

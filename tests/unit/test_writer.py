@@ -77,9 +77,10 @@ def test_manifest_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     order: list[str] = []
     real_open = os.open
 
-    def recording_open(path: object, *args: object, **kwargs: object) -> int:
-        order.append(Path(str(path)).name)
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+    def recording_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_CREAT:  # the files written, not the directory opened for the lock
+            order.append(Path(str(path)).name)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(writer.os, "open", recording_open)
     write(tmp_path / "out", [ARTIFACTS[2], ARTIFACTS[0], ARTIFACTS[1]])

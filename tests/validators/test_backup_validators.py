@@ -67,8 +67,22 @@ def backup_files(rendered: Rendered) -> dict[str, str]:
     }
 
 
-def test_every_example_backs_up() -> None:
-    assert EXAMPLES  # the examples keep the default: backups on
+def test_every_example_backs_up(render_example: Callable[[str], Rendered]) -> None:
+    """The examples keep the default (backups on): the host running PostgreSQL carries the
+    script, its service and its timer, and no other host does."""
+    assert EXAMPLES
+    wanted = (backup.SCRIPT, backup.SERVICE, backup.TIMER)
+    for name in EXAMPLES:
+        rendered = render_example(name)
+        assert rendered.plan.fleet.shared.backups.enabled, name  # type: ignore[attr-defined]
+        assert set(backup_files(rendered)) == set(wanted), name
+        elsewhere = [
+            path
+            for path in written(rendered)
+            if path.split(":", 1)[1] in wanted and not path.startswith(f"{backup_host(rendered)}:")
+        ]
+        assert elsewhere == [], name
+        assert "[Timer]" in backup_files(rendered)[backup.TIMER]
 
 
 def test_backup_script_passes_shellcheck(

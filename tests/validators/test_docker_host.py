@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -185,4 +184,3 @@ def test_embedded_scripts_pass_shellcheck(
             assert out.returncode == 0, out.stdout
             checked += 1
     assert checked >= 5
-    assert shutil.which("shellcheck")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import require_tool, unavailable
 from owuibuild.bake import stage_templates
 from owuibuild.targets import Artifact
 from owuibuild.targets.packer import source_name
@@ -120,7 +120,7 @@ def test_packer_16_rejects_the_plugins_file(
     require_tool("packer")
     version = subprocess.run(["packer", "version"], capture_output=True, text=True, env=ENV)
     if "v1.6." not in version.stdout:
-        pytest.skip(f"this checks Packer 1.6 behaviour; found {version.stdout.strip()}")
+        unavailable(f"this checks Packer 1.6 behaviour; found {version.stdout.strip()}")
     packer_dir = write_packer_dir(render_example("homelab.yml").files, tmp_path)  # type: ignore[attr-defined]
     only_plugins = tmp_path / "plugins-only"
     only_plugins.mkdir()
