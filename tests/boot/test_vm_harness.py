@@ -37,11 +37,11 @@ MARKER = "/var/lib/owuibuild-harness-ok"
 
 
 def _skip_unless_tools() -> None:
+    from conftest import unavailable
+
     missing = missing_tools(extra=["mmdebstrap"])
     if missing:
-        reason = f"boot tier needs {', '.join(missing)} (not installed)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        unavailable(f"boot tier needs {', '.join(missing)} (make system-deps installs them)")
 
 
 def _seed(public_key: str, instance_id: str) -> dict[str, bytes]:
