@@ -423,6 +423,12 @@ def test_golden_boot(baked_shared: Any, fleet: Fleet, mirror: Any, tmp_path: Pat
         for name, version in (("qdrant", QDRANT_VERSION), ("ollama", OLLAMA_VERSION)):
             assert f"owuibuild: {name} {version} is already installed" in output, name
         assert "owuibuild: installed" not in output
+        # No model pulled (the Ollama double counts its pulls); the baked ones were copied
+        # onto the data volume.
+        pulls = json.loads(http(vm, OLLAMA_PORT, "/api/double/pulls").body)
+        assert pulls["count"] == 0, pulls
+        on_volume = ssh_lines(vm, f"sudo ls {OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
+        assert set(MODELS) <= set(on_volume), on_volume
         # cloud-init's package step, and so its apt-get update, did not run at all.
         assert not re.search(r"^(Hit|Get|Ign):\d+ ", output, re.M), "apt-get update ran"
         check_units(vm)
