@@ -389,8 +389,10 @@ def drop_count(dock: VM, port: int) -> int:
 
 def test_reboot_brings_the_instances_back(booted: dict[str, Any], fleet: Fleet) -> None:
     dock = booted["vms"][DOCK]
+    before = dock.boot_id()
     dock.reboot(timeout=900)
-    wait_instances_healthy(dock, fleet)
+    assert dock.boot_id() != before
+    wait_instances_healthy(dock, fleet)  # raises unless both units are active and healthy
 
 
 def test_new_root_disk_keeps_instance_data(booted: dict[str, Any], fleet: Fleet) -> None:
