@@ -138,19 +138,23 @@ def hba_decision(lines: list[list[str]], database: str, role: str, source: str) 
     return "no line (rejected)"
 
 
+def database_host_file(r: Rendered, suffix: str) -> tuple[Plan, str]:
+    """The plan, and the one file ending in ``suffix`` on the PostgreSQL host."""
+    plan = r.plan
+    assert isinstance(plan, Plan)
+    (content,) = [
+        f["content"]
+        for (h, p), f in host_files(r).items()
+        if h == plan.postgres_host.name and p.endswith(suffix)
+    ]
+    return plan, content
+
+
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_pg_hba_admits_each_role_only_to_its_database_from_its_host(
     render_example: RenderExample, example: str
 ) -> None:
-    r = render_example(example)
-    plan = r.plan
-    assert isinstance(plan, Plan)
-    db_host = plan.postgres_host.name
-    (conf,) = [
-        f["content"]
-        for (h, p), f in host_files(r).items()
-        if h == db_host and p.endswith("/pg_hba.conf")
-    ]
+    plan, conf = database_host_file(render_example(example), "/pg_hba.conf")
     lines = hba_lines(conf)
     accepting = [w for w in lines if w[0].startswith("host") and w[-1] != "reject"]
     assert all(w[-1] == "scram-sha-256" for w in accepting), accepting
@@ -191,15 +195,7 @@ def ident(name: str) -> str:
 def test_each_database_is_closed_to_public_and_open_to_its_role_only(
     render_example: RenderExample, example: str
 ) -> None:
-    r = render_example(example)
-    plan = r.plan
-    assert isinstance(plan, Plan)
-    db_host = plan.postgres_host.name
-    (script,) = [
-        f["content"]
-        for (h, p), f in host_files(r).items()
-        if h == db_host and p.endswith("/init.sql")
-    ]
+    plan, script = database_host_file(render_example(example), "/init.sql")
     statements = sql_statements(script)
     assert "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC" in statements
     grants = [s for s in statements if s.startswith("GRANT ")]
