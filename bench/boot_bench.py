@@ -4,9 +4,11 @@ The boot tier measures, from QEMU's start, first SSH login, cloud-init done and 
 service healthy; for a Docker host, its instances healthy) and records them in
 ``$OWUIBUILD_CACHE/bench/boot.json``, every row of one test run under one run id:
 
-* ``<kind>/vanilla``: the two-VM fleet booted from the base image (tests/boot/test_fleet_boot.py);
-* ``bare`` (the base image with a seed that only sets the admin user) and ``<kind>/golden`` (the
-  same seeds on golden images): printed once a test records them (not yet).
+* ``<kind>/vanilla``: the two-VM fleet booted from the base image
+  (tests/boot/test_fleet_vanilla.py, opt-in: --measure turns it on);
+* ``<kind>/golden``: the same seeds on the golden images (tests/boot/test_fleet_boot.py);
+* ``bare``: the base image with a seed that only sets up the admin user
+  (tests/boot/test_vm_harness.py).
 
 Booting takes minutes, so by default this prints the last record; ``--measure`` runs those boot
 tests first (about 30 minutes under TCG on two cores). Nothing here asserts a timing; the target
@@ -24,7 +26,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("shared", "instance-host")
-MEASURE = ["tests/boot/test_fleet_boot.py"]
+MEASURE = [
+    "tests/boot/test_fleet_vanilla.py",
+    "tests/boot/test_fleet_boot.py",
+    "tests/boot/test_vm_harness.py",
+]
 
 
 def boot_json() -> Path:
@@ -33,7 +39,10 @@ def boot_json() -> Path:
 
 
 def measure() -> int:
-    return subprocess.call([sys.executable, "-m", "pytest", "-m", "boot", "-q", *MEASURE], cwd=REPO)
+    env = dict(os.environ, OWUIBUILD_BOOT_VANILLA="1")  # the vanilla rows boot opt-in tests
+    return subprocess.call(
+        [sys.executable, "-m", "pytest", "-m", "boot", "-q", *MEASURE], cwd=REPO, env=env
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Vanilla first boots (cloud-init installing every package under TCG) repeat the bakes' work
+# and do not fit CI's budget next to them: they run only when asked for.
+VANILLA_ENV = "OWUIBUILD_BOOT_VANILLA"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(VANILLA_ENV) == "1":
+        return
+    vanilla = [item for item in items if item.get_closest_marker("vanilla")]
+    if vanilla:
+        config.hook.pytest_deselected(items=vanilla)
+        items[:] = [item for item in items if not item.get_closest_marker("vanilla")]
+        config.stash[_DESELECTED] = len(vanilla)
+
+
+_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    count = terminalreporter.config.stash.get(_DESELECTED, 0)
+    if count:
+        terminalreporter.write_line(
+            f"{count} vanilla boot test(s) not run: they boot from the plain base image "
+            f"(set {VANILLA_ENV}=1, or run make bench-boot)"
+        )
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip because a tool is missing; under CI that is a failure, since CI installs it."""
     if os.environ.get("CI") == "true":

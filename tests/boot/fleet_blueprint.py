@@ -40,6 +40,7 @@ from owuibuild.plan import (
     QDRANT_PORT,
     SSH_PORT,
 )
+from vm import FLEET_INTERFACE  # the fleet NIC of a guest with a fleet link
 
 # The versions the boot conftest's mirror serves (and the golden image was baked with).
 OLLAMA_VERSION = "0.12.4"
@@ -93,6 +94,59 @@ instances:
   - {{name: alpha, host: dock, port: 3000}}
   - {{name: beta, host: dock, port: 3001}}
   - {{name: gamma, host: dockb, port: 3000}}
+images: {{builders: [qemu], bake_models: true}}
+"""
+
+
+# -- the two-VM Debian 13 fleet (tests/boot/test_fleet_boot.py and its golden images) ----------
+
+FLEET_SUITE = "trixie"  # the Debian base image its hosts boot
+FLEET_SHARED, FLEET_DOCK = "shared", "dock"
+FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
+FLEET_INSTANCES = {"alpha": 3001, "beta": 3002}
+FLEET_DATA_DEVICE = "/dev/vdb"
+# Golden images are baked from the fleet's blueprint with this key: no image holds an admin
+# key (the seed brings it), so the image, and its cache key, do not depend on the run's key.
+BAKE_ADMIN_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnlyReplaceWithYourOwnPublicKey00 bake@tests"
+)
+
+
+def fleet_text(mirror: Any, archive_sha256: str, admin_key: str = BAKE_ADMIN_KEY) -> str:
+    """The two-VM fleet's blueprint: the shared host and one Docker host with two instances."""
+    instances = "\n".join(
+        f"  - {{name: {name}, host: {FLEET_DOCK}, port: {port}}}"
+        for name, port in FLEET_INSTANCES.items()
+    )
+    return f"""apiVersion: owuibuild/v1
+name: fleetboot
+os: {{distro: debian-13, timezone: UTC}}
+mirror: {mirror.guest_url}
+admin:
+  user: {ADMIN}
+  ssh_authorized_keys: ["{admin_key}"]
+  allow_from: [10.0.2.2/32]
+network: {{cidr: 10.0.5.0/24, gateway: 10.0.5.1, dns: [10.0.5.1], interface: {FLEET_INTERFACE}}}
+shared:
+  host:
+    name: {FLEET_SHARED}
+    address: {FLEET_SHARED_ADDRESS}
+    data_volume: {{label: {DATA_LABEL}, device: {FLEET_DATA_DEVICE}}}
+  ollama:
+    version: "{OLLAMA_VERSION}"
+    sha256: {mirror.sha256(ollama_filename(OLLAMA_VERSION))}
+    models: [tinyllama]
+    embedding_model: tinyllama
+  qdrant:
+    version: "{QDRANT_VERSION}"
+    sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
+hosts:
+  - name: {FLEET_DOCK}
+    address: {FLEET_DOCK_ADDRESS}
+    data_volume: {{label: {DATA_LABEL}, device: {FLEET_DATA_DEVICE}}}
+openwebui: {{image: {STANDIN_IMAGE}, version: "{STANDIN_VERSION}", archive_sha256: {archive_sha256}}}
+instances:
+{instances}
 images: {{builders: [qemu], bake_models: true}}
 """
 

@@ -1,226 +1,68 @@
 """Boot tier: a real two-VM Debian 13 fleet, a shared host and a Docker host, booted from their
-generated seeds and talking over a private network through both generated firewalls.
+generated seeds on their golden images and talking over a private network through both
+generated firewalls (network and test doubles: tests/boot/fleet_vm.py).
 
-The network the test builds::
+One fleet boots once and every test of this module shares it, in order:
 
-    shared  10.0.5.24 (ens17)  <-- fleet link: QEMU UDP sockets on 127.0.0.1 -->  dock  10.0.5.30
-      |  ens16: user-mode uplink (ssh forward, Debian's mirror, the doubles' mirror)   |  ens16
+1. both hosts boot at once from the golden images that ``owuibuild bake`` made with Packer
+   (tests/boot/golden.py; CI bakes them while the pure tiers run), on empty data volumes, with
+   an uplink that lets nothing out: cloud-init clean, nothing installed, fetched or pulled, the
+   baked models copied onto the data volume, both instances healthy;
+2. instance isolation, both firewalls and the published-port filter, probed inside the guests;
+3. a reboot of both hosts brings every instance back;
+4. both hosts replaced at once by new root disks (the golden images again, same seeds, same
+   data volumes): the cluster, rows, Redis keys and each instance's data directory survive.
 
-The fleet link carries only frames between the two guests; nothing on it leaves the machine.
-Each guest's uplink is the QEMU user-mode network, configured by the test base image itself
-(tests/infra/vm-image.sh), so the seeds' own network-config drives the fleet NIC exactly as
-rendered. The host dials nothing but 127.0.0.1 forwards; every probe of a blueprint address
-runs inside a guest.
-
-TEST DOUBLES: the Ollama and Qdrant servers are the mirror's doubles (tests/doubles), and the
-instances run a small stand-in image in place of Open WebUI (tests/doubles/openwebui_standin.py,
-tagged with the generated image reference): it turns healthy only after it has used every
-connection of its env file. No registry can be reached, so the blueprint names the image as a
-`docker save` archive on the mirror (openwebui.archive_sha256), which the Docker host's own
-install step loads, as an air-gapped site would. The real Open WebUI runs in the containers tier.
+The same seeds on the plain Debian 13 base image (cloud-init installs every package at first
+boot) are booted by tests/boot/test_fleet_vanilla.py, opt-in (OWUIBUILD_BOOT_VANILLA=1):
+a vanilla first boot installs what the bake installed, and CI's 60 minutes do not hold both.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import re
+import secrets as pysecrets
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_blueprint import (
-    OLLAMA_VERSION,
-    QDRANT_VERSION,
+from fleet_blueprint import FLEET_INTERFACE, assert_cloud_init_clean, empty_disk
+from fleet_vm import (
+    ALL_CHECKS_OK,
+    BOOT_TIMEOUT,
+    CROSS_CREDENTIALS,
+    DATA_DEVICE,
+    DOCK,
+    DOCK_ADDRESS,
+    INSTANCES,
+    MODELS_DIR,
+    OUTSIDER,
     REAL_OPENWEBUI,
-    STANDIN_IMAGE,
-    STANDIN_VERSION,
-    BootTiming,
-    admin_key,
-    assert_cloud_init_clean,
-    empty_disk,
-    record_boot,
-    render_with_cli,
+    SHARED,
+    SHARED_ADDRESS,
+    Fleet,
+    apt_changes_since_boot,
+    cross_credentials,
+    docker_from_the_archive,
+    drop_count,
+    guest_probe,
+    http_status,
+    instance_health,
+    on_both,
+    pg_major,
+    redis_cli,
+    render,
+    shared_marks,
+    standin_checks,
+    start_fleet,
+    wait_fleet_ready,
+    wait_instances_healthy,
 )
-from infra.vm import FLEET_INTERFACE, VM, FleetLink, ensure_base_image, missing_tools
-from owuibuild.artifacts import ollama_filename, qdrant_filename
+from infra.vm import FleetLink, missing_tools
+from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
 
 pytestmark = pytest.mark.boot
-
-ADMIN = "ops"
-SHARED, DOCK = "shared", "dock"
-SHARED_ADDRESS, DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
-INSTANCES = {"alpha": 3001, "beta": 3002}
-IMAGE, OPENWEBUI_VERSION = STANDIN_IMAGE, STANDIN_VERSION
-MEMORY_MB = 2048
-# Two real Open WebUI instances need about 875 MB each, and far longer to start under TCG.
-DOCK_MEMORY_MB = 6144 if REAL_OPENWEBUI else MEMORY_MB
-HEALTHY_TIMEOUT = 5400 if REAL_OPENWEBUI else 1200
-# Two guests share the machine's cores under TCG: a vanilla first boot (apt over user-mode
-# networking) can take half an hour on a busy 2-core machine.
-BOOT_TIMEOUT = 3600
-DATA_DEVICE = "/dev/vdb"
-PROBES = Path(__file__).resolve().parents[2] / "builder" / "probes.py"
-
-
-def blueprint_text(mirror: Any, admin_key: str, archive_sha256: str) -> str:
-    instances = "\n".join(
-        f"  - {{name: {name}, host: {DOCK}, port: {port}}}" for name, port in INSTANCES.items()
-    )
-    return f"""apiVersion: owuibuild/v1
-name: fleetboot
-os: {{distro: debian-13, timezone: UTC}}
-mirror: {mirror.guest_url}
-admin:
-  user: {ADMIN}
-  ssh_authorized_keys: ["{admin_key}"]
-  allow_from: [10.0.2.2/32]
-network: {{cidr: 10.0.5.0/24, gateway: 10.0.5.1, dns: [10.0.5.1], interface: {FLEET_INTERFACE}}}
-shared:
-  host:
-    name: {SHARED}
-    address: {SHARED_ADDRESS}
-    data_volume: {{label: owui-data, device: {DATA_DEVICE}}}
-  ollama:
-    version: "{OLLAMA_VERSION}"
-    sha256: {mirror.sha256(ollama_filename(OLLAMA_VERSION))}
-    models: [tinyllama]
-    embedding_model: tinyllama
-  qdrant:
-    version: "{QDRANT_VERSION}"
-    sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
-hosts:
-  - name: {DOCK}
-    address: {DOCK_ADDRESS}
-    data_volume: {{label: owui-data, device: {DATA_DEVICE}}}
-openwebui: {{image: {IMAGE}, version: "{OPENWEBUI_VERSION}", archive_sha256: {archive_sha256}}}
-instances:
-{instances}
-images: {{builders: [qemu], bake_models: false}}
-"""
-
-
-@dataclass
-class Fleet:
-    workdir: Path
-    out: Path
-    key: Path
-    secrets: dict[str, str]
-    plan: Any
-
-    def seed(self, host: str) -> Path:
-        return self.out / "hosts" / host / "seed.iso"
-
-    def instance(self, name: str) -> Any:
-        return next(i for i in self.plan.instances if i.name == name)
-
-
-def render(workdir: Path, mirror: Any, archive_sha256: str) -> Fleet:
-    key = admin_key(workdir, "fleet-boot")
-    blueprint = workdir / "fleetboot.yml"
-    blueprint.write_text(
-        blueprint_text(mirror, key.with_suffix(".pub").read_text().strip(), archive_sha256)
-    )
-    out = workdir / "out"
-    values, plan = render_with_cli(blueprint, out)
-    assert plan.openwebui_image == f"{IMAGE}:v{OPENWEBUI_VERSION}"
-    return Fleet(workdir, out, key, values, plan)
-
-
-# -- in-guest probes -----------------------------------------------------------------------------
-
-# Runs inside a guest with owuibuild's probes module next to it; its input (credentials
-# included) arrives on stdin, never on a command line.
-GUEST_PROBE = r"""
-import json, socket, sys
-sys.path.insert(0, "/tmp")
-import probes
-req = json.load(sys.stdin)
-out = {}
-for name, p in req.get("pg", {}).items():
-    o = probes.pg_login(p["host"], 5432, p["user"], p["db"], p["password"], 10)
-    out[name] = o.state.value
-for name, p in req.get("redis", {}).items():
-    o = probes.redis_ping(p["host"], p["port"], p["user"], p["password"], 10)
-    out[name] = o.state.value
-for name, (host, port) in req.get("tcp", {}).items():
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        out[name] = "open"
-    except socket.timeout:
-        out[name] = "timeout"
-    except ConnectionRefusedError:
-        out[name] = "refused"
-    except OSError as exc:
-        out[name] = type(exc).__name__
-for name, (host, port, path) in req.get("http", {}).items():
-    try:
-        out[name] = probes.http_get(host, port, path, 10).status
-    except Exception as exc:
-        out[name] = type(exc).__name__
-print(json.dumps(out))
-"""
-
-
-def guest_probe(vm: VM, request: dict[str, Any]) -> dict[str, Any]:
-    vm.ssh("cat > /tmp/probes.py", input=PROBES.read_text(), check=True, timeout=60)
-    vm.ssh("cat > /tmp/owuibuild_probe.py", input=GUEST_PROBE, check=True, timeout=60)
-    proc = vm.ssh(
-        "python3 /tmp/owuibuild_probe.py", input=json.dumps(request), check=True, timeout=300
-    )
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
-def instance_health(vm: VM, fleet: Fleet) -> dict[str, str]:
-    health = {}
-    for name in INSTANCES:
-        inst = fleet.instance(name)
-        unit = vm.ssh(f"systemctl is-active {inst.unit_name}", timeout=60).stdout.strip()
-        state = vm.ssh(
-            f"sudo docker compose -p {name} ps --format json openwebui", timeout=60
-        ).stdout
-        healthy = '"Health":"healthy"' in state.replace(" ", "")
-        health[name] = f"{unit} {'healthy' if healthy else state.strip()[:200]}"
-    return health
-
-
-def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        health = instance_health(vm, fleet)
-        if all(h == "active healthy" for h in health.values()):
-            return
-        if time.monotonic() > deadline:
-            checks = vm.ssh(
-                f"curl -s http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/checks", timeout=60
-            ).stdout
-            journal = vm.ssh("sudo journalctl -u 'owuibuild-*' --no-pager | tail -n 60").stdout
-            raise AssertionError(f"instances not healthy: {health}\n{checks}\n{journal}")
-        time.sleep(5)
-
-
-def boot_pair(fleet: Fleet, disks: dict[str, Path], links: dict[str, FleetLink]) -> dict[str, VM]:
-    base = ensure_base_image("trixie")
-    vms = {
-        host: VM(
-            base,
-            fleet.seed(host),
-            data_disk=disks[host],
-            memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
-            name=f"fleet-{host}",
-            fleet_link=links[host],
-            forwards={3001: None} if host == DOCK else None,
-        )
-        for host in (SHARED, DOCK)
-    }
-    for vm in vms.values():
-        vm.start()
-    return vms
-
-
-# -- fixtures ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -234,28 +76,31 @@ def fleet(mirror: Any, openwebui_standin: str, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def booted(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Both VMs, booted in parallel from the trixie base image, cloud-init clean, instances
-    healthy. Yields the VMs and what the tests share."""
+def booted(
+    fleet: Fleet,
+    mirror: Any,
+    baked_shared: Any,
+    baked_instance_host: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """Both VMs booted in parallel from their golden images, with empty data volumes and no
+    way out of their uplink; cloud-init clean, instances healthy. Yields the VMs (a test that
+    replaces the hosts puts the new VMs here) and what the tests share."""
     disks = {
         h: empty_disk(tmp_path_factory.mktemp(f"data-{h}") / "data.qcow2") for h in (SHARED, DOCK)
     }
     a, b = FleetLink.pair()
     links = {SHARED: a, DOCK: b}
-    vms = boot_pair(fleet, disks, links)
+    images = {SHARED: baked_shared.boot_image(), DOCK: baked_instance_host.boot_image()}
+    fetched = len(mirror.requests)
+    vms = start_fleet(fleet, images, disks, links, "golden", restrict=True)
+    state: dict[str, Any] = {"vms": vms, "disks": disks, "links": links, "images": images}
     try:
-        ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=BOOT_TIMEOUT) for h, vm in vms.items()}
-        statuses, done = {}, {}
-        for host, vm in vms.items():
-            statuses[host] = assert_cloud_init_clean(vm, BOOT_TIMEOUT)
-            done[host] = vm.uptime()
-        wait_instances_healthy(vms[DOCK], fleet)
-        ready = {SHARED: done[SHARED], DOCK: vms[DOCK].uptime()}
-        for host, kind in ((SHARED, "shared"), (DOCK, "instance-host")):
-            record_boot(BootTiming(f"{kind}/vanilla", ssh[host], done[host], ready[host]))
-        yield {"vms": vms, "disks": disks, "links": links, "statuses": statuses}
+        state["statuses"] = wait_fleet_ready(vms, fleet, "golden")
+        state["fetched"] = mirror.requests[fetched:]
+        yield state
     finally:
-        for vm in vms.values():
+        for vm in state["vms"].values():
             vm.close()
 
 
@@ -266,57 +111,51 @@ def test_fleet_boots_and_instances_are_healthy(booted: dict[str, Any], fleet: Fl
     for status in booted["statuses"].values():
         assert status.status == "done" and not status.errors
     dock = booted["vms"][DOCK]
-    output = dock.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
-    assert f"owuibuild: loaded {fleet.plan.openwebui_image}" in output
-    # Docker from Debian's own archive: no third-party apt source on the host.
-    sources = dock.ssh("grep -rh '^[^#]' /etc/apt/sources.list.d/ || true").stdout
-    assert "docker.com" not in sources, sources
-    assert dock.ssh("docker compose version", check=True).stdout.startswith("Docker Compose")
+    docker_from_the_archive(dock)
     assert all(h == "active healthy" for h in instance_health(dock, fleet).values())
     if REAL_OPENWEBUI:
         print(f"real Open WebUI healthy on the Docker host after {dock.uptime():.0f} s")
         return
     # The double got healthy only by using every connection its env file names.
-    for name, port in INSTANCES.items():
-        checks = json.loads(
-            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
+    assert standin_checks(dock) == dict.fromkeys(INSTANCES, ALL_CHECKS_OK)
+
+
+def test_golden_hosts_install_fetch_and_pull_nothing(booted: dict[str, Any], fleet: Fleet) -> None:
+    vms = booted["vms"]
+    for host, vm in vms.items():
+        # Nothing installed in this boot: the image had it all, and apt never ran.
+        assert apt_changes_since_boot(vm) == [], host
+        output = vm.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+        assert not re.search(r"^(Hit|Get|Ign):\d+ ", output, re.M), f"apt-get update on {host}"
+        assert "owuibuild: installed" not in output, host
+    assert booted["fetched"] == [], "a golden host fetched from the mirror"
+    docker_log = vms[DOCK].ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
+    assert f"owuibuild: image {fleet.plan.openwebui_image} is already present" in docker_log
+    # The data volume was empty: the models oneshot copies the baked models onto it without
+    # blocking the boot. Wait until they are there...
+    library = f"{MODELS_DIR}/manifests/registry.ollama.ai/library"
+    found = (
+        vms[SHARED]
+        .ssh(
+            f"sudo timeout 600 sh -c 'until test -e {library}/tinyllama; do sleep 3; done'"
+            f" && sudo ls {library}",
+            timeout=660,
         )
-        assert {k: v["ok"] for k, v in checks.items()} == dict.fromkeys(
-            ("postgres", "redis", "qdrant", "ollama"), True
-        ), (name, checks)
-
-
-def pg_request(inst: Any, database: str, password: str) -> dict[str, Any]:
-    return {"host": SHARED_ADDRESS, "user": inst.db_role, "db": database, "password": password}
-
-
-def redis_request(inst: Any, port: int, password: str) -> dict[str, Any]:
-    return {"host": SHARED_ADDRESS, "port": port, "user": inst.redis_user, "password": password}
+        .stdout
+    )
+    assert "tinyllama" in found.split(), found
+    # ...copied, not pulled: the Ollama double counts the pulls it served.
+    pulls = (
+        vms[DOCK]
+        .ssh(f"curl -sf http://{SHARED_ADDRESS}:{OLLAMA_PORT}/api/double/pulls", check=True)
+        .stdout
+    )
+    assert json.loads(pulls)["count"] == 0, pulls
 
 
 def test_credentials_are_refused_across_instances(booted: dict[str, Any], fleet: Fleet) -> None:
-    dock = booted["vms"][DOCK]
-    a, b = fleet.instance("alpha"), fleet.instance("beta")
-    pw = fleet.secrets
-    result = guest_probe(
-        dock,
-        {
-            "pg": {
-                "pg-own": pg_request(a, a.db_name, pw[a.db_password.name]),
-                "pg-other-db": pg_request(a, b.db_name, pw[a.db_password.name]),
-            },
-            "redis": {
-                "redis-own": redis_request(a, a.redis_port, pw[a.redis_password.name]),
-                "redis-other-server": redis_request(a, b.redis_port, pw[a.redis_password.name]),
-            },
-        },
-    )
-    assert result == {
-        "pg-own": "ok",
-        "pg-other-db": "refused",
-        "redis-own": "ok",
-        "redis-other-server": "auth-failed",
-    }, result
+    result = cross_credentials(booted["vms"][DOCK], fleet)
+    assert result == CROSS_CREDENTIALS, result
 
 
 def test_shared_firewall_drops_ports_outside_the_plan(booted: dict[str, Any]) -> None:
@@ -361,22 +200,77 @@ def test_instance_ports_answer_only_on_the_private_address(booted: dict[str, Any
     assert drop_count(dock, port) > drops_before
 
 
-OUTSIDER = "10.0.6.5"  # on the fleet link, outside the fleet's 10.0.5.0/24
+def test_shared_state_lives_on_the_data_volume(booted: dict[str, Any], fleet: Fleet) -> None:
+    shared = booted["vms"][SHARED]
+    major = pg_major(fleet)
+    assert major == 17, "debian-13 runs PostgreSQL 17"
+    pg_data = f"{DATA_MOUNT}/postgresql/{major}/main"
+    data_dir = shared.ssh("sudo -u postgres psql -XAtc 'SHOW data_directory'", check=True)
+    assert data_dir.stdout.strip() == pg_data
+    version = shared.ssh("sudo -u postgres psql -XAtc 'SHOW server_version_num'", check=True)
+    assert version.stdout.strip().startswith(str(major)), version.stdout
+    paths = [pg_data, *(f"{DATA_MOUNT}/redis/{n}" for n in INSTANCES)]
+    paths += [f"{DATA_MOUNT}/qdrant/storage", MODELS_DIR]
+    for path in paths:
+        source = shared.ssh(f"sudo findmnt -n -o SOURCE --target {path}", check=True).stdout
+        assert source.strip() == DATA_DEVICE, (path, source)
+    # Default-deny firewall; SSH by key only.
+    chain = shared.ssh("sudo nft list chain inet owuibuild input", check=True).stdout
+    assert re.search(r"hook input priority filter; policy drop;", chain), chain
+    sshd = shared.ssh("sudo sshd -T", check=True).stdout
+    assert "passwordauthentication no" in sshd.splitlines(), "password logins are on"
 
 
-def http_status(vm: VM, url: str) -> str:
-    """The HTTP status a GET of ``url`` gets from inside ``vm`` ("000": no answer)."""
-    proc = vm.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {url}", timeout=60)
-    return proc.stdout.strip()
+def test_reboot_brings_the_fleet_back(booted: dict[str, Any], fleet: Fleet) -> None:
+    vms = booted["vms"]
+    before = on_both(vms, lambda vm: vm.boot_id())
+    on_both(vms, lambda vm: vm.reboot(timeout=BOOT_TIMEOUT))
+    after = on_both(vms, lambda vm: vm.boot_id())
+    assert all(after[h] != before[h] for h in vms), (before, after)
+    for vm in vms.values():
+        assert_cloud_init_clean(vm, BOOT_TIMEOUT)
+    # Healthy only once every instance has used its database, Redis, Qdrant and Ollama again.
+    wait_instances_healthy(vms[DOCK], fleet)
+    assert cross_credentials(vms[DOCK], fleet) == CROSS_CREDENTIALS
 
 
-def drop_count(dock: VM, port: int) -> int:
-    """Packets the published-port filter dropped for ``port`` (iptables counters)."""
-    rules = dock.ssh("sudo iptables -w -L OWUIBUILD-PORTS -v -n -x", check=True).stdout
-    counts = [
-        int(line.split()[0])
-        for line in rules.splitlines()
-        if " DROP " in f" {line} " and f"ctorigdstport {port}" in line
-    ]
-    assert counts, rules
-    return sum(counts)
+def test_new_root_disks_keep_every_users_data(booted: dict[str, Any], fleet: Fleet) -> None:
+    """Both hosts replaced at once by new root disks (same seeds, same data volumes): the
+    cluster is not initialised again, rows and Redis keys written with an instance's own
+    credentials and each instance's data directory are all still there."""
+    vms = booted["vms"]
+    shared, dock = vms[SHARED], vms[DOCK]
+    token = pysecrets.token_hex(8)
+    alpha = fleet.instance("alpha")
+    shared.ssh(
+        f"sudo -u postgres psql -X -v ON_ERROR_STOP=1 -d {alpha.db_name} -c "
+        f'"CREATE TABLE marks (id integer PRIMARY KEY, body text NOT NULL); '
+        f"INSERT INTO marks SELECT n, '{token}-' || n FROM generate_series(1, 100) AS n;\"",
+        check=True,
+    )
+    assert redis_cli(shared, fleet, "SET", "alpha:replacement", token) == "OK"
+    before = shared_marks(shared, fleet)
+    assert before["rows"] == f"100|{token}-99" and before["redis"] == token, before
+    for name in INSTANCES:
+        data_dir = fleet.instance(name).data_dir
+        dock.ssh(f"echo {token}-{name} | sudo tee {data_dir}/replacement-marker", check=True)
+    machine_ids = on_both(vms, lambda vm: vm.ssh("cat /etc/machine-id", check=True).stdout)
+    # A clean power-off: redis-server writes its RDB (save points are set) to the volume.
+    on_both(vms, lambda vm: vm.shutdown(timeout=300))
+    for vm in vms.values():
+        vm.close()
+
+    new = start_fleet(
+        fleet, booted["images"], booted["disks"], booted["links"], "replaced", restrict=True
+    )
+    booted["vms"] = new  # closed by the fixture
+    wait_fleet_ready(new, fleet, "replaced", record=False)
+    for host, vm in new.items():
+        assert vm.ssh("cat /etc/machine-id", check=True).stdout != machine_ids[host], host
+    assert shared_marks(new[SHARED], fleet) == before
+    for name in INSTANCES:
+        data_dir = fleet.instance(name).data_dir
+        marker = new[DOCK].ssh(f"sudo cat {data_dir}/replacement-marker", check=True).stdout
+        assert marker.strip() == f"{token}-{name}"
+    assert standin_checks(new[DOCK]) == dict.fromkeys(INSTANCES, ALL_CHECKS_OK)
+    assert cross_credentials(new[DOCK], fleet) == CROSS_CREDENTIALS

@@ -12,27 +12,19 @@ One vanilla boot carries most proofs, in order (the tests of this module share i
 2. ``test_reboot_changes_nothing``: after a reboot everything answers again, and no
    per-instance step ran twice (role list, configuration files and their mtimes, the cluster's
    system identifier and the install log are unchanged).
-3. ``test_replacement_keeps_data`` (issue 8): rows in alpha's database and a Redis key written
-   through alpha's own credentials, a marker file; a clean shutdown; then a NEW root disk with
-   the same seed and the same data disk. The rows, the login, the key, the marker and the
-   filesystem UUID are all still there.
-4. ``test_golden_boot``: the golden image baked by ``owuibuild bake`` (tests/boot/conftest.py)
-   boots with the same kind of seed, installs nothing, fetches nothing from the mirror, and
-   comes up with the same services.
 
-Boot-to-ready (QEMU start to every service healthy) of the vanilla and the golden image go to
-``$OWUIBUILD_CACHE/bench/boot.json`` (``bench/boot_bench.py`` prints it); nothing here asserts
-a timing. Network layout and why the gateway is 10.0.2.3: see tests/boot/fleet_blueprint.py.
+This is the Debian 12 (bookworm) fleet's shared host. Replacing hosts (new root disks from the
+golden images, same data volumes) and the golden boots are proven on the Debian 13 two-VM fleet
+(tests/boot/test_fleet_boot.py), which boots once for all its tests. Network layout and why the
+gateway is 10.0.2.3: see tests/boot/fleet_blueprint.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import secrets as pysecrets
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +46,16 @@ from fleet_blueprint import (
     empty_disk,
     http,
     pg_login,
-    psql,
-    redis_call,
     redis_ping,
     render_fleet,
     ssh_lines,
     wait_until_ready,
 )
-from infra.vm import VM, BaseImage, ensure_base_image, missing_tools
+from infra.vm import VM, ensure_base_image, missing_tools
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT, QDRANT_PORT
 from owuibuild.probes import State
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot, pytest.mark.vanilla]
 
 # This module boots the shared host of a debian-12 fleet (Debian 12's base image); the two-VM
 # fleet of tests/boot/test_fleet_boot.py boots debian-13.
@@ -336,105 +326,3 @@ def test_reboot_changes_nothing(vanilla: VM, fleet: Fleet, state: dict[str, Any]
     changed = {k: v for k, v in changed.items() if v[0] != v[1]}
     assert not changed, changed
     state["rebooted"] = True
-
-
-def test_replacement_keeps_data(
-    vanilla: VM, fleet: Fleet, data_disk: Path, state: dict[str, Any]
-) -> None:
-    if "vanilla" not in state:
-        pytest.fail("the vanilla boot did not come up (see test_vanilla_boot)")
-    token = pysecrets.token_hex(8)
-    psql(
-        vanilla,
-        fleet,
-        "alpha",
-        "CREATE TABLE notes (id integer PRIMARY KEY, body text NOT NULL); "
-        f"INSERT INTO notes SELECT n, '{token}-' || n FROM generate_series(1, 100) AS n;",
-    )
-    assert redis_call(vanilla, fleet, "alpha", "SET", "alpha:replacement", token) == "OK"
-    vanilla.ssh(f"echo {token} | sudo tee {MARKER} >/dev/null", check=True)
-    before = fingerprint(vanilla)
-    uuid = ssh_lines(vanilla, f"sudo blkid -s UUID -o value {DATA_DEVICE}")
-    machine_id = ssh_lines(vanilla, "cat /etc/machine-id")
-    # A clean power-off: redis-server writes its RDB (save points are set) to the volume.
-    vanilla.shutdown(timeout=300)
-
-    with VM(
-        ensure_base_image(SUITE),
-        fleet.seed_iso,
-        forwards=dict.fromkeys(fleet.guest_ports),
-        data_disk=data_disk,
-        memory_mb=MEMORY_MB,
-        name="shared-replaced",
-    ) as vm:
-        timing = boot_to_ready(vm, fleet, "replacement")
-        assert ssh_lines(vm, "cat /etc/machine-id") != machine_id, "not a new root disk"
-        assert ssh_lines(vm, f"sudo blkid -s UUID -o value {DATA_DEVICE}") == uuid
-        assert ssh_lines(vm, f"sudo cat {MARKER}") == [token]
-        rows = psql(vm, fleet, "alpha", "SELECT count(*), min(body), max(body) FROM notes")
-        assert rows == f"100|{token}-1|{token}-99", rows
-        assert pg_login(vm, fleet, "alpha", "alpha").state is State.OK
-        reply = redis_call(vm, fleet, "alpha", "GET", "alpha:replacement")
-        assert reply == token.encode(), reply
-        assert ssh_lines(vm, f"sudo test -s {DATA_MOUNT}/redis/alpha/dump.rdb && echo saved")
-        after = fingerprint(vm)
-        assert after["system-id"] == before["system-id"], "PostgreSQL was initialised again"
-        assert after["initdb"] == "0", "initdb ran on a volume that held a cluster"
-        assert after["roles"] == before["roles"], "roles changed"
-        check_shared_host(vm, fleet)
-    print(f"replacement boot-to-ready: {timing.ready_s:.0f} s")
-
-
-def _apt_changes_since(history: str, since: datetime) -> list[str]:
-    """The apt history stanzas (installs, upgrades, removals) that started at or after since."""
-    changes = []
-    for stanza in history.split("\n\n"):
-        start = re.search(r"^Start-Date: (\S+)\s+(\S+)", stanza, re.M)
-        if not start:
-            continue
-        when = datetime.strptime(f"{start[1]} {start[2]}", "%Y-%m-%d %H:%M:%S")
-        if when >= since and re.search(r"^(Install|Upgrade|Remove|Purge):", stanza, re.M):
-            changes.append(stanza.strip())
-    return changes
-
-
-def test_golden_boot(baked_shared: Any, fleet: Fleet, mirror: Any, tmp_path: Path) -> None:
-    base = baked_shared.base
-    golden = BaseImage(
-        disk=baked_shared.disk, kernel=base.kernel, initrd=base.initrd, root=base.root
-    )
-    fetched_before = len(mirror.requests)
-    with VM(
-        golden,
-        fleet.seed_iso,
-        forwards=dict.fromkeys(fleet.guest_ports),
-        data_disk=empty_disk(tmp_path / "golden-data.qcow2"),
-        memory_mb=MEMORY_MB,
-        name="shared-golden",
-    ) as vm:
-        timing = boot_to_ready(vm, fleet, "golden", image_cached=bool(baked_shared.cached))
-        # Nothing installed: no apt change in this boot, no download from the mirror, and the
-        # install scripts found their pinned artifacts in place.
-        booted = datetime.strptime(ssh_lines(vm, "uptime -s")[0], "%Y-%m-%d %H:%M:%S")
-        history = vm.ssh("cat /var/log/apt/history.log", timeout=60).stdout
-        assert _apt_changes_since(history, booted) == []
-        assert mirror.requests[fetched_before:] == []
-        output = vm.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
-        for name, version in (("qdrant", QDRANT_VERSION), ("ollama", OLLAMA_VERSION)):
-            assert f"owuibuild: {name} {version} is already installed" in output, name
-        assert "owuibuild: installed" not in output
-        # No model pulled (the Ollama double counts its pulls); the baked ones were copied
-        # onto the data volume.
-        pulls = json.loads(http(vm, OLLAMA_PORT, "/api/double/pulls").body)
-        assert pulls["count"] == 0, pulls
-        on_volume = ssh_lines(vm, f"sudo ls {OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
-        assert set(MODELS) <= set(on_volume), on_volume
-        # cloud-init's package step, and so its apt-get update, did not run at all.
-        assert not re.search(r"^(Hit|Get|Ign):\d+ ", output, re.M), "apt-get update ran"
-        check_units(vm)
-        check_postgres(vm, fleet)
-        check_redis(vm, fleet)
-        check_qdrant_and_ollama(vm, fleet)
-        check_firewall(vm)
-        check_data_volume(vm)
-    print(f"golden boot-to-ready: {timing.ready_s:.0f} s (image cached: {baked_shared.cached})")

@@ -2,9 +2,12 @@
 
 A minimal #cloud-config (one user with a fresh ed25519 key, a runcmd touch
 file), meta-data and a network-config v2 with a static 10.0.2.15/24 are packed
-by ``make_seed_iso`` and booted on the cached Debian 12 base image. The test
+by ``make_seed_iso`` and booted on the cached Debian 13 base image. The test
 waits for cloud-init ``done`` without errors and checks, over ssh to a
 127.0.0.1 forward, that the file exists and the static address was applied.
+Its boot is the ``bare`` row of the boot benchmark (bench/boot_bench.py): the
+base image with a seed that only sets up the admin user, which golden boots
+are compared with.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from owuibuild.seed_iso import make_seed_iso
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+from fleet_blueprint import BootTiming, record_boot
 from vm import (
     DEFAULT_MAC,
     GUEST_ADDRESS,
@@ -96,7 +100,7 @@ def test_boot_seed_cloud_init_done_ssh_and_static_network(tmp_path: Path) -> Non
     _skip_unless_tools()
 
     t0 = time.monotonic()
-    base = ensure_base_image("bookworm")
+    base = ensure_base_image("trixie")
     print(f"base image ready in {time.monotonic() - t0:.1f} s: {base.disk}")
 
     key = tmp_path / "id_ed25519"
@@ -115,6 +119,7 @@ def test_boot_seed_cloud_init_done_ssh_and_static_network(tmp_path: Path) -> Non
         status = vm.wait_for_cloud_init(timeout=900)
         done_at = vm.uptime()
         print(f"ssh after {ssh_at:.1f} s, cloud-init {status.status} after {done_at:.1f} s")
+        record_boot(BootTiming("bare", ssh_at, done_at, done_at))
         print(status.long_output)
         for line in status.log_warnings:
             print(f"cloud-init log: {line}")

@@ -1,8 +1,9 @@
-"""Boot tier: a real bake of the shared golden image, then an offline look inside it.
+"""Boot tier: real bakes of both golden images of the two-VM fleet, then an offline look inside.
 
-``owuibuild bake`` runs the real Packer (qemu builder, accelerator tcg) on the cached Debian 12
-base image, with the Ollama and Qdrant artifacts served by the local mirror of TEST DOUBLES
-(tests/doubles: they check our install steps, not Ollama or Qdrant). The image is then read
+``owuibuild bake`` runs the real Packer (qemu builder, accelerator tcg) on the cached Debian 13
+base image, with the Ollama and Qdrant artifacts and the Open WebUI image served by the local
+mirror of TEST DOUBLES (tests/doubles: they check our install steps, not Ollama, Qdrant or Open
+WebUI). tests/boot/test_fleet_boot.py boots the same images. Each image is then read
 without booting it: converted to raw and walked with debugfs. What must be in it is derived
 from the same install steps the templates were made from (owuibuild.hostconfig), so this test
 follows the sections as they grow.
@@ -17,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from owuibuild import secrets as store
@@ -58,10 +60,15 @@ class RootFs:
         return [n[4] for n in names if n[4] not in (".", "..")]
 
 
-@pytest.fixture(scope="module")
-def rootfs(baked_shared: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootFs]:
-    raw = tmp_path_factory.mktemp("baked") / "disk.raw"
-    disk = baked_shared.disk  # type: ignore[attr-defined]
+@pytest.fixture(params=["shared", "instance-host"])
+def baked(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(f"baked_{request.param.replace('-', '_')}")
+
+
+@pytest.fixture
+def rootfs(baked: Any, tmp_path: Path) -> Iterator[RootFs]:
+    raw = tmp_path / "disk.raw"
+    disk = baked.disk
     subprocess.run(
         ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)],
         check=True,
@@ -84,18 +91,15 @@ def installed_packages(status: str) -> set[str]:
     return found
 
 
-def test_bake_shared_image(baked_shared: object, rootfs: RootFs) -> None:
-    print(
-        f"shared image {'from cache' if baked_shared.cached else 'baked'} in "  # type: ignore[attr-defined]
-        f"{baked_shared.seconds:.0f} s: {baked_shared.disk}"
-    )  # type: ignore[attr-defined]
-    compiled = compile_blueprint(baked_shared.blueprint, write_secrets=False)  # type: ignore[attr-defined]
+def test_baked_image(baked: Any, rootfs: RootFs) -> None:
+    print(f"{'from cache' if baked.cached else 'baked'} in {baked.seconds:.0f} s: {baked.disk}")
+    compiled = compile_blueprint(baked.blueprint, write_secrets=False)
     assert compiled.ok and compiled.plan is not None
     plan = compiled.plan
-    values, _ = store.read(baked_shared.secrets_file)  # type: ignore[attr-defined]
+    values, _ = store.read(baked.secrets_file)
     assert values
-    shared = images(plan)[0]
-    steps = install_steps(parts_for(plan, shared.host, store.Secrets(values)))
+    image = next(i for i in images(plan) if i.name == baked.image)
+    steps = install_steps(parts_for(plan, image.host, store.Secrets(values)))
 
     # The software: every package of the install steps, and the files they wrote.
     status = rootfs.cat("/var/lib/dpkg/status")
@@ -115,6 +119,12 @@ def test_bake_shared_image(baked_shared: object, rootfs: RootFs) -> None:
         manifests = rootfs.ls(f"{BAKED_OLLAMA_MODELS}/manifests/registry.ollama.ai/library")
         for model in plan.ollama_models:
             assert model.split(":")[0] in manifests, f"model {model} not baked: {manifests}"
+
+    # The Open WebUI image (here its test double), loaded from the mirror's archive into
+    # Docker's image store on the root disk.
+    if image.host.runs_docker:
+        repositories = rootfs.cat("/var/lib/docker/image/overlay2/repositories.json")
+        assert plan.openwebui_image in repositories, repositories[:2000]
 
     # Golden: cloud-init's package step (apt-get update at every first boot) is left out.
     golden_cfg = rootfs.cat("/etc/cloud/cloud.cfg.d/95-owuibuild-golden.cfg").replace("-", "_")

@@ -1,0 +1,371 @@
+"""The two-VM Debian 13 fleet of the boot tier: rendering it, booting it, and probing it from
+inside its guests (tests/boot/test_fleet_boot.py, tests/boot/test_fleet_vanilla.py).
+
+The network the tests build::
+
+    shared  10.0.5.24 (ens17)  <-- fleet link: QEMU UDP sockets on 127.0.0.1 -->  dock  10.0.5.30
+      |  ens16: user-mode uplink (ssh forward, Debian's mirror, the doubles' mirror)   |  ens16
+
+The fleet link carries only frames between the two guests; nothing on it leaves the machine.
+Each guest's uplink is the QEMU user-mode network, configured by the test base image itself
+(tests/infra/vm-image.sh), so the seeds' own network-config drives the fleet NIC exactly as
+rendered. The host dials nothing but 127.0.0.1 forwards; every probe of a blueprint address
+runs inside a guest.
+
+TEST DOUBLES: the Ollama and Qdrant servers are the mirror's doubles (tests/doubles), and the
+instances run a small stand-in image in place of Open WebUI (tests/doubles/openwebui_standin.py,
+tagged with the generated image reference): it turns healthy only after it has used every
+connection of its env file. No registry can be reached, so the blueprint names the image as a
+`docker save` archive on the mirror (openwebui.archive_sha256), which the Docker host's own
+install step loads (at first boot on a vanilla host, at bake time for the golden image), as an
+air-gapped site would. The real Open WebUI runs in the containers tier.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fleet_blueprint import (
+    ADMIN,
+    FLEET_DATA_DEVICE,
+    FLEET_DOCK,
+    FLEET_DOCK_ADDRESS,
+    FLEET_INSTANCES,
+    FLEET_SHARED,
+    FLEET_SHARED_ADDRESS,
+    REAL_OPENWEBUI,
+    STANDIN_IMAGE,
+    STANDIN_VERSION,
+    BootTiming,
+    admin_key,
+    assert_cloud_init_clean,
+    fleet_text,
+    record_boot,
+    render_with_cli,
+)
+from infra.vm import VM, BaseImage, FleetLink
+from owuibuild.plan import DATA_MOUNT
+
+SHARED, DOCK = FLEET_SHARED, FLEET_DOCK
+SHARED_ADDRESS, DOCK_ADDRESS = FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS
+INSTANCES = FLEET_INSTANCES
+IMAGE, OPENWEBUI_VERSION = STANDIN_IMAGE, STANDIN_VERSION
+KINDS = {SHARED: "shared", DOCK: "instance-host"}
+MEMORY_MB = 2048
+# Two real Open WebUI instances need about 875 MB each, and far longer to start under TCG.
+DOCK_MEMORY_MB = 6144 if REAL_OPENWEBUI else MEMORY_MB
+HEALTHY_TIMEOUT = 5400 if REAL_OPENWEBUI else 1200
+# Two guests share the machine's cores under TCG: a vanilla first boot (apt over user-mode
+# networking) can take half an hour on a busy 2-core machine.
+BOOT_TIMEOUT = 3600
+DATA_DEVICE = FLEET_DATA_DEVICE
+MODELS_DIR = f"{DATA_MOUNT}/ollama/models"
+PROBES = Path(__file__).resolve().parents[2] / "builder" / "probes.py"
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    out: Path
+    key: Path
+    secrets: dict[str, str]
+    plan: Any
+
+    def seed(self, host: str) -> Path:
+        return self.out / "hosts" / host / "seed.iso"
+
+    def instance(self, name: str) -> Any:
+        return next(i for i in self.plan.instances if i.name == name)
+
+
+def render(workdir: Path, mirror: Any, archive_sha256: str) -> Fleet:
+    key = admin_key(workdir, "fleet-boot")
+    blueprint = workdir / "fleetboot.yml"
+    blueprint.write_text(
+        fleet_text(mirror, archive_sha256, key.with_suffix(".pub").read_text().strip())
+    )
+    out = workdir / "out"
+    values, plan = render_with_cli(blueprint, out)
+    assert plan.openwebui_image == f"{IMAGE}:v{OPENWEBUI_VERSION}"
+    return Fleet(workdir, out, key, values, plan)
+
+
+# -- in-guest probes -----------------------------------------------------------------------------
+
+# Runs inside a guest with owuibuild's probes module next to it; its input (credentials
+# included) arrives on stdin, never on a command line.
+GUEST_PROBE = r"""
+import json, socket, sys
+sys.path.insert(0, "/tmp")
+import probes
+req = json.load(sys.stdin)
+out = {}
+for name, p in req.get("pg", {}).items():
+    o = probes.pg_login(p["host"], 5432, p["user"], p["db"], p["password"], 10)
+    out[name] = o.state.value
+for name, p in req.get("redis", {}).items():
+    o = probes.redis_ping(p["host"], p["port"], p["user"], p["password"], 10)
+    out[name] = o.state.value
+for name, (host, port) in req.get("tcp", {}).items():
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        out[name] = "open"
+    except socket.timeout:
+        out[name] = "timeout"
+    except ConnectionRefusedError:
+        out[name] = "refused"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+for name, (host, port, path) in req.get("http", {}).items():
+    try:
+        out[name] = probes.http_get(host, port, path, 10).status
+    except Exception as exc:
+        out[name] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def guest_probe(vm: VM, request: dict[str, Any]) -> dict[str, Any]:
+    vm.ssh("cat > /tmp/probes.py", input=PROBES.read_text(), check=True, timeout=60)
+    vm.ssh("cat > /tmp/owuibuild_probe.py", input=GUEST_PROBE, check=True, timeout=60)
+    proc = vm.ssh(
+        "python3 /tmp/owuibuild_probe.py", input=json.dumps(request), check=True, timeout=300
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def instance_health(vm: VM, fleet: Fleet) -> dict[str, str]:
+    health = {}
+    for name in INSTANCES:
+        inst = fleet.instance(name)
+        unit = vm.ssh(f"systemctl is-active {inst.unit_name}", timeout=60).stdout.strip()
+        state = vm.ssh(
+            f"sudo docker compose -p {name} ps --format json openwebui", timeout=60
+        ).stdout
+        healthy = '"Health":"healthy"' in state.replace(" ", "")
+        health[name] = f"{unit} {'healthy' if healthy else state.strip()[:200]}"
+    return health
+
+
+def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = instance_health(vm, fleet)
+        if all(h == "active healthy" for h in health.values()):
+            return
+        if time.monotonic() > deadline:
+            checks = vm.ssh(
+                f"curl -s http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/checks", timeout=60
+            ).stdout
+            journal = vm.ssh("sudo journalctl -u 'owuibuild-*' --no-pager | tail -n 60").stdout
+            raise AssertionError(f"instances not healthy: {health}\n{checks}\n{journal}")
+        time.sleep(5)
+
+
+def start_fleet(
+    fleet: Fleet,
+    images: dict[str, BaseImage],
+    disks: dict[str, Path],
+    links: dict[str, FleetLink],
+    label: str,
+    restrict: bool = False,
+) -> dict[str, VM]:
+    """Start both guests side by side, each from its image, with its data disk and fleet link
+    (``restrict``: their uplink lets nothing out, so nothing can be fetched)."""
+    vms = {
+        host: VM(
+            images[host],
+            fleet.seed(host),
+            data_disk=disks[host],
+            memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
+            name=f"fleet-{host}-{label}",
+            fleet_link=links[host],
+            restrict=restrict,
+        )
+        for host in (SHARED, DOCK)
+    }
+    try:
+        for vm in vms.values():
+            vm.start()
+    except BaseException:
+        for vm in vms.values():
+            vm.close()
+        raise
+    return vms
+
+
+def wait_fleet_ready(
+    vms: dict[str, VM], fleet: Fleet, label: str, record: bool = True
+) -> dict[str, Any]:
+    """SSH, cloud-init clean on both hosts, then the instances healthy; records the boot
+    timings as ``<kind>/<label>``. The cloud-init statuses."""
+    ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=BOOT_TIMEOUT) for h, vm in vms.items()}
+    statuses, done = {}, {}
+    for host, vm in vms.items():
+        statuses[host] = assert_cloud_init_clean(vm, BOOT_TIMEOUT)
+        done[host] = vm.uptime()
+    wait_instances_healthy(vms[DOCK], fleet)
+    ready = {SHARED: done[SHARED], DOCK: vms[DOCK].uptime()}
+    for host, kind in KINDS.items():
+        timing = BootTiming(f"{kind}/{label}", ssh[host], done[host], ready[host])
+        if record:
+            record_boot(timing)
+        print(f"{timing.image}: ssh {ssh[host]:.0f} s, ready {ready[host]:.0f} s")
+    return statuses
+
+
+def on_both(vms: dict[str, VM], action: Callable[[VM], Any]) -> dict[str, Any]:
+    """Run ``action`` on both guests at once (each waits on its own guest); its results."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def run(host: str) -> None:
+        try:
+            results[host] = action(vms[host])
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(h,)) for h in vms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def pg_request(inst: Any, database: str, password: str) -> dict[str, Any]:
+    return {"host": SHARED_ADDRESS, "user": inst.db_role, "db": database, "password": password}
+
+
+def redis_request(inst: Any, port: int, password: str) -> dict[str, Any]:
+    return {"host": SHARED_ADDRESS, "port": port, "user": inst.redis_user, "password": password}
+
+
+OUTSIDER = "10.0.6.5"  # on the fleet link, outside the fleet's 10.0.5.0/24
+
+
+def http_status(vm: VM, url: str) -> str:
+    """The HTTP status a GET of ``url`` gets from inside ``vm`` ("000": no answer)."""
+    proc = vm.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {url}", timeout=60)
+    return proc.stdout.strip()
+
+
+def drop_count(dock: VM, port: int) -> int:
+    """Packets the published-port filter dropped for ``port`` (iptables counters)."""
+    rules = dock.ssh("sudo iptables -w -L OWUIBUILD-PORTS -v -n -x", check=True).stdout
+    counts = [
+        int(line.split()[0])
+        for line in rules.splitlines()
+        if " DROP " in f" {line} " and f"ctorigdstport {port}" in line
+    ]
+    assert counts, rules
+    return sum(counts)
+
+
+def pg_major(fleet: Fleet) -> int:
+    return int(fleet.plan.fleet.os.release.postgres_major)
+
+
+def apt_changes_since_boot(vm: VM) -> list[str]:
+    """The apt history stanzas (installs, upgrades, removals) of the current boot."""
+    booted = datetime.strptime(vm.ssh("uptime -s", check=True).stdout.strip(), "%Y-%m-%d %H:%M:%S")
+    history = vm.ssh("cat /var/log/apt/history.log", timeout=60).stdout
+    changes = []
+    for stanza in history.split("\n\n"):
+        start = re.search(r"^Start-Date: (\S+)\s+(\S+)", stanza, re.M)
+        if not start:
+            continue
+        when = datetime.strptime(f"{start[1]} {start[2]}", "%Y-%m-%d %H:%M:%S")
+        if when >= booted and re.search(r"^(Install|Upgrade|Remove|Purge):", stanza, re.M):
+            changes.append(stanza.strip())
+    return changes
+
+
+def shared_marks(vm: VM, fleet: Fleet) -> dict[str, str]:
+    """What must survive a replacement of the shared host: the cluster's identity, rows in
+    alpha's database, a key in alpha's Redis (through alpha's own ACL user)."""
+    major, alpha = pg_major(fleet), fleet.instance("alpha")
+    system_id = vm.ssh(
+        f"sudo /usr/lib/postgresql/{major}/bin/pg_controldata {DATA_MOUNT}/postgresql/{major}/main"
+        " | sed -n 's/^Database system identifier: *//p'",
+        check=True,
+    ).stdout.strip()
+    rows = vm.ssh(
+        f"sudo -u postgres psql -XAt -d {alpha.db_name} -c 'SELECT count(*), max(body) FROM marks'",
+        timeout=60,
+    ).stdout.strip()
+    key = redis_cli(vm, fleet, "GET", "alpha:replacement")
+    return {"system-id": system_id, "rows": rows, "redis": key}
+
+
+def redis_cli(vm: VM, fleet: Fleet, *command: str) -> str:
+    """One command on alpha's Redis server as alpha's ACL user (the password on stdin)."""
+    alpha = fleet.instance("alpha")
+    proc = vm.ssh(
+        "read -r pw; REDISCLI_AUTH=$pw redis-cli --no-auth-warning "
+        f"-h {SHARED_ADDRESS} -p {alpha.redis_port} --user {alpha.redis_user} {' '.join(command)}",
+        input=fleet.secrets[alpha.redis_password.name] + "\n",
+        check=True,
+        timeout=60,
+    )
+    return str(proc.stdout.strip())
+
+
+def cross_credentials(dock: VM, fleet: Fleet) -> dict[str, Any]:
+    """From the Docker host: alpha's credentials on its own and on beta's database and Redis."""
+    a, b = fleet.instance("alpha"), fleet.instance("beta")
+    pw = fleet.secrets
+    return guest_probe(
+        dock,
+        {
+            "pg": {
+                "pg-own": pg_request(a, a.db_name, pw[a.db_password.name]),
+                "pg-other-db": pg_request(a, b.db_name, pw[a.db_password.name]),
+            },
+            "redis": {
+                "redis-own": redis_request(a, a.redis_port, pw[a.redis_password.name]),
+                "redis-other-server": redis_request(a, b.redis_port, pw[a.redis_password.name]),
+            },
+        },
+    )
+
+
+CROSS_CREDENTIALS = {
+    "pg-own": "ok",
+    "pg-other-db": "refused",
+    "redis-own": "ok",
+    "redis-other-server": "auth-failed",
+}
+
+
+def standin_checks(dock: VM) -> dict[str, dict[str, bool]]:
+    """What each instance's Open WebUI test double checked with its env file (name -> check ->
+    ok): it turns healthy only once postgres, redis, qdrant and ollama all answered."""
+    found = {}
+    for name, port in INSTANCES.items():
+        checks = json.loads(
+            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
+        )
+        found[name] = {k: v["ok"] for k, v in checks.items()}
+    return found
+
+
+ALL_CHECKS_OK = dict.fromkeys(("postgres", "redis", "qdrant", "ollama"), True)
+
+
+def docker_from_the_archive(dock: VM) -> None:
+    """Docker from Debian's own archive: no third-party apt source, compose v2."""
+    sources = dock.ssh("grep -rh '^[^#]' /etc/apt/sources.list.d/ || true").stdout
+    assert "docker.com" not in sources, sources
+    assert dock.ssh("docker compose version", check=True).stdout.startswith("Docker Compose")
