@@ -9,7 +9,8 @@ One fleet boots once and every test of this module shares it, in order:
    an uplink that lets nothing out: cloud-init clean, nothing installed, fetched or pulled, the
    baked models copied onto the data volume, both instances healthy;
 2. instance isolation, both firewalls and the published-port filter, probed inside the guests;
-3. a reboot of both hosts brings every instance back;
+3. a reboot of the Docker host brings every instance back (the shared host's reboot is the
+   Debian 12 module's, opt-in: CI's budget holds one);
 4. both hosts replaced at once by new root disks (the golden images again, same seeds, same
    data volumes): the cluster, rows, Redis keys and each instance's data directory survive.
 
@@ -221,17 +222,18 @@ def test_shared_state_lives_on_the_data_volume(booted: dict[str, Any], fleet: Fl
     assert "passwordauthentication no" in sshd.splitlines(), "password logins are on"
 
 
-def test_reboot_brings_the_fleet_back(booted: dict[str, Any], fleet: Fleet) -> None:
-    vms = booted["vms"]
-    before = on_both(vms, lambda vm: vm.boot_id())
-    on_both(vms, lambda vm: vm.reboot(timeout=BOOT_TIMEOUT))
-    after = on_both(vms, lambda vm: vm.boot_id())
-    assert all(after[h] != before[h] for h in vms), (before, after)
-    for vm in vms.values():
-        assert_cloud_init_clean(vm, BOOT_TIMEOUT)
+def test_reboot_of_the_docker_host_brings_its_instances_back(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    dock = booted["vms"][DOCK]
+    before = dock.boot_id()
+    dock.reboot(timeout=BOOT_TIMEOUT)
+    assert dock.boot_id() != before
+    assert_cloud_init_clean(dock, BOOT_TIMEOUT)
     # Healthy only once every instance has used its database, Redis, Qdrant and Ollama again.
-    wait_instances_healthy(vms[DOCK], fleet)
-    assert cross_credentials(vms[DOCK], fleet) == CROSS_CREDENTIALS
+    wait_instances_healthy(dock, fleet)
+    assert standin_checks(dock) == dict.fromkeys(INSTANCES, ALL_CHECKS_OK)
+    assert cross_credentials(dock, fleet) == CROSS_CREDENTIALS
 
 
 def test_new_root_disks_keep_every_users_data(booted: dict[str, Any], fleet: Fleet) -> None:

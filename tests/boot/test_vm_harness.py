@@ -34,7 +34,9 @@ from vm import (
     missing_tools,
 )
 
-pytestmark = pytest.mark.boot
+# The plain base image with a minimal seed: the bench's bare row. Opt-in like the other plain
+# base-image boots (OWUIBUILD_BOOT_VANILLA=1): the fleet proves the harness in CI.
+pytestmark = [pytest.mark.boot, pytest.mark.vanilla]
 
 USER = "tester"
 MARKER = "/var/lib/owuibuild-harness-ok"
