@@ -189,6 +189,9 @@ def start_fleet(
             memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
             name=f"fleet-{host}-{label}",
             fleet_link=links[host],
+            # The test dials alpha's port through this forward (from 10.0.2.2, outside the
+            # fleet network): the published-port filter must drop it.
+            forwards={INSTANCES["alpha"]: None} if host == DOCK else None,
             restrict=restrict,
         )
         for host in (SHARED, DOCK)
