@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -226,27 +224,6 @@ def wait_fleet_ready(
     return statuses
 
 
-def on_both(vms: dict[str, VM], action: Callable[[VM], Any]) -> dict[str, Any]:
-    """Run ``action`` on both guests at once (each waits on its own guest); its results."""
-    results: dict[str, Any] = {}
-    errors: list[BaseException] = []
-
-    def run(host: str) -> None:
-        try:
-            results[host] = action(vms[host])
-        except BaseException as exc:  # re-raised below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(h,)) for h in vms]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 def pg_request(inst: Any, database: str, password: str) -> dict[str, Any]:
     return {"host": SHARED_ADDRESS, "user": inst.db_role, "db": database, "password": password}
 
@@ -293,36 +270,6 @@ def apt_changes_since_boot(vm: VM) -> list[str]:
         if when >= booted and re.search(r"^(Install|Upgrade|Remove|Purge):", stanza, re.M):
             changes.append(stanza.strip())
     return changes
-
-
-def shared_marks(vm: VM, fleet: Fleet) -> dict[str, str]:
-    """What must survive a replacement of the shared host: the cluster's identity, rows in
-    alpha's database, a key in alpha's Redis (through alpha's own ACL user)."""
-    major, alpha = pg_major(fleet), fleet.instance("alpha")
-    system_id = vm.ssh(
-        f"sudo /usr/lib/postgresql/{major}/bin/pg_controldata {DATA_MOUNT}/postgresql/{major}/main"
-        " | sed -n 's/^Database system identifier: *//p'",
-        check=True,
-    ).stdout.strip()
-    rows = vm.ssh(
-        f"sudo -u postgres psql -XAt -d {alpha.db_name} -c 'SELECT count(*), max(body) FROM marks'",
-        timeout=60,
-    ).stdout.strip()
-    key = redis_cli(vm, fleet, "GET", "alpha:replacement")
-    return {"system-id": system_id, "rows": rows, "redis": key}
-
-
-def redis_cli(vm: VM, fleet: Fleet, *command: str) -> str:
-    """One command on alpha's Redis server as alpha's ACL user (the password on stdin)."""
-    alpha = fleet.instance("alpha")
-    proc = vm.ssh(
-        "read -r pw; REDISCLI_AUTH=$pw redis-cli --no-auth-warning "
-        f"-h {SHARED_ADDRESS} -p {alpha.redis_port} --user {alpha.redis_user} {' '.join(command)}",
-        input=fleet.secrets[alpha.redis_password.name] + "\n",
-        check=True,
-        timeout=60,
-    )
-    return str(proc.stdout.strip())
 
 
 def cross_credentials(dock: VM, fleet: Fleet) -> dict[str, Any]:

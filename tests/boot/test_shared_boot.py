@@ -13,8 +13,14 @@ One vanilla boot carries most proofs, in order (the tests of this module share i
    per-instance step ran twice (role list, configuration files and their mtimes, the cluster's
    system identifier and the install log are unchanged).
 
-This is the Debian 12 (bookworm) fleet's shared host. Replacing hosts (new root disks from the
-golden images, same data volumes) and the golden boots are proven on the Debian 13 two-VM fleet
+3. ``test_replacement_keeps_data`` (issue 8): rows in alpha's database and a Redis key written
+   through alpha's own credentials, a marker file; a clean shutdown; then a NEW root disk with
+   the same seed and the same data disk. The rows, the login, the key, the marker and the
+   filesystem UUID are all still there.
+
+This is the Debian 12 (bookworm) fleet's shared host, booted from the plain base image: opt-in
+(OWUIBUILD_BOOT_VANILLA=1) with the other plain-image boots. Golden boots, the Docker host's
+reboot and new root disk are proven in CI on the Debian 13 two-VM fleet
 (tests/boot/test_fleet_boot.py), which boots once for all its tests. Network layout and why the
 gateway is 10.0.2.3: see tests/boot/fleet_blueprint.py.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets as pysecrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +53,8 @@ from fleet_blueprint import (
     empty_disk,
     http,
     pg_login,
+    psql,
+    redis_call,
     redis_ping,
     render_fleet,
     ssh_lines,
@@ -326,3 +335,50 @@ def test_reboot_changes_nothing(vanilla: VM, fleet: Fleet, state: dict[str, Any]
     changed = {k: v for k, v in changed.items() if v[0] != v[1]}
     assert not changed, changed
     state["rebooted"] = True
+
+
+def test_replacement_keeps_data(
+    vanilla: VM, fleet: Fleet, data_disk: Path, state: dict[str, Any]
+) -> None:
+    if "vanilla" not in state:
+        pytest.fail("the vanilla boot did not come up (see test_vanilla_boot)")
+    token = pysecrets.token_hex(8)
+    psql(
+        vanilla,
+        fleet,
+        "alpha",
+        "CREATE TABLE notes (id integer PRIMARY KEY, body text NOT NULL); "
+        f"INSERT INTO notes SELECT n, '{token}-' || n FROM generate_series(1, 100) AS n;",
+    )
+    assert redis_call(vanilla, fleet, "alpha", "SET", "alpha:replacement", token) == "OK"
+    vanilla.ssh(f"echo {token} | sudo tee {MARKER} >/dev/null", check=True)
+    before = fingerprint(vanilla)
+    uuid = ssh_lines(vanilla, f"sudo blkid -s UUID -o value {DATA_DEVICE}")
+    machine_id = ssh_lines(vanilla, "cat /etc/machine-id")
+    # A clean power-off: redis-server writes its RDB (save points are set) to the volume.
+    vanilla.shutdown(timeout=300)
+
+    with VM(
+        ensure_base_image(SUITE),
+        fleet.seed_iso,
+        forwards=dict.fromkeys(fleet.guest_ports),
+        data_disk=data_disk,
+        memory_mb=MEMORY_MB,
+        name="shared-replaced",
+    ) as vm:
+        timing = boot_to_ready(vm, fleet, "replacement")
+        assert ssh_lines(vm, "cat /etc/machine-id") != machine_id, "not a new root disk"
+        assert ssh_lines(vm, f"sudo blkid -s UUID -o value {DATA_DEVICE}") == uuid
+        assert ssh_lines(vm, f"sudo cat {MARKER}") == [token]
+        rows = psql(vm, fleet, "alpha", "SELECT count(*), min(body), max(body) FROM notes")
+        assert rows == f"100|{token}-1|{token}-99", rows
+        assert pg_login(vm, fleet, "alpha", "alpha").state is State.OK
+        reply = redis_call(vm, fleet, "alpha", "GET", "alpha:replacement")
+        assert reply == token.encode(), reply
+        assert ssh_lines(vm, f"sudo test -s {DATA_MOUNT}/redis/alpha/dump.rdb && echo saved")
+        after = fingerprint(vm)
+        assert after["system-id"] == before["system-id"], "PostgreSQL was initialised again"
+        assert after["initdb"] == "0", "initdb ran on a volume that held a cluster"
+        assert after["roles"] == before["roles"], "roles changed"
+        check_shared_host(vm, fleet)
+    print(f"replacement boot-to-ready: {timing.ready_s:.0f} s")
