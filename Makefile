@@ -45,7 +45,7 @@ bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/boot_bench.py
 
-# Boots the VMs again (vanilla, golden, bare: about 45 minutes under TCG) and prints them side by side.
+# Boots the VMs again (vanilla pair, golden pair, bare: about an hour under TCG) and prints them side by side.
 bench-boot: setup system-deps
 	$(BIN)/python bench/boot_bench.py --measure
 

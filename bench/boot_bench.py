@@ -11,7 +11,7 @@ service healthy; for a Docker host, its instances healthy) and records them in
   (tests/boot/test_vm_harness.py).
 
 Booting takes minutes, so by default this prints the last record; ``--measure`` runs those boot
-tests first (about 30 minutes under TCG on two cores). Nothing here asserts a timing; the target
+tests first (about an hour under TCG on two cores). Nothing here asserts a timing; the target
 is golden/bare at most 1.5 for both kinds.
 """
 
