@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,16 @@ def baked_shared(mirror: Mirror, openwebui_standin: str) -> golden.BakedImage:
 def baked_instance_host(mirror: Mirror, openwebui_standin: str) -> golden.BakedImage:
     """The two-VM fleet's instance-host golden image (Debian 13), Open WebUI's image loaded."""
     return bake_fleet_image(mirror, openwebui_standin, "instance-host")
+
+
+@pytest.fixture(scope="module")
+def fleet(mirror: Mirror, openwebui_standin: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The two-VM Debian 13 fleet (fleet_vm.Fleet), rendered by the real CLI with a fresh admin
+    key: one per module that boots it."""
+    from fleet_vm import render
+    from infra.vm import missing_tools
+
+    missing = missing_tools(extra=["mmdebstrap"])
+    if missing:
+        unavailable(f"the boot tier needs {', '.join(missing)} (make system-deps installs them)")
+    return render(tmp_path_factory.mktemp("fleet"), mirror, openwebui_standin)

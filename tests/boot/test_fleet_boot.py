@@ -55,26 +55,15 @@ from fleet_vm import (
     http_status,
     instance_health,
     pg_major,
-    render,
     standin_checks,
     start_fleet,
     wait_fleet_ready,
     wait_instances_healthy,
 )
-from infra.vm import VM, FleetLink, missing_tools
+from infra.vm import VM, FleetLink
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
 
 pytestmark = pytest.mark.boot
-
-
-@pytest.fixture(scope="module")
-def fleet(mirror: Any, openwebui_standin: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    missing = missing_tools(extra=["mmdebstrap"])
-    if missing:
-        from conftest import unavailable
-
-        unavailable(f"the boot tier needs {', '.join(missing)} (make system-deps installs them)")
-    return render(tmp_path_factory.mktemp("fleet2"), mirror, openwebui_standin)
 
 
 @pytest.fixture(scope="module")

@@ -25,24 +25,13 @@ from fleet_vm import (
     cross_credentials,
     docker_from_the_archive,
     instance_health,
-    render,
     standin_checks,
     start_fleet,
     wait_fleet_ready,
 )
-from infra.vm import FleetLink, ensure_base_image, missing_tools
+from infra.vm import FleetLink, ensure_base_image
 
 pytestmark = [pytest.mark.boot, pytest.mark.vanilla]
-
-
-@pytest.fixture(scope="module")
-def fleet(mirror: Any, openwebui_standin: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    missing = missing_tools(extra=["mmdebstrap"])
-    if missing:
-        from conftest import unavailable
-
-        unavailable(f"the boot tier needs {', '.join(missing)} (make system-deps installs them)")
-    return render(tmp_path_factory.mktemp("vanilla"), mirror, openwebui_standin)
 
 
 @pytest.fixture(scope="module")

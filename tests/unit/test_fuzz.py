@@ -190,31 +190,30 @@ def throw(data: bytes, out: Path | None = None) -> tuple[int, int]:
         return result.exit_code, rendered.exit_code
 
 
-def agree(validated: int, rendered: int) -> None:
-    """validate and render judge a blueprint alike: render fails exactly where validate does
-    (throw() has already checked that neither crashed nor left partial output)."""
-    assert validated == rendered, f"validate exited {validated} but render exited {rendered}"
+# Each test then checks that validate and render judge a blueprint alike: render fails exactly
+# where validate does (throw() has already checked that neither crashed nor left partial output).
+AGREE = "validate exited {} but render exited {}"
 
 
 @settings(PROFILE)
 @given(text=yaml_texts)
 def test_random_yaml_text(text: str) -> None:
     validated, rendered = throw(text.encode("utf-8"))
-    agree(validated, rendered)
+    assert validated == rendered, AGREE.format(validated, rendered)
 
 
 @settings(PROFILE)
 @given(data=st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     validated, rendered = throw(data)
-    agree(validated, rendered)
+    assert validated == rendered, AGREE.format(validated, rendered)
 
 
 @settings(PROFILE)
 @given(doc=documents)
 def test_random_documents(doc: Any) -> None:
     validated, rendered = throw(yaml.safe_dump(doc, allow_unicode=True).encode("utf-8"))
-    agree(validated, rendered)
+    assert validated == rendered, AGREE.format(validated, rendered)
 
 
 # -- mutated examples -------------------------------------------------------------------------------
@@ -306,4 +305,4 @@ def previous_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 def test_mutated_examples(case: tuple[str, bytes], previous_outputs: dict[str, Path]) -> None:
     example, data = case
     validated, rendered = throw(data, out=previous_outputs[example])
-    agree(validated, rendered)
+    assert validated == rendered, AGREE.format(validated, rendered)
