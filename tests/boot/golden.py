@@ -71,11 +71,6 @@ class BakedImage:
         return BaseImage(disk=self.disk, kernel=b.kernel, initrd=b.initrd, root=b.root)
 
 
-def cache_root() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "owuibuild"
-    return Path(os.environ.get("OWUIBUILD_CACHE", default))
-
-
 def missing_bake_tools() -> list[str]:
     return [t for t in BAKE_TOOLS if shutil.which(t) is None]
 
@@ -125,6 +120,7 @@ def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
 
 def bake(mirror: Any, image: str, blueprint_text: str, suite: str) -> BakedImage:
     """The golden ``image`` of ``blueprint_text``, from the cache or baked now."""
+    from fleet_blueprint import cache_root
     from vm import ensure_base_image
 
     start = time.monotonic()
