@@ -84,6 +84,26 @@ def check_packages(packages: Iterable[str]) -> Command:
     return ("/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages", *packages)
 
 
+# Every unit file and drop-in is in place before runcmd (write_files runs in cloud-init's init
+# stage, deferred files before runcmd), so one daemon-reload at the head of the configuration
+# steps makes them all known. Sections then enable with --no-reload: a plain `systemctl enable`
+# reloads the manager each time (every generator again, seconds apiece on a first boot).
+RELOAD: Command = ("systemctl", "daemon-reload")
+
+
+def start_units(*units: str, wait: bool = True) -> Command:
+    """Enable ``units`` and start them now, in one transaction, without another reload.
+    ``wait=False`` queues the start and returns at once."""
+    return (
+        "systemctl",
+        "enable",
+        "--no-reload",
+        "--now",
+        *(() if wait else ("--no-block",)),
+        *units,
+    )
+
+
 @cache
 def sections() -> tuple[tuple[int, str, Section], ...]:
     """Every section module of this package, in (ORDER, name) order."""
@@ -169,7 +189,9 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
         doc["write_files"] = files
     runcmd = [list(check_packages(packages))] if packages else []
     runcmd += [list(c) for p in parts for c in p.install]
-    runcmd += [list(c) for p in parts for c in p.configure]
+    configure = [list(c) for p in parts for c in p.configure]
+    if configure:
+        runcmd += [list(RELOAD), *configure]
     if runcmd:
         doc["runcmd"] = runcmd
     return doc

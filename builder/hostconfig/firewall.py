@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from ..plan import FirewallRule, HostPlan, Plan
 from ..quoting import Quoted, nft, nft_comment, render_template, systemd_path
 from ..secrets import Secrets
-from . import File, Part
+from . import File, Part, start_units
 
 ORDER = 10
 
@@ -67,7 +67,6 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
         ),
         configure=(
             ("/usr/sbin/nft", "--check", "--file", RULESET),
-            ("systemctl", "daemon-reload"),
-            ("systemctl", "enable", "--now", UNIT_NAME),
+            start_units(UNIT_NAME),
         ),
     )

@@ -13,7 +13,7 @@ from .. import artifacts
 from ..plan import DATA_MOUNT, OLLAMA_DATA, OLLAMA_PORT, SCRIPT_DIR, HostPlan, Plan
 from ..quoting import render_template
 from ..secrets import Secrets
-from . import File, Part
+from . import File, Part, start_units
 from ._release import install, system_user
 from .datavolume import state_dir_command
 
@@ -108,8 +108,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         install=(install_command,),
         configure=(
             state_dir_command("ollama", "0750", OLLAMA_DATA, MODELS),
-            ("systemctl", "daemon-reload"),
-            ("systemctl", "enable", "--now", "ollama.service"),
+            start_units("ollama.service"),
             ("systemctl", "start", "--no-block", MODELS_UNIT_NAME),
         ),
         extra={"users": [system_user("ollama", OLLAMA_DATA, groups)]},

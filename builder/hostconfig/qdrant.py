@@ -15,7 +15,7 @@ from .. import artifacts, yamldump
 from ..plan import DATA_MOUNT, QDRANT_DATA, QDRANT_PORT, HostPlan, Plan
 from ..quoting import render_template
 from ..secrets import Secrets
-from . import File, Part
+from . import File, Part, start_units
 from ._release import install, system_user
 from .datavolume import state_dir_command
 
@@ -112,8 +112,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         install=(install_command,),
         configure=(
             state_dir_command("qdrant", "0750", QDRANT_DATA, STORAGE, SNAPSHOTS),
-            ("systemctl", "daemon-reload"),
-            ("systemctl", "enable", "--now", "qdrant.service"),
+            start_units("qdrant.service"),
         ),
         extra={"users": [system_user("qdrant", QDRANT_DATA)]},
     )

@@ -61,10 +61,10 @@ def setup_script(plan: Plan) -> str:
     servers = plan.redis_servers
     return render_template(
         "redis-setup.sh.j2",
-        state_dir_commands=[
-            shell_command(state_dir_command("redis", "0750", REDIS_DATA_ROOT)),
-            *(shell_command(state_dir_command("redis", "0750", data_dir(s))) for s in servers),
-        ],
+        # One call: state-dir.sh makes its directories in order, the root first.
+        state_dir_command=shell_command(
+            state_dir_command("redis", "0750", REDIS_DATA_ROOT, *(data_dir(s) for s in servers))
+        ),
         units=[unit(s) for s in servers],
     )
 

@@ -23,6 +23,7 @@ air-gapped site would. The real Open WebUI runs in the containers tier.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -31,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fleet_blueprint import (
     ADMIN,
     FLEET_DATA_DEVICE,
@@ -45,12 +47,14 @@ from fleet_blueprint import (
     BootTiming,
     admin_key,
     assert_cloud_init_clean,
+    bench_path,
     fleet_text,
     record_boot,
     render_with_cli,
 )
 from infra.vm import VM, BaseImage, FleetLink
 from owuibuild.plan import DATA_MOUNT
+from owuibuild.seed_iso import make_seed_iso
 
 SHARED, DOCK = FLEET_SHARED, FLEET_DOCK
 SHARED_ADDRESS, DOCK_ADDRESS = FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS
@@ -176,13 +180,15 @@ def start_fleet(
     links: dict[str, FleetLink],
     label: str,
     restrict: bool = False,
+    seeds: dict[str, Path] | None = None,
 ) -> dict[str, VM]:
     """Start both guests side by side, each from its image, with its data disk and fleet link
-    (``restrict``: their uplink lets nothing out, so nothing can be fetched)."""
+    (``restrict``: their uplink lets nothing out, so nothing can be fetched), from the rendered
+    seeds unless ``seeds`` names others."""
     vms = {
         host: VM(
             images[host],
-            fleet.seed(host),
+            (seeds or {}).get(host) or fleet.seed(host),
             data_disk=disks[host],
             memory_mb=DOCK_MEMORY_MB if host == DOCK else MEMORY_MB,
             name=f"fleet-{host}-{label}",
@@ -216,12 +222,73 @@ def wait_fleet_ready(
         done[host] = vm.uptime()
     wait_instances_healthy(vms[DOCK], fleet)
     ready = {SHARED: done[SHARED], DOCK: vms[DOCK].uptime()}
+    record_pair(vms, label, ssh, done, ready, record)
+    return statuses
+
+
+def record_pair(
+    vms: dict[str, VM],
+    label: str,
+    ssh: dict[str, float],
+    done: dict[str, float],
+    ready: dict[str, float],
+    record: bool = True,
+) -> None:
+    """Record both hosts' rows as ``<kind>/<label>``, with where the boot's time went."""
     for host, kind in KINDS.items():
         timing = BootTiming(f"{kind}/{label}", ssh[host], done[host], ready[host])
         if record:
             record_boot(timing)
         print(f"{timing.image}: ssh {ssh[host]:.0f} s, ready {ready[host]:.0f} s")
-    return statuses
+        print(boot_profile(vms[host], f"{kind}-{label}"))
+
+
+# Where a boot's time went, from the guest's own clocks (kept beside boot.json; read, never
+# asserted): systemd's and cloud-init's accounts, and every reload of the manager.
+PROFILE_COMMANDS = (
+    "systemd-analyze time",
+    "sudo cloud-init analyze show",
+    "systemd-analyze blame --no-pager | head -n 25",
+    "sudo journalctl -b -o short-monotonic --no-pager"
+    " | grep -E 'Reloading|Reloaded|cloud-init\\[[0-9]+\\]: Cloud-init v|finished at'",
+)
+
+
+def boot_profile(vm: VM, name: str) -> str:
+    """Save the guest's account of its boot under the bench folder; a one-line summary."""
+    sections = []
+    for command in PROFILE_COMMANDS:
+        proc = vm.ssh(command, timeout=180)
+        sections.append(f"$ {command}\n{proc.stdout}{proc.stderr}")
+    text = "\n".join(sections)
+    path = bench_path().parent / "profile" / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    reloads = re.findall(r"Reloading finished in (\d+) ms", text)
+    total = sum(int(ms) for ms in reloads) / 1000
+    return f"{name}: {len(reloads)} reloads of systemd ({total:.0f} s); profile in {path}"
+
+
+def bare_seed(fleet: Fleet, host: str, workdir: Path) -> Path:
+    """The bench's bare seed for ``host``: its rendered meta-data and network-config with a
+    user-data that only sets the admin user (the rendered one's own ``users``)."""
+    seed_dir = fleet.out / "hosts" / host
+    raw = (seed_dir / "user-data").read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    users = yaml.safe_load(raw)["users"]
+    user_data = "#cloud-config\n" + yaml.safe_dump({"users": users}, sort_keys=True)
+    path = workdir / f"{host}-bare-seed.iso"
+    path.write_bytes(
+        make_seed_iso(
+            {
+                "user-data": user_data.encode(),
+                "meta-data": (seed_dir / "meta-data").read_bytes(),
+                "network-config": (seed_dir / "network-config").read_bytes(),
+            }
+        )
+    )
+    return path
 
 
 def pg_request(inst: Any, database: str, password: str) -> dict[str, Any]:

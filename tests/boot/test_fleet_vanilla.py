@@ -2,8 +2,10 @@
 fleet of tests/boot/test_fleet_boot.py booted from the plain Debian 13 base image, so that
 cloud-init installs every package at first boot and the Docker host loads the Open WebUI image
 (here its TEST DOUBLE) from the mirror's archive, as a site without golden images would.
+And the bench's bare pair: the same two guests from the plain base image with seeds that only
+set the admin user, booted side by side as the golden pair is (two guests share the cores).
 
-It proves the vanilla path and gives the bench its vanilla rows. It is not in CI: a vanilla
+It proves the vanilla path and gives the bench its vanilla and bare rows. It is not in CI: a vanilla
 first boot under TCG does the work of a bake again (about 20 minutes for the pair), and CI's
 60 minutes already hold the bakes and the golden fleet, which run the same install steps.
 """
@@ -14,17 +16,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fleet_blueprint import FLEET_SUITE, empty_disk
+from fleet_blueprint import ADMIN, FLEET_SUITE, assert_cloud_init_clean, empty_disk
 from fleet_vm import (
     ALL_CHECKS_OK,
     CROSS_CREDENTIALS,
     DOCK,
+    DOCK_ADDRESS,
     INSTANCES,
     SHARED,
+    SHARED_ADDRESS,
     Fleet,
+    bare_seed,
     cross_credentials,
     docker_from_the_archive,
     instance_health,
+    record_pair,
     standin_checks,
     start_fleet,
     wait_fleet_ready,
@@ -32,6 +38,7 @@ from fleet_vm import (
 from infra.vm import FleetLink, ensure_base_image
 
 pytestmark = [pytest.mark.boot, pytest.mark.vanilla]
+ADDRESSES = {SHARED: SHARED_ADDRESS, DOCK: DOCK_ADDRESS}
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +68,33 @@ def test_vanilla_fleet_installs_at_first_boot(vanilla: dict[str, Any], fleet: Fl
     assert all(h == "active healthy" for h in instance_health(dock, fleet).values())
     assert standin_checks(dock) == dict.fromkeys(INSTANCES, ALL_CHECKS_OK)
     assert cross_credentials(dock, fleet) == CROSS_CREDENTIALS
+
+
+def test_bare_pair(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The bench's bare rows: each host's rendered meta-data and network-config with a
+    user-data that only sets the admin user, on the plain base image, with the same memory,
+    empty data disks and fleet link as the golden pair, booted side by side."""
+    work = tmp_path_factory.mktemp("bare")
+    disks = {h: empty_disk(work / f"{h}-data.qcow2") for h in (SHARED, DOCK)}
+    seeds = {h: bare_seed(fleet, h, work) for h in (SHARED, DOCK)}
+    a, b = FleetLink.pair()
+    base = ensure_base_image(FLEET_SUITE)
+    vms = start_fleet(
+        fleet, {SHARED: base, DOCK: base}, disks, {SHARED: a, DOCK: b}, "bare", True, seeds
+    )
+    try:
+        ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=1800) for h, vm in vms.items()}
+        done = {}
+        for host, vm in vms.items():
+            assert_cloud_init_clean(vm, 1800)
+            done[host] = vm.uptime()
+        record_pair(vms, "bare", ssh, done, done)
+        for host, vm in vms.items():
+            # Only the admin user: nothing of the fleet was set up.
+            assert vm.ssh("test -e /etc/owuibuild", timeout=60).returncode != 0, host
+            # The rendered network-config was applied to the fleet NIC.
+            addresses = vm.ssh("ip -4 -o addr show", check=True, timeout=60).stdout
+            assert f"inet {ADDRESSES[host]}/" in addresses, addresses
+    finally:
+        for vm in vms.values():
+            vm.close()

@@ -179,10 +179,11 @@ def test_unit_timer_and_enablement(render: Callable[..., Rendered]) -> None:
     assert f"After=network-online.target postgresql@{version}-main.service qdrant.service\n" in unit
     assert "Environment=PGHOST=/var/run/postgresql\nEnvironment=PGPORT=5432\n" in unit
     runcmd = user_data(r, "ai-shared")["runcmd"]
-    assert ["systemctl", "enable", "--now", backup.TIMER_NAME] in runcmd
+    timer_step = ["systemctl", "enable", "--no-reload", "--now", backup.TIMER_NAME]
+    assert timer_step in runcmd
     # The timer is enabled after the services it backs up are configured.
-    assert runcmd.index(["systemctl", "enable", "--now", backup.TIMER_NAME]) > runcmd.index(
-        ["systemctl", "enable", "--now", "qdrant.service"]
+    assert runcmd.index(timer_step) > runcmd.index(
+        ["systemctl", "enable", "--no-reload", "--now", "qdrant.service"]
     )
 
 

@@ -263,9 +263,13 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
         assert f"compose -p {inst.name} -f {compose_path} up --detach --wait" in unit
         assert f"ExecStop=/usr/bin/docker compose -p {inst.name} -f {compose_path} down" in unit
         assert "Restart=on-failure" in unit
-        assert ["systemctl", "enable", "--now", "--no-block", inst.unit_name] in runcmd
         for value in secret_values(rendered):
             assert value not in unit
+    # One transaction starts every instance; --no-block: cloud-init need not wait for a pull.
+    starts = [c for c in runcmd if c[:2] == ["systemctl", "enable"] and "--no-block" in c]
+    assert len(starts) == 1
+    assert starts[0][:5] == ["systemctl", "enable", "--no-reload", "--now", "--no-block"]
+    assert sorted(starts[0][5:]) == sorted(i.unit_name for i in plan.instances_on("web-a"))
 
 
 def test_private_ports_are_limited_in_docker_user(rendered: Rendered) -> None:

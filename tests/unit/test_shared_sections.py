@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import Rendered
-from owuibuild import quoting
+from owuibuild import hostconfig, quoting
 from owuibuild.hostconfig import firewall, ollama, postgres, qdrant, redis
 from owuibuild.plan import DATA_MOUNT, FirewallRule
 from owuibuild.targets import hosts
@@ -201,6 +201,38 @@ def test_sections_only_on_the_shared_host(render_example: Callable[[str], Render
     for host in plan.docker_hosts:  # type: ignore[attr-defined]
         for section in (postgres, redis, qdrant, ollama):
             assert section.part(plan, host, secrets) is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("example", ["seed-example.yml", "multi-host.yml", "homelab.yml"])
+def test_systemd_is_reloaded_once_per_boot(
+    render_example: Callable[[str], Rendered], example: str
+) -> None:
+    """Every unit file is written before runcmd, so one daemon-reload, at the head of the
+    configuration steps, makes them known; nothing after it reloads systemd again (a plain
+    `systemctl enable` or `mask` does, costing seconds apiece on a first boot)."""
+    rendered = render_example(example)
+    for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+        d = doc(rendered, host.name)
+        runcmd = d["runcmd"]
+        reloads = [i for i, c in enumerate(runcmd) if c == ["systemctl", "daemon-reload"]]
+        assert len(reloads) == 1, host.name
+        install_count = sum(
+            len(p.install)
+            for p in hostconfig.parts_for(rendered.plan, host, rendered.secrets)  # type: ignore[arg-type]
+        )
+        # after the package check and the install steps, before every configuration step
+        assert reloads[0] == 1 + install_count, host.name
+        for c in runcmd:
+            if c[:1] == ["systemctl"] and c[1] in ("enable", "disable", "mask", "unmask"):
+                assert "--no-reload" in c, c
+        for f in d["write_files"]:
+            if f["path"].endswith(".sh") or "/sbin/" in f["path"]:
+                text = f["content"]
+                assert "daemon-reload" not in text, f["path"]
+                for line in text.splitlines():
+                    words = line.split()
+                    if words[:1] == ["systemctl"] and words[1] in ("enable", "mask"):
+                        assert "--no-reload" in words, (f["path"], line)
 
 
 # -- user-data size limits ---------------------------------------------------------------------
