@@ -28,13 +28,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class File:
     """A write_files entry. ``defer`` writes it in the final stage, after packages and users
-    exist (needed for files owned by a service user or placed under the data volume)."""
+    exist (needed for files owned by a service user or placed under the data volume).
+    ``install``: a package reads it when it installs, so a golden image's install steps write
+    it before the packages too (cloud-init's write_files always runs before them)."""
 
     path: str
     content: str
     permissions: str = "0644"
     owner: str = "root:root"
     defer: bool = False
+    install: bool = False
 
     def as_cloud_config(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -215,10 +218,12 @@ class InstallSteps:
 
 
 def _referenced_files(parts: list[Part], texts: list[str]) -> tuple[File, ...]:
-    """Files named in ``texts`` (and, transitively, in the files so found), in part order."""
+    """Files marked ``install`` or named in ``texts`` (and, transitively, in the files so
+    found), in part order."""
     every = [f for p in parts for f in p.files]
     texts = list(texts)
-    chosen: dict[str, File] = {}
+    chosen: dict[str, File] = {f.path: f for f in every if f.install}
+    texts += [f.content for f in chosen.values()]
     while True:
         found = [f for f in every if f.path not in chosen and any(f.path in t for t in texts)]
         if not found:

@@ -50,6 +50,10 @@ DROPIN = "/etc/systemd/system/postgresql@.service.d/owuibuild.conf"
 # Read by postgresql-common before the package creates its default cluster: we create ours.
 CREATECLUSTER = "/etc/postgresql-common/createcluster.d/50-owuibuild.conf"
 SCRAM_ITERATIONS = 4096
+# The empty cluster made at install time (on the root disk: a golden image carries it), copied
+# onto a new data volume at first boot instead of running initdb there.
+TEMPLATE_ROOT = "/var/lib/postgresql/owuibuild-template"
+TEMPLATE_SCRIPT = f"{SCRIPT_DIR}/postgresql-template.sh"
 
 
 def data_dir(version: int) -> str:
@@ -143,13 +147,28 @@ def make_data_dir_command(version: int) -> tuple[str, ...]:
     )
 
 
-def initdb_command(version: int) -> tuple[str, ...]:
+def template_dir(version: int) -> str:
+    return f"{TEMPLATE_ROOT}/{version}"
+
+
+def initdb_command(version: int, pgdata: str | None = None) -> tuple[str, ...]:
     """The cluster as owuibuild makes it: UTF8, peer locally, SCRAM over the network."""
     return (
         "runuser", "-u", "postgres", "--", f"{bin_dir(version)}/initdb",
-        f"--pgdata={data_dir(version)}", "--encoding=UTF8", "--locale=C.UTF-8",
+        f"--pgdata={pgdata or data_dir(version)}", "--encoding=UTF8", "--locale=C.UTF-8",
         "--auth-local=peer", "--auth-host=scram-sha-256", "--username=postgres",
     )  # fmt: skip
+
+
+def template_script(plan: Plan) -> str:
+    version = plan.fleet.shared.postgres.version
+    return render_template(
+        "postgresql-template.sh.j2",
+        version=version,
+        template_root=TEMPLATE_ROOT,
+        template_dir=template_dir(version),
+        initdb_command=shell_command(initdb_command(version, template_dir(version) + ".new")),
+    )
 
 
 def guard_script(plan: Plan) -> str:
@@ -173,6 +192,7 @@ def setup_script(plan: Plan) -> str:
         guard=GUARD_SCRIPT,
         state_dir_command=shell_command(make_data_dir_command(version)),
         initdb_command=shell_command(initdb_command(version)),
+        template_dir=template_dir(version),
     )
 
 
@@ -183,10 +203,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         name="postgres",
         packages=("postgresql",),
         files=(
+            # Read when the package installs: a golden image gets no default cluster either.
             File(
                 CREATECLUSTER,
                 "# owuibuild creates the cluster on the data volume itself\n"
                 "create_main_cluster = false\n",
+                install=True,
             ),
             File(
                 DROPIN,
@@ -207,7 +229,9 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             ),
             File(GUARD_SCRIPT, guard_script(plan), permissions="0755"),
             File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),
+            File(TEMPLATE_SCRIPT, template_script(plan), permissions="0755"),
         ),
+        install=(("/bin/sh", TEMPLATE_SCRIPT),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
     )
 

@@ -93,5 +93,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             ),
             File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),
         ),
+        # The distribution's default server (no password, port 6379 on localhost) never runs:
+        # masked where the package is installed, so a golden image does not start it at boot.
+        install=(("systemctl", "mask", "--no-reload", "--now", "redis-server.service"),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from owuibuild import secrets as store
-from owuibuild.hostconfig import install_steps, parts_for
+from owuibuild.hostconfig import install_steps, parts_for, postgres
 from owuibuild.pipeline import compile_blueprint
 from owuibuild.targets.packer import BAKED_OLLAMA_MODELS, images
 
@@ -125,6 +125,15 @@ def test_baked_image(baked: Any, rootfs: RootFs) -> None:
     if image.host.runs_docker:
         repositories = rootfs.cat("/var/lib/docker/image/overlay2/repositories.json")
         assert plan.openwebui_image in repositories, repositories[:2000]
+
+    # PostgreSQL: no default cluster of the package's (it would start at every boot), an empty
+    # cluster template for the first boot to copy; the default Redis server masked.
+    if "postgres" in steps.sections:
+        version = plan.fleet.shared.postgres.version
+        assert not rootfs.exists(f"/etc/postgresql/{version}/main"), "a default cluster"
+        assert rootfs.cat(f"{postgres.template_dir(version)}/PG_VERSION").strip() == str(version)
+    if "redis" in steps.sections:
+        assert "/dev/null" in rootfs.run("stat /etc/systemd/system/redis-server.service")
 
     # Golden: cloud-init's package step (apt-get update at every first boot) is left out.
     golden_cfg = rootfs.cat("/etc/cloud/cloud.cfg.d/95-owuibuild-golden.cfg").replace("-", "_")

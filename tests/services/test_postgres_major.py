@@ -299,6 +299,17 @@ def install_postgres_files(host: Host, plan: Plan, secrets: Secrets) -> None:
     assert part is not None
     for f in (*part.files, *volume_part.files):
         host.install(f.path, f.content, f.permissions, f.owner)
+    # The seed's runcmd reloads systemd once before its configuration steps.
+    reloaded = host.run("systemctl", "daemon-reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+
+
+def system_identifier(host: Host, data: str) -> str:
+    """The cluster's ``Database system identifier``: initdb draws a new one every time."""
+    done = host.run(f"/usr/lib/postgresql/{NEW}/bin/pg_controldata", data)
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("Database system id"))
+    return line.split(":", 1)[1].strip()
 
 
 @dataclass
@@ -442,6 +453,44 @@ def test_an_empty_volume_still_gets_a_new_cluster(image: str, tmp_path: Path) ->
             "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
         )
         assert databases.splitlines() == ["alpha", "beta"]
+    finally:
+        if host is not None:
+            subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)
+        shutil.rmtree(volume, ignore_errors=True)
+
+
+def test_a_new_volume_gets_the_install_steps_cluster_template(image: str, tmp_path: Path) -> None:
+    """The install step (which a golden image has run at bake time) makes an empty cluster on
+    the root disk; the first boot copies it onto the empty volume instead of running initdb.
+    The copy is that very cluster (same system identifier), runs, and gets the instances'
+    databases; the template stays for the next volume."""
+    _, plan, secrets = plans(tmp_path)
+    volume = Path(tempfile.mkdtemp(prefix="owuibuild-volume-"))
+    os.chmod(volume, 0o755)
+    host: Host | None = None
+    try:
+        host = start_host(image, volume)
+        install_postgres_files(host, plan, secrets)
+        made = host.run("/bin/sh", postgres.TEMPLATE_SCRIPT)
+        assert made.returncode == 0, made.stdout + made.stderr
+        template = postgres.template_dir(NEW)
+        assert host.run("/bin/sh", postgres.TEMPLATE_SCRIPT).stdout.strip().endswith(
+            "already there"
+        )
+        done = host.run("/bin/sh", postgres.SETUP_SCRIPT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        data = postgres.data_dir(NEW)
+        assert system_identifier(host, data) == system_identifier(host, template)
+        assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
+        databases = host.superuser(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
+        )
+        assert databases.splitlines() == ["alpha", "beta"]
+        cluster = volume / "postgresql" / str(NEW) / "main"
+        assert stat.S_IMODE(cluster.stat().st_mode) == 0o700
+        assert not (volume / "postgresql" / str(NEW) / "main.copy").exists()
+        assert host.run("test", "-s", f"{template}/PG_VERSION").returncode == 0
     finally:
         if host is not None:
             subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)

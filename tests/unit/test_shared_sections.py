@@ -69,6 +69,30 @@ def test_install_steps_need_no_secret_and_no_configuration(seed: Rendered) -> No
         assert artifact.url(plan.fleet.mirror) in script.content  # type: ignore[attr-defined]
 
 
+def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rendered) -> None:
+    """What the distribution's packages would start by themselves at a golden host's boot (a
+    default PostgreSQL cluster, a password-less Redis) is prevented at install time, and the
+    install step leaves an empty cluster for the first boot to copy instead of initdb."""
+    plan, secrets = seed.plan, seed.secrets
+    parts = hostconfig.parts_for(plan, plan.shared, secrets)  # type: ignore[arg-type]
+    steps = hostconfig.install_steps(parts)
+    written = {f.path: f for f in steps.files}
+    assert "create_main_cluster = false" in written[postgres.CREATECLUSTER].content
+    assert postgres.TEMPLATE_SCRIPT in written
+    assert ("/bin/sh", postgres.TEMPLATE_SCRIPT) in steps.commands
+    assert ("systemctl", "mask", "--no-reload", "--now", "redis-server.service") in steps.commands
+    script = seed.text("packer/scripts/shared-install.sh")
+    # the createcluster setting is in place before the package is installed
+    assert script.index(postgres.CREATECLUSTER) < script.index("apt-get --option")
+    template = written[postgres.TEMPLATE_SCRIPT].content
+    assert f"--pgdata={postgres.template_dir(17)}.new" in template
+    assert not any(v in template for v in secrets.all_values())  # type: ignore[attr-defined]
+    setup = next(f for p in parts for f in p.files if f.path == postgres.SETUP_SCRIPT).content
+    # initdb only where there is no template of this major; the copy is renamed into place
+    assert setup.index('cp -a "$TEMPLATE" "$DATA.copy"') < setup.index("/initdb ")
+    assert 'mv "$DATA.copy" "$DATA"' in setup
+
+
 def test_mirror_replaces_upstream(render_text: Callable[[str], Rendered]) -> None:
     text = REPO_BLUEPRINT + "mirror: http://mirror.test/owui\n"
     d = doc(render_text(text), "ai-shared")
