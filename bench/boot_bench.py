@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'boot':<24} {'ssh':>7} {'cloud-init':>11} {'ready':>7}  run")
     names = ["bare", *(f"{k}/{v}" for k in KINDS for v in ("bare", "vanilla", "golden"))]
-    for name in names:
+    # Rows of other boots (the real Open WebUI's opt-in fleet, say) follow, for reference.
+    for name in [*names, *sorted(set(rows) - set(names))]:
         row = rows.get(name)
         if not row:
             print(f"{name:<24} {'-':>7} {'-':>11} {'-':>7}  not measured")

@@ -379,6 +379,27 @@ def standin_checks(dock: VM) -> dict[str, dict[str, bool]]:
 
 
 ALL_CHECKS_OK = dict.fromkeys(("postgres", "redis", "qdrant", "ollama"), True)
+# The real Open WebUI (OWUIBUILD_BOOT_REAL_OPENWEBUI=1) has no /checks: it answers /health once
+# it started (it reaches Redis and migrates its database on the way) and /health/db with a
+# query on its database.
+REAL_CHECKS = ("/health", "/health/db")
+IN_USE = dict.fromkeys(
+    INSTANCES, dict.fromkeys(REAL_CHECKS, True) if REAL_OPENWEBUI else ALL_CHECKS_OK
+)
+
+
+def instances_in_use(dock: VM) -> dict[str, dict[str, bool]]:
+    """Each instance's proof that it uses its services: the test double's checks, or the real
+    Open WebUI's health endpoints (compare with IN_USE)."""
+    if not REAL_OPENWEBUI:
+        return standin_checks(dock)
+    return {
+        name: {
+            path: http_status(dock, f"http://{DOCK_ADDRESS}:{port}{path}") == "200"
+            for path in REAL_CHECKS
+        }
+        for name, port in INSTANCES.items()
+    }
 
 
 def docker_from_the_archive(dock: VM) -> None:
