@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fleet_blueprint import ADMIN, FLEET_SUITE, assert_cloud_init_clean, empty_disk
+from fleet_blueprint import FLEET_SUITE, empty_disk
 from fleet_vm import (
     ALL_CHECKS_OK,
     CROSS_CREDENTIALS,
@@ -33,6 +33,7 @@ from fleet_vm import (
     record_pair,
     standin_checks,
     start_fleet,
+    wait_booted,
     wait_fleet_ready,
 )
 from infra.vm import FleetLink, ensure_base_image
@@ -83,12 +84,8 @@ def test_bare_pair(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> No
         fleet, {SHARED: base, DOCK: base}, disks, {SHARED: a, DOCK: b}, "bare", True, seeds
     )
     try:
-        ssh = {h: vm.wait_for_ssh(fleet.key, ADMIN, timeout=1800) for h, vm in vms.items()}
-        done = {}
-        for host, vm in vms.items():
-            assert_cloud_init_clean(vm, 1800)
-            done[host] = vm.uptime()
-        record_pair(vms, "bare", ssh, done, done)
+        booted = wait_booted(vms, fleet.key, timeout=1800)
+        record_pair(vms, "bare", booted.ssh, booted.done, booted.done)
         for host, vm in vms.items():
             # Only the admin user: nothing of the fleet was set up.
             assert vm.ssh("test -e /etc/owuibuild", timeout=60).returncode != 0, host
