@@ -101,7 +101,7 @@ def _var_file(path: Path, base: Any) -> None:
         f'qemu_base_image_url      = "{base.disk}"\n'
         f'qemu_base_image_checksum = "sha256:{digest}"\n'
         'qemu_accelerator         = "tcg"\n'
-        'qemu_disk_size           = "8192M"\n'
+        f'qemu_disk_size           = "{disk_size()}"\n'
         f'qemu_output_directory    = "{path.parent / "images"}"\n'
         "qemu_extra_args = [\n"
         f'  ["-kernel", "{base.kernel}"],\n'
@@ -112,6 +112,14 @@ def _var_file(path: Path, base: Any) -> None:
         f'  ["-serial", "file:{path.parent / "console.log"}"],\n'
         "]\n"
     )
+
+
+def disk_size() -> str:
+    """The golden disk: the real Open WebUI image (OWUIBUILD_BOOT_REAL_OPENWEBUI=1, about 3 GB
+    unpacked, downloaded as a 1 GB archive first) does not fit beside Debian in 8 GiB."""
+    from fleet_blueprint import REAL_OPENWEBUI
+
+    return "16384M" if REAL_OPENWEBUI else "8192M"
 
 
 def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
