@@ -94,6 +94,22 @@ def check_packages(packages: Iterable[str]) -> Command:
 RELOAD: Command = ("systemctl", "daemon-reload")
 
 
+# A unit whose package also ships a SysV script (docker, postgresql): `systemctl enable` runs
+# update-rc.d for it, which reloads systemd (twice) whatever --no-reload says. Its package
+# enabled it when it installed, so only a host where that was turned off enables it here.
+ENABLE_PACKAGED = (
+    'for unit in "$@"; do systemctl is-enabled --quiet "$unit" || systemctl enable "$unit"; done'
+)
+
+
+def start_packaged_units(*units: str) -> Command:
+    """Start units that their Debian packages enable (see ENABLE_PACKAGED), enabling any that
+    is not, without the reloads of a plain ``systemctl enable``."""
+    return (
+        "/bin/sh", "-c", f'{ENABLE_PACKAGED}; systemctl start "$@"', "owuibuild-start", *units
+    )  # fmt: skip
+
+
 def start_units(*units: str, wait: bool = True) -> Command:
     """Enable ``units`` and start them now, in one transaction, without another reload.
     ``wait=False`` queues the start and returns at once."""

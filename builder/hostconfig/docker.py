@@ -21,7 +21,7 @@ from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
 from ..quoting import render_template
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
-from . import Command, File, Part, start_units
+from . import Command, File, Part, start_packaged_units, start_units
 
 ORDER = 60
 
@@ -224,7 +224,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         files += instance_files(plan, inst, secrets)
     load_files, install = load_image(plan)
     files += load_files
-    configure: list[Command] = [start_units("docker.service"), start_units(PORTS_UNIT)]
+    configure: list[Command] = [start_packaged_units("docker.service"), start_units(PORTS_UNIT)]
     # wait=False: a first pull can take minutes; cloud-init need not wait for it.
     if host.instances:
         configure.append(start_units(*(i.unit_name for i in host.instances), wait=False))

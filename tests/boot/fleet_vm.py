@@ -252,7 +252,9 @@ def wait_booted(vms: dict[str, VM], key: Path, timeout: float = BOOT_TIMEOUT) ->
     def one(vm: VM) -> tuple[float, float, Any]:
         ssh = vm.wait_for_ssh(key, ADMIN, timeout=timeout)
         status = assert_cloud_init_clean(vm, timeout)
-        return ssh, vm.uptime(), status
+        # When `cloud-init status --wait` returned, not after the checks that followed it.
+        assert vm.cloud_init_done_at is not None
+        return ssh, vm.cloud_init_done_at, status
 
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
         jobs = {host: pool.submit(one, vm) for host, vm in vms.items()}

@@ -260,6 +260,8 @@ class VM:
         self.started_at: float | None = None
         self.ssh_key: Path | None = None
         self.ssh_user: str | None = None
+        # Seconds from QEMU's start to cloud-init done, when wait_for_cloud_init saw it.
+        self.cloud_init_done_at: float | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -560,6 +562,8 @@ class VM:
             waited = self.ssh("cloud-init status --wait --long", timeout=timeout)
         except subprocess.TimeoutExpired:
             raise self._fail(f"cloud-init did not finish within {timeout:.0f} s") from None
+        # `status --wait` polls each quarter second in the guest: done, give or take the login.
+        self.cloud_init_done_at = self.uptime()
         long_output = waited.stdout.lstrip(".")  # --wait prints a dot per poll
         as_json = self.ssh("cloud-init status --format json", timeout=60)
         try:

@@ -4,6 +4,7 @@ secrets only in 0600 files owned by the service user, never in a command line.""
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -246,17 +247,19 @@ def test_systemd_is_reloaded_once_per_boot(
         )
         # after the package check and the install steps, before every configuration step
         assert reloads[0] == 1 + install_count, host.name
-        for c in runcmd:
-            if c[:1] == ["systemctl"] and c[1] in ("enable", "disable", "mask", "unmask"):
-                assert "--no-reload" in c, c
-        for f in d["write_files"]:
-            if f["path"].endswith(".sh") or "/sbin/" in f["path"]:
-                text = f["content"]
-                assert "daemon-reload" not in text, f["path"]
-                for line in text.splitlines():
-                    words = line.split()
-                    if words[:1] == ["systemctl"] and words[1] in ("enable", "mask"):
-                        assert "--no-reload" in words, (f["path"], line)
+        scripts = [" ".join(c) for c in runcmd]
+        scripts += [
+            "\n".join(ln for ln in f["content"].splitlines() if not ln.lstrip().startswith("#"))
+            for f in d["write_files"]
+            if f["path"].endswith(".sh") or "/sbin/" in f["path"]
+        ]
+        for text in scripts:
+            assert "daemon-reload" not in text or text == "systemctl daemon-reload", text
+            for call in re.finditer(r"systemctl ((?:en|dis)able|(?:un)?mask)\b[^;|&\n]*", text):
+                # A packaged unit with a SysV script is enabled only where it is not yet:
+                # `systemctl enable` runs update-rc.d for it, which reloads.
+                guarded = re.search(r"is-enabled --quiet \S+ \|\| $", text[: call.start()])
+                assert "--no-reload" in call[0] or guarded, (host.name, call[0])
 
 
 # -- user-data size limits ---------------------------------------------------------------------
