@@ -225,6 +225,11 @@ class Plan:
             refs += [i.db_password, i.redis_password, i.webui_secret_key]
         return tuple(refs)
 
+    @property
+    def scram_logins(self) -> tuple[tuple[SecretRef, str], ...]:
+        """Passwords PostgreSQL keeps as SCRAM verifiers, each with its role (the salt's seed)."""
+        return tuple((i.db_password, i.db_role) for i in self.instances)
+
     def instances_on(self, host_name: str) -> tuple[InstancePlan, ...]:
         return tuple(i for i in self.instances if i.host.name == host_name)
 
