@@ -74,7 +74,8 @@ class Secrets:
         return found if found is not None else scram.verifier(password, role)
 
     def all_values(self) -> frozenset[str]:
-        return frozenset(self.values.values())
+        """Every secret value (sealed verifiers are derived from them, not secrets of their own)."""
+        return frozenset(v for k, v in self.values.items() if not k.endswith(SEALED_SUFFIX))
 
     @cached_property
     def _scan(self) -> tuple[frozenset[str], frozenset[int], bool]:
