@@ -69,13 +69,20 @@ def check_target(out_dir: Path) -> None:
 
 def _materialize(root: Path, artifacts: Sequence[Artifact]) -> None:
     os.chmod(root, 0o755)
+    made = {root}  # a large render writes a thousand files into a few hundred directories
     for a in artifacts:
         dest = root / a.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.update(dest.parents)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, a.mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(a.data)
-        os.chmod(dest, a.mode)  # umask must not widen or narrow the intended mode
+        try:
+            os.fchmod(fd, a.mode)  # umask must not widen or narrow the intended mode
+            data = memoryview(a.data)
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
 
 
 def _leftovers(out_dir: Path, kind: str) -> list[Path]:
