@@ -9,8 +9,6 @@ Only this room (and the CLI) writes files.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import os
@@ -43,11 +41,11 @@ class Change:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    import ctypes
+
+    # The C library this process already has loaded (find_library would run ldconfig in a
+    # subprocess on every render).
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False
     at_fdcwd = -100

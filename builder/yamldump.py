@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import yaml
@@ -46,10 +46,22 @@ USE_LIBYAML: bool = bool(getattr(yaml, "__with_libyaml__", False))
 
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*\Z")
 # Printed as they are by both emitters: printable ASCII and the printable BMP (no BOM).
-_UNICODE_LINE = re.compile("[\x20-\x7e\u00a0-\ud7ff\ue000-\ufefe\uff00-\ufffd]*\\Z")
 _ASCII_LINE = re.compile("[\x20-\x7e]*\\Z")
-_UNICODE_LINES = re.compile("[\n\x20-\x7e\u00a0-\ud7ff\ue000-\ufefe\uff00-\ufffd]*\\Z")
 _ASCII_LINES = re.compile("[\n\x20-\x7e]*\\Z")
+_PRINTABLE_BMP = "\x20-\x7e\u00a0-\ud7ff\ue000-\ufefe\uff00-\ufffd"
+
+
+@cache
+def _unicode_pattern(lines: bool) -> re.Pattern[str]:
+    """Compiled on first use: a class of the whole BMP takes longer to compile than most
+    renders spend on YAML, and ASCII text (nearly all of it) never needs it."""
+    return re.compile("[" + ("\n" if lines else "") + _PRINTABLE_BMP + "]*\\Z")
+
+
+def _printable(value: str, allow_unicode: bool, lines: bool) -> bool:
+    if value.isascii():
+        return (_ASCII_LINES if lines else _ASCII_LINE).match(value) is not None
+    return allow_unicode and _unicode_pattern(lines).match(value) is not None
 
 
 class _Literal(yaml.SafeDumper):
@@ -76,17 +88,15 @@ if _C_PLAIN is not None:
 
 
 def _string_agrees(value: str, literal_blocks: bool, allow_unicode: bool) -> bool:
-    line = _UNICODE_LINE if allow_unicode else _ASCII_LINE
     if "\n" not in value:
-        return line.match(value) is not None
+        return _printable(value, allow_unicode, lines=False)
     if not literal_blocks:
         return False  # double-quoted with escapes: folded differently when long
     # A literal block with no chomping or indentation indicator, and no trailing spaces (which
     # would force double quotes).
     if value.endswith("\n\n") or value.startswith((" ", "\n")) or " \n" in value:
         return False
-    lines = _UNICODE_LINES if allow_unicode else _ASCII_LINES
-    return lines.match(value) is not None
+    return _printable(value, allow_unicode, lines=True)
 
 
 def libyaml_agrees(doc: Any, *, literal_blocks: bool, allow_unicode: bool) -> bool:
