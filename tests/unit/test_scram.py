@@ -90,20 +90,31 @@ def blueprint(tmp_path: Path) -> Path:
     return path
 
 
+def render_once(blueprint: Path) -> tuple[Path, dict[str, str]]:
+    """Render into <dir>/a; the secrets file and what it holds then."""
+    assert run("render", str(blueprint), "-o", str(blueprint.parent / "a")).exit_code == 0
+    secrets_file = blueprint.with_name("fleet.secrets.yml")
+    values, _ = store.read(secrets_file)
+    assert values is not None
+    return secrets_file, values
+
+
+def drop_seals(secrets_file: Path, values: dict[str, str], blueprint: Path) -> None:
+    """Rewrite the secrets file as an older owuibuild wrote it: no sealed verifiers."""
+    old = {k: v for k, v in values.items() if not k.endswith(store.SEALED_SUFFIX)}
+    store.write(secrets_file, old, blueprint.name)
+
+
 def test_render_seals_verifiers_once_and_the_output_is_the_same_without_them(
     blueprint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    secrets_file = tmp_path / "fleet.secrets.yml"
-    assert run("render", str(blueprint), "-o", str(tmp_path / "a")).exit_code == 0
-    values, _ = store.read(secrets_file)
-    assert values is not None
-    seals = {k: v for k, v in values.items() if k.endswith(store.SEALED_SUFFIX)}
-    assert set(seals) == {"instances.one.db_password_scram", "instances.two.db_password_scram"}
+    secrets_file, values = render_once(blueprint)
+    seals = {k for k in values if k.endswith(store.SEALED_SUFFIX)}
+    assert seals == {"instances.one.db_password_scram", "instances.two.db_password_scram"}
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
 
     # A file as an older owuibuild wrote it (no seals): the same bytes, and the seals come back.
-    old = {k: v for k, v in values.items() if k not in seals}
-    store.write(secrets_file, old, blueprint.name)
+    drop_seals(secrets_file, values, blueprint)
     result = run("render", str(blueprint), "-o", str(tmp_path / "b"))
     assert result.exit_code == 0 and "new secrets" not in result.stdout
     assert files(tmp_path / "a") == files(tmp_path / "b")
@@ -125,10 +136,7 @@ def test_render_seals_verifiers_once_and_the_output_is_the_same_without_them(
 def test_a_rotated_password_gets_a_new_verifier_not_its_stale_seal(
     blueprint: Path, tmp_path: Path
 ) -> None:
-    secrets_file = tmp_path / "fleet.secrets.yml"
-    assert run("render", str(blueprint), "-o", str(tmp_path / "a")).exit_code == 0
-    values, _ = store.read(secrets_file)
-    assert values is not None
+    secrets_file, values = render_once(blueprint)
     rotated = "rotated-password-0123456789abcdef"
     stale_seal = values["instances.one.db_password_scram"]
     store.write(secrets_file, {**values, "instances.one.db_password": rotated}, blueprint.name)
@@ -145,15 +153,8 @@ def test_a_rotated_password_gets_a_new_verifier_not_its_stale_seal(
 def test_check_neither_writes_seals_nor_calls_their_absence_missing_secrets(
     blueprint: Path, tmp_path: Path
 ) -> None:
-    secrets_file = tmp_path / "fleet.secrets.yml"
-    assert run("render", str(blueprint), "-o", str(tmp_path / "a")).exit_code == 0
-    values, _ = store.read(secrets_file)
-    assert values is not None
-    store.write(
-        secrets_file,
-        {k: v for k, v in values.items() if not k.endswith(store.SEALED_SUFFIX)},
-        blueprint.name,
-    )
+    secrets_file, values = render_once(blueprint)
+    drop_seals(secrets_file, values, blueprint)
     before = secrets_file.read_bytes()
     result = run("render", str(blueprint), "-o", str(tmp_path / "a"), "--check")
     assert result.exit_code == 0, result.output
@@ -164,15 +165,8 @@ def test_check_neither_writes_seals_nor_calls_their_absence_missing_secrets(
 def test_a_secrets_file_that_cannot_be_rewritten_only_for_seals_is_no_error(
     blueprint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert run("render", str(blueprint), "-o", str(tmp_path / "a")).exit_code == 0
-    secrets_file = tmp_path / "fleet.secrets.yml"
-    values, _ = store.read(secrets_file)
-    assert values is not None
-    store.write(
-        secrets_file,
-        {k: v for k, v in values.items() if not k.endswith(store.SEALED_SUFFIX)},
-        blueprint.name,
-    )
+    secrets_file, values = render_once(blueprint)
+    drop_seals(secrets_file, values, blueprint)
 
     def unwritable(*_: object) -> None:
         raise PermissionError(13, "Permission denied")
