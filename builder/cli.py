@@ -7,6 +7,7 @@ Only click is imported at start-up; each command imports what it needs when it r
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -68,9 +69,27 @@ def fail(message: str, code: int = EXIT_INVALID, hint: str | None = None) -> NoR
     sys.exit(code)
 
 
+def help_width() -> int:
+    """The width click's help formatter would choose, found as shutil.get_terminal_size finds
+    the terminal's: importing shutil (and the compression modules it imports) took a tenth of
+    `owuibuild --help`."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return max(min(columns or 80, 80) - 2, 50)
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
-        return cli.main(args=argv, prog_name="owuibuild", standalone_mode=True)
+        return cli.main(
+            args=argv, prog_name="owuibuild", standalone_mode=True, terminal_width=help_width()
+        )
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except SystemExit:

@@ -93,7 +93,12 @@ def compile_blueprint(
         return compiled
     plan = make_plan(checked.fleet)
     needed = [ref.name for ref in plan.secrets]
-    secrets, changed, problems = secret_store.load_or_create(path, needed, create=write_secrets)
+    secrets, changed, problems = secret_store.load_or_create(
+        path,
+        needed,
+        create=write_secrets,
+        scram_logins=[(ref.name, role) for ref, role in plan.scram_logins],
+    )
     compiled.secrets_changed = changed
     compiled.diagnostics += problems
     if secrets is None:

@@ -137,7 +137,7 @@ class InstancePlan:
         own subnet when the service runs on the same host (no NAT), else its host's address."""
         if service_host == self.host:
             return self.docker_subnet
-        return IPv4Network(f"{self.host.address}/32")
+        return IPv4Network((self.host.address, 32))
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,11 @@ class Plan:
         for i in self.instances:
             refs += [i.db_password, i.redis_password, i.webui_secret_key]
         return tuple(refs)
+
+    @property
+    def scram_logins(self) -> tuple[tuple[SecretRef, str], ...]:
+        """Passwords PostgreSQL keeps as SCRAM verifiers, each with its role (the salt's seed)."""
+        return tuple((i.db_password, i.db_role) for i in self.instances)
 
     def instances_on(self, host_name: str) -> tuple[InstancePlan, ...]:
         return tuple(i for i in self.instances if i.host.name == host_name)
@@ -331,11 +336,21 @@ def make_plan(fleet: Fleet) -> Plan:
         }
         return frozenset(name for name, on in placed.items() if on)
 
+    by_host: dict[str, list[InstancePlan]] = {}
+    for planned in all_instances:
+        by_host.setdefault(planned.host.name, []).append(planned)
+
     def host_plan(host: Host, role: str) -> HostPlan:
         services = services_of(host)
-        on_host = tuple(i for i in all_instances if i.host.name == host.name)
+        on_host = tuple(by_host.get(host.name, ()))
         rules = [FirewallRule("ssh", SSH_PORT, admin_nets)]
-        clients = client_networks(all_instances, host)
+        # Only a host of shared services admits the instances: looking at every instance for
+        # every Docker host would make the plan quadratic in the fleet's size.
+        clients = (
+            client_networks(all_instances, host)
+            if services & {"postgres", "qdrant", "ollama"}
+            else ()
+        )
         if clients and "postgres" in services:
             rules.append(FirewallRule("postgresql", POSTGRES_PORT, clients))
         if clients and "qdrant" in services:

@@ -4,18 +4,25 @@ environment that renders the native config templates under ``templates/shared``.
 Every ``{{ ... }}`` in those templates must go through one of the filters here: the
 environment's ``finalize`` refuses any other string, so a template cannot paste a raw value.
 A value that a language cannot represent (a newline in a systemd directive, say) raises
-``QuotingError`` instead of being mangled. Pure functions; templates are read from the package.
+``QuotingError`` instead of being mangled. Pure functions; templates are read from the package
+(and their compiled form cached beside them, as Python caches bytecode).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
 import shlex
+import sys
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 
 
 class QuotingError(ValueError):
@@ -174,8 +181,77 @@ def _load(name: str) -> str:
     return resources.files("owuibuild").joinpath("templates", "shared", name).read_text("utf-8")
 
 
-@cache
-def environment() -> jinja2.Environment:
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates kept beside their sources, as Python keeps bytecode in __pycache__.
+
+    Compiling the templates took a sixth of rendering a small fleet, every time. Each entry
+    is keyed by a checksum of its template's source together with everything that shapes the
+    compiled code (Jinja's version, the environment's options, the filters and how they are
+    called), and Jinja's own header names the Python version, so an entry is used only for
+    exactly what it was compiled from. Writing is best effort and atomic, and skipped where
+    Python writes no bytecode either (PYTHONDONTWRITEBYTECODE, or a read-only install).
+    """
+
+    def __init__(self, directory: Path, shape: str) -> None:
+        self.directory = directory
+        self.shape = shape
+
+    def get_source_checksum(self, source: str) -> str:
+        return hashlib.sha256(f"{self.shape}\0{source}".encode()).hexdigest()
+
+    def _path(self, bucket: jinja2.bccache.Bucket) -> Path:
+        return self.directory / f"{bucket.key}.jinja"
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            with self._path(bucket).open("rb") as fh:
+                bucket.load_bytecode(fh)  # resets the bucket on a mismatch
+        except FileNotFoundError:
+            pass
+        except Exception:  # a damaged entry: compile again
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if sys.dont_write_bytecode:
+            return
+        path = self._path(bucket)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            self.directory.mkdir(exist_ok=True)
+            with tmp.open("wb") as fh:
+                bucket.write_bytecode(fh)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def _shape(env: jinja2.Environment) -> str:
+    """What besides a template's source decides its compiled code."""
+    syntax = (
+        env.block_start_string,
+        env.block_end_string,
+        env.variable_start_string,
+        env.variable_end_string,
+        env.comment_start_string,
+        env.comment_end_string,
+        env.line_statement_prefix,
+        env.line_comment_prefix,
+        env.trim_blocks,
+        env.lstrip_blocks,
+        env.newline_sequence,
+        env.keep_trailing_newline,
+        env.autoescape,
+        env.optimized,
+    )
+    # what pass_context and its kin mark a callable with: it changes how the code calls it
+    calls = {n: str(getattr(f, "jinja_pass_arg", None)) for n, f in sorted(env.filters.items())}
+    finalize = str(getattr(env.finalize, "jinja_pass_arg", None)) if env.finalize else None
+    return repr((jinja2.__version__, syntax, finalize, calls))
+
+
+def make_environment(compiled: Path | None) -> jinja2.Environment:
+    """The templates' environment; compiled templates cached in ``compiled`` when given."""
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(_load),
         undefined=jinja2.StrictUndefined,
@@ -186,7 +262,15 @@ def environment() -> jinja2.Environment:
         finalize=_finalize,
     )
     env.filters.update(FILTERS)
+    if compiled is not None:
+        env.bytecode_cache = _CompiledTemplates(compiled, _shape(env))
     return env
+
+
+@cache
+def environment() -> jinja2.Environment:
+    templates = resources.files("owuibuild").joinpath("templates", "shared")
+    return make_environment(templates / "__pycache__" if isinstance(templates, Path) else None)
 
 
 def render_template(template: str, /, **context: Any) -> str:

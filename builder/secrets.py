@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import scram
 from .diagnostics import Diagnostic, error
 
 # URL-, shell-, SQL- and YAML-safe, so a secret never needs quoting anywhere it goes.
@@ -27,6 +28,15 @@ HEADER = (
     "# owuibuild secrets for {blueprint}. Generated once; keep this file private (mode 0600)\n"
     "# and back it up: the hosts' passwords and keys come from it.\n"
 )
+
+
+# A password PostgreSQL keeps as a SCRAM verifier has the verifier sealed next to it, under its
+# name with this suffix (see owuibuild.scram): derived, so deleting the entry only costs time.
+SEALED_SUFFIX = "_scram"
+
+
+def sealed_name(name: str) -> str:
+    return f"{name}{SEALED_SUFFIX}"
 
 
 # Runs of the characters a secret is made of: a secret can only occur inside one of these.
@@ -55,8 +65,17 @@ class Secrets:
     def __getitem__(self, name: str) -> str:
         return self.values[name]
 
+    def scram_verifier(self, name: str, role: str) -> str:
+        """The SCRAM verifier of password ``name`` for ``role``: the store's sealed copy when it
+        was made for exactly this password and role, else computed (the same bytes, slowly)."""
+        password = self.values[name]
+        sealed = self.values.get(sealed_name(name))
+        found = scram.unseal(sealed, password, role) if sealed is not None else None
+        return found if found is not None else scram.verifier(password, role)
+
     def all_values(self) -> frozenset[str]:
-        return frozenset(self.values.values())
+        """Every secret value (sealed verifiers are derived from them, not secrets of their own)."""
+        return frozenset(v for k, v in self.values.items() if not k.endswith(SEALED_SUFFIX))
 
     @cached_property
     def _scan(self) -> tuple[frozenset[str], frozenset[int], bool]:
@@ -204,6 +223,19 @@ def complete(
     return values, added
 
 
+def seal_verifiers(values: dict[str, str], logins: Iterable[tuple[str, str]]) -> bool:
+    """Seal the SCRAM verifier of each (password name, role) in ``logins`` into ``values``
+    where no entry holds one made for that password and role; whether anything changed."""
+    changed = False
+    for name, role in logins:
+        entry = sealed_name(name)
+        sealed = values.get(entry)
+        if sealed is None or scram.unseal(sealed, values[name], role) is None:
+            values[entry] = scram.seal(values[name], role)
+            changed = True
+    return changed
+
+
 def write(path: Path, values: Mapping[str, str], blueprint_name: str) -> None:
     """Write the secrets file atomically with mode 0600 from the start."""
     text = HEADER.format(blueprint=blueprint_name) + yaml.safe_dump(
@@ -225,29 +257,39 @@ def write(path: Path, values: Mapping[str, str], blueprint_name: str) -> None:
 
 
 def load_or_create(
-    blueprint: Path, needed: Iterable[str], *, create: bool = True
+    blueprint: Path,
+    needed: Iterable[str],
+    *,
+    create: bool = True,
+    scram_logins: Iterable[tuple[str, str]] = (),
 ) -> tuple[Secrets | None, bool, list[Diagnostic]]:
     """The secrets for a blueprint: read, completed, and written back when new ones were needed.
 
+    The SCRAM verifiers of ``scram_logins`` (password name, role) are sealed into the file too,
+    so later renders need not compute them; a file that lacks only those is still written,
+    but failing to write it then is no error (the next render computes them again).
+
     Returns (secrets, changed, diagnostics). With ``create`` False nothing is written, and
-    ``changed`` tells whether the file would change.
+    ``changed`` tells whether the file would gain secrets.
     """
     path = secrets_path(blueprint)
     existing, diagnostics = read(path)
     if diagnostics:
         return None, False, diagnostics
     values, added = complete(existing, needed)
-    if added and create:
+    sealed = seal_verifiers(values, scram_logins)
+    if (added or sealed) and create:
         try:
             write(path, values, blueprint.name)
         except OSError as exc:
-            return (
-                None,
-                True,
-                [
-                    error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
-                        str(path), None, None
-                    )
-                ],
-            )
+            if added:
+                return (
+                    None,
+                    True,
+                    [
+                        error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
+                            str(path), None, None
+                        )
+                    ],
+                )
     return Secrets(values), added, []

@@ -9,8 +9,6 @@ Only this room (and the CLI) writes files.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import os
@@ -43,11 +41,11 @@ class Change:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    import ctypes
+
+    # The C library this process already has loaded (find_library would run ldconfig in a
+    # subprocess on every render).
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False
     at_fdcwd = -100
@@ -69,13 +67,20 @@ def check_target(out_dir: Path) -> None:
 
 def _materialize(root: Path, artifacts: Sequence[Artifact]) -> None:
     os.chmod(root, 0o755)
+    made = {root}  # a large render writes a thousand files into a few hundred directories
     for a in artifacts:
         dest = root / a.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.update(dest.parents)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, a.mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(a.data)
-        os.chmod(dest, a.mode)  # umask must not widen or narrow the intended mode
+        try:
+            os.fchmod(fd, a.mode)  # umask must not widen or narrow the intended mode
+            data = memoryview(a.data)
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
 
 
 def _leftovers(out_dir: Path, kind: str) -> list[Path]:

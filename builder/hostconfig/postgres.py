@@ -7,15 +7,12 @@ to nor started on: a guard, run by the setup script and as the unit's ExecStartP
 unit with a message that points to the runbook's upgrade section. One role and one UTF8
 database per instance, owned by that role, CONNECT revoked from PUBLIC; pg_hba.conf lets each
 role reach only its own database, only from its instance host, with scram-sha-256, and rejects
-everything else. Passwords go to the server as SCRAM verifiers in a 0600 SQL file owned by
-postgres. Only the shared host gets this section.
+everything else. Passwords go to the server as SCRAM verifiers (owuibuild.scram; the secret store
+keeps them sealed) in a 0600 SQL file owned by postgres. Only the shared host gets this section.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -49,7 +46,6 @@ SOCKET_DIR = "/var/run/postgresql"
 DROPIN = "/etc/systemd/system/postgresql@.service.d/owuibuild.conf"
 # Read by postgresql-common before the package creates its default cluster: we create ours.
 CREATECLUSTER = "/etc/postgresql-common/createcluster.d/50-owuibuild.conf"
-SCRAM_ITERATIONS = 4096
 # The empty cluster made at install time (on the root disk: a golden image carries it), copied
 # onto a new data volume at first boot instead of running initdb there.
 TEMPLATE_ROOT = "/var/lib/postgresql/owuibuild-template"
@@ -62,25 +58,6 @@ def data_dir(version: int) -> str:
 
 def conf_dir(version: int) -> str:
     return f"/etc/postgresql/{version}/main"
-
-
-def scram_verifier(password: str, salt_seed: str) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
-
-    The salt is derived from ``salt_seed`` and the password instead of drawn at random, so a
-    render stays byte-for-byte reproducible. Secrets are ASCII, for which SASLprep is the
-    identity.
-    """
-    salt = hashlib.sha256(f"owuibuild-scram:{salt_seed}:{password}".encode()).digest()[:16]
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(b: bytes) -> str:
-        return base64.b64encode(b).decode()
-
-    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 @dataclass(frozen=True)
@@ -125,7 +102,7 @@ def init_sql(plan: Plan, secrets: Secrets) -> str:
             "instance": i.name,
             "role": i.db_role,
             "database": i.db_name,
-            "verifier": scram_verifier(secrets[i.db_password.name], i.db_role),
+            "verifier": secrets.scram_verifier(i.db_password.name, i.db_role),
         }
         for i in plan.instances
     ]

@@ -354,3 +354,24 @@ def test_console_script_schema() -> None:
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert json.loads(proc.stdout)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+@pytest.mark.parametrize("columns", ["", "0", "x", "30", "60", "79", "80", "81", "200"])
+def test_help_is_as_wide_as_click_would_make_it(
+    columns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """main() gives click the help width itself (so --help need not import shutil): the same
+    width click's formatter works out with shutil.get_terminal_size."""
+    import shutil
+
+    from owuibuild.cli import help_width
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert help_width() == max(min(shutil.get_terminal_size().columns, 80) - 2, 50)
+
+
+def test_help_through_the_console_script_imports_no_shutil() -> None:
+    code = "import sys\nfrom owuibuild.cli import main\ntry:\n    main(['--help'])\n"
+    code += "except SystemExit:\n    pass\nprint('shutil' in sys.modules, file=sys.stderr)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stderr.strip() == "False" and "Usage: owuibuild" in done.stdout

@@ -128,6 +128,24 @@ def test_pure_python_yaml_emitter_gives_the_golden_bytes(
     assert not differ, f"the pure-Python emitter writes other bytes for {differ}"
 
 
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_pyyaml_representer_gives_the_golden_bytes(
+    example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """yamldump builds the emitter's events itself for plain data; PyYAML's own representer
+    (what it falls back to for anything else) must write exactly the same files."""
+
+    def unplain(*_: object) -> None:
+        raise yamldump._Unplain
+
+    monkeypatch.setattr(yamldump, "_events", unplain)
+    monkeypatch.setattr(bundle, "_COMPOSE_CACHE", type(bundle._COMPOSE_CACHE)())
+    files = render(example, tmp_path, update=False)
+    expected = stored(GOLDEN / example.removesuffix(".yml"))
+    differ = sorted(path for path in files if files[path] != expected[path])
+    assert files.keys() == expected.keys() and not differ, f"other bytes for {differ}"
+
+
 def test_golden_secrets_are_fake() -> None:
     import yaml
 

@@ -119,14 +119,6 @@ def test_postgres_is_derived_from_the_plan(seed: Rendered) -> None:
     ]
 
 
-def test_scram_verifier_is_reproducible_and_salted_per_role() -> None:
-    # tests/services/test_postgres.py proves a real server accepts it.
-    verifier = postgres.scram_verifier("pencil", "user")
-    assert verifier.startswith("SCRAM-SHA-256$4096:")
-    assert verifier == postgres.scram_verifier("pencil", "user")
-    assert verifier != postgres.scram_verifier("pencil", "other")
-
-
 def test_redis_servers_per_instance_and_shared(
     seed: Rendered, render_text: Callable[[str], Rendered]
 ) -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 from fleetdoc import BASE, edit, where
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from owuibuild import source as source_mod
-from owuibuild.source import MAX_BYTES, MAX_DEPTH, MAX_NODES, Mark, load, parse
+from owuibuild.diagnostics import Diagnostic
+from owuibuild.source import MAX_BYTES, MAX_DEPTH, MAX_NODES, Mark, Source, load, parse
 
 pytestmark = pytest.mark.unit
 
@@ -248,3 +251,93 @@ def test_keys_must_be_text(text: str, shown: str) -> None:
     assert src is None
     assert d.message == f"mapping key {shown} is not text"
     assert (d.line, d.column) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "tag"),
+    [("a: !!int x\n", 4, "!!int"), ("!!int ", 1, "!!int"), ("a: !!bool x\n", 4, "!!bool")],
+)
+def test_a_value_its_explicit_tag_cannot_hold_is_located(text: str, column: int, tag: str) -> None:
+    assert only_error(text) == (
+        f"invalid YAML value: the value cannot be read as {tag}",
+        1,
+        column,
+    )
+
+
+# -- libyaml parses, PyYAML's pure-Python parser is the reference --------------------------------
+
+YAMLISH = [
+    *"ab:-?,[]{}#&*!|>'\"%@`\\ \t\n\r0123456789.~",
+    "\r\n",
+    "\x85",
+    "\u2028",
+    "é",
+    "\U0001f600",
+    "\ufeff",
+    "\x01",
+    "- ",
+    ": ",
+    "? ",
+    "&a ",
+    "*a",
+    "!!str ",
+    "!!int ",
+    "!!binary ",
+    "!x ",
+    "---\n",
+    "...\n",
+    "%YAML 1.1\n",
+    "%TAG ! tag:x,2000:\n",
+    "true",
+    "null",
+    "0x1F",
+    "1e3",
+    "2001-12-14",
+    "<<: *a\n",
+    "  ",
+    "    ",
+]
+YAMLISH_TEXT = st.one_of(
+    st.lists(st.sampled_from(YAMLISH), max_size=60).map("".join),
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["a", "b", "- a", "? a", "c"]),
+            st.lists(st.sampled_from(YAMLISH), max_size=6).map("".join),
+        ),
+        max_size=12,
+    ).map(lambda rows: "".join(f"{'  ' * d}{k}: {v}\n" for d, k, v in rows)),
+)
+
+
+def pure_parse(text: str) -> tuple[Source | None, list[Diagnostic]]:
+    fast = source_mod._FastLoader
+    source_mod._FastLoader = None
+    try:
+        return parse(text, "bp.yml")
+    finally:
+        source_mod._FastLoader = fast
+
+
+def outcome(parsed: tuple[Source | None, list[Diagnostic]]) -> object:
+    src, diagnostics = parsed
+    if src is None:
+        return [d.as_dict() for d in diagnostics]
+    return repr(src.data), src.values, src.keys
+
+
+@pytest.mark.skipif(source_mod._FastLoader is None, reason="PyYAML here is built without libyaml")
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(YAMLISH_TEXT)
+def test_libyaml_parses_as_the_pure_python_parser(text: str) -> None:
+    """Same data, same locations, same diagnostics (libyaml's findings are reported by the
+    pure-Python parser in its own words)."""
+    assert outcome(parse(text, "bp.yml")) == outcome(pure_parse(text))
+
+
+@pytest.mark.skipif(source_mod._FastLoader is None, reason="PyYAML here is built without libyaml")
+def test_examples_parse_alike() -> None:
+    for example in sorted(Path(__file__).parents[2].joinpath("blueprints").glob("*.yml")):
+        text = example.read_text()
+        assert outcome(parse(text, "bp.yml")) == outcome(pure_parse(text)), example

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from owuibuild import verify as verify_mod
 from owuibuild.targets import Artifact
 from owuibuild.verify import leaked_secrets, never_secret, parser_for, verify
 
@@ -108,3 +113,58 @@ def test_leaked_secrets_looks_inside_tokens() -> None:
 
 def test_no_secrets_no_leak_check() -> None:
     assert messages([Artifact("README.md", SECRET.encode())], secrets=()) == []
+
+
+# -- the YAML check: yaml.compose's verdict, by libyaml's parser alone where that suffices -------
+
+YAMLISH = [
+    *"ab:-?,[]{}#&*!|>'\"%@\\ \t\n\r019.~",
+    "---",
+    "...",
+    "- ",
+    ": ",
+    "&a ",
+    "*a",
+    "!!int ",
+    "!x!y ",
+    "%YAML 1.1\n",
+    "%TAG ! tag:x,2000:\n",
+    "\xff\xfe",
+    "\xfe\xff",
+    "é",
+    "\x85",
+    "\u2028",
+    "\x00",
+]
+
+
+def composed(data: bytes) -> object:
+    """yaml.compose's verdict: the root node's kind, or that it refuses the stream."""
+    try:
+        node = yaml.compose(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return "refused"
+    return None if node is None else type(node)
+
+
+ENCODINGS = [lambda t: t.encode(), lambda t: b"\xff\xfe" + t.encode("utf-16-le")]
+ENCODINGS += [lambda t: b"\xfe\xff" + t.encode("utf-16-be")]
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(YAMLISH), max_size=40).map("".join), st.sampled_from(ENCODINGS))
+def test_the_yaml_check_is_yaml_compose(text: str, encode: Callable[[str], bytes]) -> None:
+    data = encode(text)
+    try:
+        found: object = verify_mod._compose(data)
+    except yaml.YAMLError:
+        found = "refused"
+    assert found == composed(data)
+
+
+def test_the_yaml_check_refuses_what_compose_refuses() -> None:
+    for data in (b"a: 1\n---\nb: 2\n", b"a: *x\n", b"a: &x 1\nb: &x 2\nc: *x\n", b"a: [1\n"):
+        with pytest.raises(yaml.YAMLError):
+            verify_mod._compose(data)
+    assert verify_mod._compose(b"a: 1\n") is yaml.MappingNode
+    assert verify_mod._compose(b"# only a comment\n") is None

@@ -66,16 +66,47 @@ def test_the_guard_is_needed() -> None:
 @needs_libyaml
 def test_trusted_documents_go_to_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[type] = []
-    real = yaml.dump
+    real = yaml.emit
 
-    def spy(doc: Any, **kw: Any) -> Any:
+    def spy(events: Any, **kw: Any) -> Any:
         used.append(kw["Dumper"])
-        return real(doc, **kw)
+        return real(events, **kw)
 
-    monkeypatch.setattr(yamldump.yaml, "dump", spy)
+    monkeypatch.setattr(yamldump.yaml, "emit", spy)
     yamldump.dump({"write_files": [{"path": "/x", "content": "a\nb\n"}]}, literal_blocks=True)
     yamldump.dump({"services": {"a": {"image": "x:1", "ports": ["127.0.0.1:80:80"]}}})
-    assert used == [yamldump._C_LITERAL, yamldump._C_PLAIN]
+    yamldump.dump({"a": "x\n\n"}, literal_blocks=True)  # not trusted: the pure-Python emitter
+    assert used == [yamldump._C_PLAIN, yamldump._C_PLAIN, yaml.SafeDumper]
+
+
+def reference(doc: Any, style: dict[str, Any], sort_keys: bool = False) -> str:
+    """What PyYAML's own dump writes: safe representer, pure-Python emitter."""
+    dumper = yamldump._Literal if style["literal_blocks"] else yaml.SafeDumper
+    text: str = yaml.dump(
+        doc,
+        Dumper=dumper,
+        sort_keys=sort_keys,
+        default_flow_style=False,
+        allow_unicode=style["allow_unicode"],
+        width=style["width"],
+    )
+    return text
+
+
+def test_documents_not_of_plain_data_go_through_the_representer() -> None:
+    """Shared containers (anchors), floats, other key types: yaml.dump itself writes them."""
+    shared = ["a", "b"]
+    for doc in (
+        {"x": shared, "y": shared},
+        {"x": (1, 2), "y": 1.5},
+        {1: "one", "a": "b"},
+        {"a": {"b": [None, True, -3]}, "c": float("inf")},
+    ):
+        for style in STYLES:
+            with pytest.raises(yamldump._Unplain):
+                yamldump._events(doc, style["literal_blocks"], True, False)  # type: ignore[arg-type]
+            assert yamldump.dump(doc, **style) == reference(doc, style)  # type: ignore[arg-type]
+    assert "&id001" in yamldump.dump({"x": shared, "y": shared})
 
 
 CHARS = [*"ab c:#-'\"|>{}[]&*!%@`,?=~\\/.09 $()<>;", "é", "\u00a0", "\ud7ff", "\ue000"]
@@ -107,3 +138,34 @@ def test_wherever_libyaml_is_trusted_it_writes_the_reference_bytes(
         "width": style["width"],
     }
     assert yaml.dump(doc, Dumper=c, **kw) == yaml.dump(doc, Dumper=py, **kw)
+
+
+SHARED = ["shared", 1]
+PLAIN_OR_NOT = st.recursive(
+    TEXT | st.integers() | st.booleans() | st.none() | st.floats() | st.just(SHARED),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.lists(inner, max_size=3).map(tuple)
+    | st.dictionaries(KEY | TEXT, inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=500, suppress_health_check=list(HealthCheck), deadline=None)
+@given(
+    st.dictionaries(KEY, PLAIN_OR_NOT, max_size=3),
+    st.sampled_from(STYLES),
+    st.booleans(),
+    st.booleans(),
+)
+def test_dump_writes_the_bytes_of_pyyaml_s_own_dump(
+    doc: dict[str, Any], style: dict[str, Any], sort_keys: bool, libyaml: bool
+) -> None:
+    """Events built here, emitted by libyaml or by the pure-Python emitter, or yaml.dump itself
+    for what is not plain data: always the bytes of the reference."""
+    old = yamldump.USE_LIBYAML
+    yamldump.USE_LIBYAML = libyaml and yamldump._C_PLAIN is not None
+    try:
+        written = yamldump.dump(doc, sort_keys=sort_keys, **style)
+    finally:
+        yamldump.USE_LIBYAML = old
+    assert written == reference(doc, style, sort_keys)
