@@ -433,9 +433,13 @@ def test_after_the_runbooks_dump_and_restore_the_new_major_runs_with_the_data(
     assert snapshot(scenario.old_cluster) == scenario.old_tree
 
 
-def test_an_empty_volume_still_gets_a_new_cluster(image: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("template", [False, True], ids=["initdb", "template"])
+def test_an_empty_volume_gets_a_new_cluster(image: str, tmp_path: Path, template: bool) -> None:
     """The guard stands aside where there is nothing to protect: a new fleet's empty volume
-    gets its PostgreSQL 17 cluster and the instances' databases, as before."""
+    gets its PostgreSQL 17 cluster and the instances' databases. Without a template, initdb
+    makes it; where the install step ran (a golden image runs it at bake time) its empty
+    cluster on the root disk is copied instead: that very cluster (same system identifier),
+    and the template stays for the next volume."""
     _, plan, secrets = plans(tmp_path)
     volume = Path(tempfile.mkdtemp(prefix="owuibuild-volume-"))
     os.chmod(volume, 0o755)
@@ -443,54 +447,30 @@ def test_an_empty_volume_still_gets_a_new_cluster(image: str, tmp_path: Path) ->
     try:
         host = start_host(image, volume)
         install_postgres_files(host, plan, secrets)
+        kept = postgres.template_dir(NEW)
+        if template:
+            made = host.run("/bin/sh", postgres.TEMPLATE_SCRIPT)
+            assert made.returncode == 0, made.stdout + made.stderr
+            again = host.run("/bin/sh", postgres.TEMPLATE_SCRIPT)
+            assert again.stdout.strip().endswith("already there"), again.stdout
         done = host.run("/bin/sh", postgres.SETUP_SCRIPT)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "refusing" not in done.stderr
-        assert (volume / "postgresql" / str(NEW) / "main" / "PG_VERSION").read_text() == f"{NEW}\n"
-        assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
-        databases = host.superuser(
-            "postgres",
-            "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
-        )
-        assert databases.splitlines() == ["alpha", "beta"]
-    finally:
-        if host is not None:
-            subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)
-        shutil.rmtree(volume, ignore_errors=True)
-
-
-def test_a_new_volume_gets_the_install_steps_cluster_template(image: str, tmp_path: Path) -> None:
-    """The install step (which a golden image has run at bake time) makes an empty cluster on
-    the root disk; the first boot copies it onto the empty volume instead of running initdb.
-    The copy is that very cluster (same system identifier), runs, and gets the instances'
-    databases; the template stays for the next volume."""
-    _, plan, secrets = plans(tmp_path)
-    volume = Path(tempfile.mkdtemp(prefix="owuibuild-volume-"))
-    os.chmod(volume, 0o755)
-    host: Host | None = None
-    try:
-        host = start_host(image, volume)
-        install_postgres_files(host, plan, secrets)
-        made = host.run("/bin/sh", postgres.TEMPLATE_SCRIPT)
-        assert made.returncode == 0, made.stdout + made.stderr
-        template = postgres.template_dir(NEW)
-        assert host.run("/bin/sh", postgres.TEMPLATE_SCRIPT).stdout.strip().endswith(
-            "already there"
-        )
-        done = host.run("/bin/sh", postgres.SETUP_SCRIPT)
-        assert done.returncode == 0, done.stdout + done.stderr
-        data = postgres.data_dir(NEW)
-        assert system_identifier(host, data) == system_identifier(host, template)
-        assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
-        databases = host.superuser(
-            "postgres",
-            "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
-        )
-        assert databases.splitlines() == ["alpha", "beta"]
         cluster = volume / "postgresql" / str(NEW) / "main"
+        assert (cluster / "PG_VERSION").read_text() == f"{NEW}\n"
         assert stat.S_IMODE(cluster.stat().st_mode) == 0o700
-        assert not (volume / "postgresql" / str(NEW) / "main.copy").exists()
-        assert host.run("test", "-s", f"{template}/PG_VERSION").returncode == 0
+        assert not cluster.with_name("main.copy").exists()
+        assert host.run("systemctl", "is-active", NEW_UNIT).stdout.strip() == "active"
+        databases = host.superuser(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname IN ('alpha', 'beta') ORDER BY 1",
+        )
+        assert databases.splitlines() == ["alpha", "beta"]
+        has_template = host.run("test", "-s", f"{kept}/PG_VERSION").returncode == 0
+        assert has_template == template
+        if template:
+            data = postgres.data_dir(NEW)
+            assert system_identifier(host, data) == system_identifier(host, kept)
     finally:
         if host is not None:
             subprocess.run(["docker", "rm", "-f", host.container], capture_output=True)
