@@ -175,3 +175,16 @@ def test_a_secrets_file_that_cannot_be_rewritten_only_for_seals_is_no_error(
     result = run("render", str(blueprint), "-o", str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     assert files(tmp_path / "a") == files(tmp_path / "b")
+
+
+@pytest.mark.parametrize("count", [3, 40])
+def test_seals_made_side_by_side_are_the_ones_made_one_by_one(count: int) -> None:
+    """Many missing seals are made in threads (40 here, fewer than 16 in line): each is the
+    seal of its own password and role, in place, whatever order the threads finish in."""
+    values = {f"db_{i}": f"password-number-{i:04d}-abcdefghijklmnop" for i in range(count)}
+    logins = [(f"db_{i}", f"role_{i}") for i in range(count)]
+    assert store.seal_verifiers(values, logins) is True
+    for name, role in logins:
+        assert values[store.sealed_name(name)] == scram.seal(values[name], role)
+    # Sealed already: nothing to do.
+    assert store.seal_verifiers(values, logins) is False
