@@ -28,6 +28,10 @@ from pathlib import Path
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchmarkKeyNotARealKey00000000000000000000 bench@bench"
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "blueprints" / "seed-example.yml"
+# Renders go where `owuibuild render` puts them, under out/: on the repository's file system,
+# whose speed at making and removing a thousand small files is part of a render's wall time
+# (the system's temporary directory may be another file system, faster or slower).
+OUT = REPO / "out"
 LIBRARIES = "import yaml, jinja2, click, jsonschema, hcl2, pycdlib"
 # What render imports today: verification parses HCL with pygohcl, not python-hcl2 (whose Lark
 # import is the dearest of the floor above). Printed for information, next to the goal's floor.
@@ -121,7 +125,7 @@ def tree_size(root: Path) -> tuple[int, int]:
 
 
 def bench_render(exe: str, count: int, runs: int) -> tuple[list[str], float, float]:
-    with tempfile.TemporaryDirectory(prefix="owuibuild-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=OUT) as tmp:
         root = Path(tmp)
         (root / "fleet.yml").write_text(fleet(count))
         first = measure([exe, "render", "fleet.yml", "-o", "out"], root)
@@ -240,7 +244,7 @@ def main() -> None:
         print(f"  cost per instance from {smallest} to {count}: {marginal:.2f} ms")
 
     python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="owuibuild-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=OUT) as tmp:
         root = Path(tmp)
         shutil.copy(EXAMPLE, root / "fleet.yml")
         render = [exe, "render", "fleet.yml", "-o", "out"]
