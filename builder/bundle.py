@@ -143,8 +143,11 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
             "interval": "10s",
             "timeout": "5s",
             "retries": 5,
-            # about 60 migrations run before the first answer
-            "start_period": "180s",
+            # About 60 migrations run before the first answer. A failed check within this
+            # period does not count, and the first good one ends it: a slow first start (seen:
+            # almost 8 minutes on an emulated CPU) is not marked unhealthy, which would fail the
+            # unit's `compose up --wait` and restart it every half minute until it answered.
+            "start_period": "600s",
         },
         "logging": {
             "driver": "json-file",

@@ -111,6 +111,10 @@ def test_compose_service_shape(rendered: Rendered) -> None:
     assert service["restart"] == "unless-stopped"
     assert service["env_file"] == ["one.env"]
     assert "/health" in service["healthcheck"]["test"][-1]
+    # A slow first start (migrations) must not be marked unhealthy: the unit's `compose up
+    # --wait` would fail and restart every half minute. The real Open WebUI took almost
+    # 8 minutes under TCG (boot tier, OWUIBUILD_BOOT_REAL_OPENWEBUI=1).
+    assert service["healthcheck"]["start_period"] == "600s"
     assert service["logging"]["driver"] == "json-file"
     assert set(service["logging"]["options"]) == {"max-size", "max-file"}
     assert "environment" not in service
