@@ -66,6 +66,13 @@ class Part:
     configure: tuple[Command, ...] = ()  # idempotent; run at every first boot
     bootcmd: tuple[Command, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # other top-level cloud-config keys
+    # Units a configure step started in the background (start_units(wait=False)) that the
+    # configuration still waits for: one `systemctl start` after the last configure step, so
+    # they start alongside the slower steps that follow them and a failure still fails runcmd.
+    awaited: tuple[str, ...] = ()
+    # Instances of templates this part writes a drop-in for (``name@.service.d``), by name:
+    # the reload check asks systemd about them (see reload_if_stale).
+    template_units: tuple[str, ...] = ()
 
 
 Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
@@ -73,14 +80,21 @@ Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
 # The first runcmd step: every package of the seed is installed. On a vanilla image cloud-init
 # has just installed them; a golden image skips cloud-init's package step (no apt-get update at
 # boot, see templates/packer/seal.sh), so an image baked before a package was added must stop
-# here with a message instead of failing later in a stranger way.
+# here with a message instead of failing later in a stranger way. One dpkg-query for all of
+# them (each call reads dpkg's whole status file); a name it does not know is just not listed.
 CHECK_PACKAGES = (
+    "status=$(dpkg-query -W -f=' ${db:Status-Status}:${Package} ' \"$@\" 2>/dev/null); "
     'missing=""; for p in "$@"; do '
-    '[ "$(dpkg-query -W -f=\'${db:Status-Status}\' "$p" 2>/dev/null)" = installed ] '
-    '|| missing="$missing $p"; done; '
+    'case "$status " in *" installed:$p "*) ;; *) missing="$missing $p" ;; esac; done; '
     '[ -z "$missing" ] || { echo "owuibuild: not installed:$missing;'
     ' bake the golden image again from this render" >&2; exit 1; }'
 )
+
+
+# cloud-init writes runcmd as one /bin/sh script, a line per step, and judges it by its exit
+# status: without this first line a failed step (the firewall's ruleset check, say) would let
+# the steps after it start services anyway, and cloud-init report success if the last one did.
+STOP_ON_FAILURE = "set -e"
 
 
 def check_packages(packages: Iterable[str]) -> Command:
@@ -88,10 +102,43 @@ def check_packages(packages: Iterable[str]) -> Command:
 
 
 # Every unit file and drop-in is in place before runcmd (write_files runs in cloud-init's init
-# stage, deferred files before runcmd), so one daemon-reload at the head of the configuration
-# steps makes them all known. Sections then enable with --no-reload: a plain `systemctl enable`
-# reloads the manager each time (every generator again, seconds apiece on a first boot).
-RELOAD: Command = ("systemctl", "daemon-reload")
+# stage, deferred files before runcmd). systemd loads a unit it has not loaded yet from disk when
+# it is first asked for it, so only units it loaded before their files were written (a packaged
+# unit that gets a drop-in, say) need a daemon-reload; cloud-init's mounts module usually did one
+# after write_files already. So the configuration steps begin by asking systemd whether any unit
+# the seed writes is stale, and reload only then: at most one reload, not one per unit (every
+# generator runs again; seconds apiece on a first boot). Sections then enable with --no-reload.
+UNIT_DIR = "/etc/systemd/system"
+RELOAD_IF_STALE = (
+    'state=$(systemctl show --property=LoadState,NeedDaemonReload --value -- "$@") || state=stale; '
+    "if printf '%s\\n' \"$state\" | grep -qvx -e loaded -e no -e ''; then systemctl daemon-reload; fi"
+)
+
+
+def reload_if_stale(units: Iterable[str]) -> Command:
+    """Reload systemd unless every one of ``units`` is loaded and current (RELOAD_IF_STALE)."""
+    return ("/bin/sh", "-c", RELOAD_IF_STALE, "owuibuild-reload", *units)
+
+
+def written_units(parts: Iterable[Part]) -> tuple[str, ...]:
+    """The units whose unit file or drop-in these parts write, in order; a template's drop-in
+    stands for the instances its part names (Part.template_units)."""
+    units: dict[str, None] = {}
+    for p in parts:
+        for f in p.files:
+            if not f.path.startswith(f"{UNIT_DIR}/"):
+                continue
+            name = f.path[len(UNIT_DIR) + 1 :].split("/")[0].removesuffix(".d")
+            if "@." not in name:
+                units[name] = None
+                continue
+            instances = [u for u in p.template_units if u.startswith(name.split("@")[0] + "@")]
+            if not instances:
+                raise ValueError(
+                    f"section {p.name} writes a drop-in for {name} but names no instance"
+                )
+            units.update(dict.fromkeys(instances))
+    return tuple(units)
 
 
 # A unit whose package also ships a SysV script (docker, postgresql): `systemctl enable` runs
@@ -209,10 +256,13 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     runcmd = [list(check_packages(packages))] if packages else []
     runcmd += [list(c) for p in parts for c in p.install]
     configure = [list(c) for p in parts for c in p.configure]
+    awaited = [u for p in parts for u in p.awaited]
+    if awaited:
+        configure.append(["systemctl", "start", *awaited])
     if configure:
-        runcmd += [list(RELOAD), *configure]
+        runcmd += [list(reload_if_stale(written_units(parts))), *configure]
     if runcmd:
-        doc["runcmd"] = runcmd
+        doc["runcmd"] = [STOP_ON_FAILURE, *runcmd]
     return doc
 
 

@@ -16,7 +16,7 @@ import re
 from ..plan import DATA_MOUNT, POSTGRES_PORT, SCRIPT_DIR, HostPlan, Plan
 from ..quoting import Quoted, QuotingError, render_template
 from ..secrets import Secrets
-from . import File, Part, start_units
+from . import File, Part
 from . import qdrant as qdrant_section
 from .datavolume import state_dir_command
 from .postgres import SOCKET_DIR
@@ -136,8 +136,11 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             state_dir_command(
                 "root", "0700", plan.backup_dir, postgres_dir(plan), qdrant_dir(plan)
             ),
-            start_units(TIMER_NAME),
+            # Enabled here, started by the seed's last step (Part.awaited): after the PostgreSQL
+            # setup and Qdrant's start, so it never fires on a half-configured host.
+            ("systemctl", "enable", "--no-reload", TIMER_NAME),
         ),
+        awaited=(TIMER_NAME,),
     )
 
 

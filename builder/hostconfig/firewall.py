@@ -24,6 +24,7 @@ RULESET = "/etc/owuibuild/firewall.nft"
 UNIT_NAME = "owuibuild-firewall.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 TABLE = "inet owuibuild"
+DISTRIBUTION_UNIT = "nftables.service"
 
 
 def accept_statement(rule: FirewallRule, port_match: str = "") -> Quoted:
@@ -65,6 +66,11 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
             File(RULESET, ruleset(host), permissions="0600"),
             File(UNIT, unit()),
         ),
+        # The distribution's nftables.service loads /etc/nftables.conf, which begins with
+        # `flush ruleset`, at boot, unordered with our unit: whichever ran last would win, and
+        # the default file accepts everything. Masked where the package is installed (not
+        # stopped: its stop action flushes every table, Docker's included).
+        install=(("systemctl", "mask", "--no-reload", DISTRIBUTION_UNIT),),
         configure=(
             ("/usr/sbin/nft", "--check", "--file", RULESET),
             start_units(UNIT_NAME),

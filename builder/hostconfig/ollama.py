@@ -108,8 +108,9 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         install=(install_command,),
         configure=(
             state_dir_command("ollama", "0750", OLLAMA_DATA, MODELS),
-            start_units("ollama.service"),
+            start_units("ollama.service", wait=False),
             ("systemctl", "start", "--no-block", MODELS_UNIT_NAME),
         ),
+        awaited=("ollama.service",),
         extra={"users": [system_user("ollama", OLLAMA_DATA, groups)]},
     )

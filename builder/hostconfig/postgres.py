@@ -30,7 +30,9 @@ from ..secrets import Secrets
 from . import File, Part
 from .datavolume import state_dir_command
 
-ORDER = 200
+# After the other shared services: their sections start them in the background, so they come up
+# while this section's setup (the slowest step of a first boot) runs.
+ORDER = 250
 
 SOURCE_DIR = "/etc/owuibuild/postgresql"  # rendered config, installed by the setup script
 INIT_SQL = f"{SOURCE_DIR}/init.sql"
@@ -210,6 +212,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         ),
         install=(("/bin/sh", TEMPLATE_SCRIPT),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
+        template_units=(unit_name(plan.fleet.shared.postgres.version),),
     )
 
 

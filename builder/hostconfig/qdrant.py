@@ -112,7 +112,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         install=(install_command,),
         configure=(
             state_dir_command("qdrant", "0750", QDRANT_DATA, STORAGE, SNAPSHOTS),
-            start_units("qdrant.service"),
+            start_units("qdrant.service", wait=False),
         ),
+        awaited=("qdrant.service",),
         extra={"users": [system_user("qdrant", QDRANT_DATA)]},
     )

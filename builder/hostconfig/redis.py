@@ -97,4 +97,6 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         # masked where the package is installed, so a golden image does not start it at boot.
         install=(("systemctl", "mask", "--no-reload", "--now", "redis-server.service"),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
+        awaited=tuple(unit(s) for s in plan.redis_servers),
+        template_units=tuple(unit(s) for s in plan.redis_servers),
     )

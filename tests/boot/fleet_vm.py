@@ -53,6 +53,7 @@ from fleet_blueprint import (
     render_with_cli,
 )
 from infra.vm import VM, BaseImage, FleetLink
+from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import DATA_MOUNT
 from owuibuild.seed_iso import make_seed_iso
 
@@ -451,3 +452,6 @@ def docker_from_the_archive(dock: VM) -> None:
     sources = dock.ssh("grep -rh '^[^#]' /etc/apt/sources.list.d/ || true").stdout
     assert "docker.com" not in sources, sources
     assert dock.ssh("docker compose version", check=True).stdout.startswith("Docker Compose")
+    # The instance units run compose v2 directly, from the path they name.
+    compose = dock.ssh(f"{docker_section.COMPOSE} version", check=True).stdout
+    assert compose.startswith("Docker Compose"), compose

@@ -134,6 +134,8 @@ def test_baked_image(baked: Any, rootfs: RootFs) -> None:
         assert rootfs.cat(f"{postgres.template_dir(version)}/PG_VERSION").strip() == str(version)
     if "redis" in steps.sections:
         assert "/dev/null" in rootfs.run("stat /etc/systemd/system/redis-server.service")
+    # The distribution's nftables.service (`flush ruleset` at boot) masked on every host.
+    assert "/dev/null" in rootfs.run("stat /etc/systemd/system/nftables.service")
 
     # Golden: cloud-init's package step (apt-get update at every first boot) is left out.
     golden_cfg = rootfs.cat("/etc/cloud/cloud.cfg.d/95-owuibuild-golden.cfg").replace("-", "_")

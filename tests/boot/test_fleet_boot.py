@@ -225,6 +225,12 @@ def test_reboot_of_the_docker_host_brings_its_instances_back(
     wait_instances_healthy(dock, fleet)
     assert instances_in_use(dock) == IN_USE
     assert cross_credentials(dock, fleet) == CROSS_CREDENTIALS
+    # The host firewall loaded by its own unit at boot, and never flushed by the
+    # distribution's nftables.service (masked: its start flushes the whole ruleset).
+    chain = dock.ssh("sudo nft list chain inet owuibuild input", check=True).stdout
+    assert re.search(r"hook input priority filter; policy drop;", chain), chain
+    state = dock.ssh("systemctl is-enabled nftables.service; systemctl is-active nftables.service")
+    assert state.stdout.split() == ["masked", "inactive"], state.stdout
 
 
 def test_new_root_disk_for_the_docker_host_keeps_every_instances_data(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import Rendered
-from owuibuild.hostconfig import backup, parts_for
+from owuibuild.hostconfig import backup, parts_for, postgres
 from owuibuild.plan import BACKUP_DIR, DATA_MOUNT
 from owuibuild.quoting import QuotingError
 
@@ -179,12 +179,13 @@ def test_unit_timer_and_enablement(render: Callable[..., Rendered]) -> None:
     assert f"After=network-online.target postgresql@{version}-main.service qdrant.service\n" in unit
     assert "Environment=PGHOST=/var/run/postgresql\nEnvironment=PGPORT=5432\n" in unit
     runcmd = user_data(r, "ai-shared")["runcmd"]
-    timer_step = ["systemctl", "enable", "--no-reload", "--now", backup.TIMER_NAME]
-    assert timer_step in runcmd
-    # The timer is enabled after the services it backs up are configured.
-    assert runcmd.index(timer_step) > runcmd.index(
-        ["systemctl", "enable", "--no-reload", "--now", "qdrant.service"]
-    )
+    assert ["systemctl", "enable", "--no-reload", backup.TIMER_NAME] in runcmd
+    # The timer starts in the last step, after the services it backs up are configured.
+    last = runcmd[-1]
+    assert last[:2] == ["systemctl", "start"] and last[-1] == backup.TIMER_NAME
+    assert runcmd.index(["/bin/sh", postgres.SETUP_SCRIPT]) < len(runcmd) - 1
+    assert "qdrant.service" in last
+    assert not [c for c in runcmd[:-1] if backup.TIMER_NAME in c and "--now" in c]
 
 
 def test_only_the_shared_host_and_only_when_enabled(render: Callable[..., Rendered]) -> None:

@@ -264,8 +264,9 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
         assert "After=docker.service network-online.target" in unit
         assert f"RequiresMountsFor={inst.data_dir}" in unit
         compose_path = f"{inst.bundle_dir}/compose.yaml"
-        assert f"compose -p {inst.name} -f {compose_path} up --detach --wait" in unit
-        assert f"ExecStop=/usr/bin/docker compose -p {inst.name} -f {compose_path} down" in unit
+        compose = docker_section.COMPOSE
+        assert f"ExecStart={compose} -p {inst.name} -f {compose_path} up --detach --wait" in unit
+        assert f"ExecStop={compose} -p {inst.name} -f {compose_path} down" in unit
         assert "Restart=on-failure" in unit
         for value in secret_values(rendered):
             assert value not in unit

@@ -208,6 +208,6 @@ def test_first_step_checks_every_package_of_the_seed(
     r = render_example("seed-example.yml")
     for host in ("ai-shared", "web-a"):
         doc = user_data(r, host)
-        first = doc["runcmd"][0]
+        first = doc["runcmd"][1]  # after `set -e`
         assert first[:4] == ["/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages"]
         assert first[4:] == doc["packages"]

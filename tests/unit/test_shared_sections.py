@@ -82,6 +82,8 @@ def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rend
     assert postgres.TEMPLATE_SCRIPT in written
     assert ("/bin/sh", postgres.TEMPLATE_SCRIPT) in steps.commands
     assert ("systemctl", "mask", "--no-reload", "--now", "redis-server.service") in steps.commands
+    # not stopped (its stop action flushes every table): masked, so it never starts at boot
+    assert ("systemctl", "mask", "--no-reload", "nftables.service") in steps.commands
     script = seed.text("packer/scripts/shared-install.sh")
     # the createcluster setting is in place before the package is installed
     assert script.index(postgres.CREATECLUSTER) < script.index("apt-get --option")
@@ -92,6 +94,22 @@ def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rend
     # initdb only where there is no template of this major; the copy is renamed into place
     assert setup.index('cp -a "$TEMPLATE" "$DATA.copy"') < setup.index("/initdb ")
     assert 'mv "$DATA.copy" "$DATA"' in setup
+
+
+def test_the_firewall_is_not_flushed_by_the_distributions_nftables_unit(
+    render_example: Callable[[str], Rendered],
+) -> None:
+    """nftables.service starts with `flush ruleset` from /etc/nftables.conf (accept-all), at
+    boot and unordered with ours: masked on every host at install time, and, were it to run,
+    ordered before our unit so that ours is loaded last."""
+    rendered = render_example("multi-host.yml")
+    for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+        parts = hostconfig.parts_for(rendered.plan, host, rendered.secrets)  # type: ignore[arg-type]
+        steps = hostconfig.install_steps(parts)
+        assert ("systemctl", "mask", "--no-reload", "nftables.service") in steps.commands
+        unit = files(doc(rendered, host.name))[firewall.UNIT]["content"]
+        assert "\nAfter=nftables.service\n" in unit
+        assert "\nBefore=network-pre.target shutdown.target\n" in unit
 
 
 def test_mirror_replaces_upstream(render_text: Callable[[str], Rendered]) -> None:
@@ -221,24 +239,23 @@ def test_sections_only_on_the_shared_host(render_example: Callable[[str], Render
 
 
 @pytest.mark.parametrize("example", ["seed-example.yml", "multi-host.yml", "homelab.yml"])
-def test_systemd_is_reloaded_once_per_boot(
+def test_systemd_is_reloaded_at_most_once_per_boot(
     render_example: Callable[[str], Rendered], example: str
 ) -> None:
-    """Every unit file is written before runcmd, so one daemon-reload, at the head of the
-    configuration steps, makes them known; nothing after it reloads systemd again (a plain
-    `systemctl enable` or `mask` does, costing seconds apiece on a first boot)."""
+    """Every unit file is written before runcmd; one step, at the head of the configuration
+    steps, reloads systemd if any unit the seed writes is stale, and nothing after it reloads
+    again (a plain `systemctl enable` or `mask` does, costing seconds apiece on a first boot)."""
     rendered = render_example(example)
     for host in rendered.plan.hosts:  # type: ignore[attr-defined]
         d = doc(rendered, host.name)
         runcmd = d["runcmd"]
-        reloads = [i for i, c in enumerate(runcmd) if c == ["systemctl", "daemon-reload"]]
-        assert len(reloads) == 1, host.name
-        install_count = sum(
-            len(p.install)
-            for p in hostconfig.parts_for(rendered.plan, host, rendered.secrets)  # type: ignore[arg-type]
-        )
-        # after the package check and the install steps, before every configuration step
-        assert reloads[0] == 1 + install_count, host.name
+        parts = hostconfig.parts_for(rendered.plan, host, rendered.secrets)  # type: ignore[arg-type]
+        check = list(hostconfig.reload_if_stale(hostconfig.written_units(parts)))
+        reloads = [i for i, c in enumerate(runcmd) if "daemon-reload" in " ".join(c)]
+        assert reloads == [runcmd.index(check)], host.name
+        install_count = sum(len(p.install) for p in parts)
+        # after `set -e`, the package check and the install steps, before every configuration step
+        assert reloads[0] == 2 + install_count, host.name
         scripts = [" ".join(c) for c in runcmd]
         scripts += [
             "\n".join(ln for ln in f["content"].splitlines() if not ln.lstrip().startswith("#"))
@@ -246,12 +263,95 @@ def test_systemd_is_reloaded_once_per_boot(
             if f["path"].endswith(".sh") or "/sbin/" in f["path"]
         ]
         for text in scripts:
-            assert "daemon-reload" not in text or text == "systemctl daemon-reload", text
+            assert "daemon-reload" not in text or text == " ".join(check), text
             for call in re.finditer(r"systemctl ((?:en|dis)able|(?:un)?mask)\b[^;|&\n]*", text):
                 # A packaged unit with a SysV script is enabled only where it is not yet:
                 # `systemctl enable` runs update-rc.d for it, which reloads.
                 guarded = re.search(r"is-enabled --quiet \S+ \|\| $", text[: call.start()])
                 assert "--no-reload" in call[0] or guarded, (host.name, call[0])
+
+
+@pytest.mark.parametrize("example", ["seed-example.yml", "multi-host.yml", "homelab.yml"])
+def test_the_reload_check_asks_about_every_unit_the_seed_writes(
+    render_example: Callable[[str], Rendered], example: str
+) -> None:
+    """The units the reload check names: one per unit file or drop-in under /etc/systemd/system,
+    and for a template's drop-in, the instances the host starts (systemd cannot be asked about
+    a template itself)."""
+    rendered = render_example(example)
+    for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+        d = doc(rendered, host.name)
+        parts = hostconfig.parts_for(rendered.plan, host, rendered.secrets)  # type: ignore[arg-type]
+        units = hostconfig.written_units(parts)
+        assert len(units) == len(set(units))
+        written = {
+            f["path"].split("/")[4].removesuffix(".d")
+            for f in d["write_files"]
+            if f["path"].startswith("/etc/systemd/system/")
+        }
+        assert written, host.name
+        for name in written:
+            if "@." in name:
+                prefix = name.split("@")[0] + "@"
+                instances = [u for u in units if u.startswith(prefix)]
+                assert instances and all(u.endswith(name.split("@")[1]) for u in instances)
+            else:
+                assert name in units, (host.name, name)
+        assert set(units) <= written | {
+            u for u in units if "@" in u and u.split("@")[0] + "@.service" in written
+        }
+    if example == "seed-example.yml":
+        shared = hostconfig.written_units(
+            hostconfig.parts_for(rendered.plan, rendered.plan.shared, rendered.secrets)  # type: ignore[attr-defined, arg-type]
+        )
+        version = rendered.plan.fleet.shared.postgres.version  # type: ignore[attr-defined]
+        assert f"postgresql@{version}-main.service" in shared
+        assert {f"redis-server@{s.name}.service" for s in rendered.plan.redis_servers} <= set(shared)  # type: ignore[attr-defined]
+
+
+def test_a_template_dropin_without_instances_is_a_bug() -> None:
+    part = hostconfig.Part(
+        name="x", files=(hostconfig.File("/etc/systemd/system/foo@.service.d/a.conf", ""),)
+    )
+    with pytest.raises(ValueError, match=r"foo@\.service"):
+        hostconfig.written_units([part])
+
+
+@pytest.mark.parametrize("example", ["seed-example.yml", "multi-host.yml", "homelab.yml"])
+def test_runcmd_stops_at_the_first_failed_step(
+    render_example: Callable[[str], Rendered], example: str
+) -> None:
+    """cloud-init runs runcmd as one sh script and judges it by its exit status: `set -e`
+    first, so a failed step (the firewall's check) stops the rest and fails cloud-init."""
+    rendered = render_example(example)
+    for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+        runcmd = doc(rendered, host.name)["runcmd"]
+        assert runcmd[0] == "set -e", host.name
+        assert all(isinstance(c, list) for c in runcmd[1:]), host.name
+
+
+def test_shared_services_start_beside_the_postgres_setup_and_are_awaited(
+    render_example: Callable[[str], Rendered],
+) -> None:
+    """Redis, Qdrant, Ollama and the backup timer are queued before the PostgreSQL setup (the
+    slowest step) runs, after the firewall is up, and the last step waits for all of them."""
+    rendered = render_example("seed-example.yml")
+    runcmd = doc(rendered, "ai-shared")["runcmd"]
+    text = [" ".join(c) for c in runcmd]
+    firewall_up = text.index(f"systemctl enable --no-reload --now {firewall.UNIT_NAME}")
+    setup = text.index(f"/bin/sh {postgres.SETUP_SCRIPT}")
+    queued = [i for i, t in enumerate(text) if "--no-block" in t and "enable" in t]
+    assert queued and all(firewall_up < i < setup for i in queued)
+    redis_script = next(
+        f["content"] for f in doc(rendered, "ai-shared")["write_files"]
+        if f["path"] == redis.SETUP_SCRIPT
+    )  # fmt: skip
+    assert "systemctl enable --no-reload --now --no-block redis-server@" in redis_script
+    servers = [f"redis-server@{s.name}.service" for s in rendered.plan.redis_servers]  # type: ignore[attr-defined]
+    assert runcmd[-1] == [
+        "systemctl", "start", *servers, "qdrant.service", "ollama.service", "owui-backup.timer"
+    ]  # fmt: skip
+    assert setup == len(runcmd) - 2
 
 
 # -- user-data size limits ---------------------------------------------------------------------

@@ -144,3 +144,71 @@ def test_image_load_script_checks_the_archive_and_loads_once(
         ln for ln in (tmp_path / "docker.log").read_text().splitlines() if ln.startswith("load")
     ]
     assert len(loads) == 1, loads
+
+
+# -- the first-boot reload check ------------------------------------------------------------------
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# Test double of systemctl: `show` prints $FAKE_SHOW (exit $FAKE_SHOW_STATUS); any other call
+# is recorded in $FAKE_LOG.
+if [ "$1" = show ]; then
+    printf '%b' "$FAKE_SHOW"
+    exit "${FAKE_SHOW_STATUS:-0}"
+fi
+echo "$*" >> "$FAKE_LOG"
+"""
+
+
+@pytest.mark.parametrize(
+    ("show", "status", "reloads"),
+    [
+        ("loaded\\nno\\n\\nloaded\\nno\\n", 0, False),  # every unit loaded and current
+        ("loaded\\nno\\n\\nloaded\\nyes\\n", 0, True),  # a drop-in written after its unit loaded
+        ("loaded\\nno\\n\\nnot-found\\nno\\n", 0, True),  # a unit systemd cannot see
+        ("", 1, True),  # systemctl itself failed: reload rather than guess
+    ],
+)
+def test_reload_check_reloads_only_for_a_stale_unit(
+    tmp_path: Path, show: str, status: int, reloads: bool
+) -> None:
+    from owuibuild.hostconfig import reload_if_stale
+
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_SYSTEMCTL)
+    fake.chmod(0o755)
+    log = tmp_path / "calls"
+    log.touch()
+    env = dict(
+        os.environ,
+        PATH=f"{fake.parent}:{os.environ['PATH']}",
+        FAKE_SHOW=show,
+        FAKE_SHOW_STATUS=str(status),
+        FAKE_LOG=str(log),
+    )
+    argv = list(reload_if_stale(["a.service", "b.service"]))
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == (["daemon-reload"] if reloads else [])
+
+
+def test_runcmd_shell_steps_pass_shellcheck(
+    render_example: Callable[[str], Rendered], tmp_path: Path
+) -> None:
+    """Every `/bin/sh -c` step of every example's runcmd, as sh runs it."""
+    require_tool("shellcheck")
+    from conftest import EXAMPLES
+
+    scripts: set[str] = set()
+    for example in EXAMPLES:
+        rendered = render_example(example)
+        for host in rendered.plan.hosts:  # type: ignore[attr-defined]
+            data = rendered.files[f"hosts/{host.name}/user-data"]
+            runcmd = yaml.safe_load(data)["runcmd"]
+            scripts |= {c[2] for c in runcmd if isinstance(c, list) and c[:2] == ["/bin/sh", "-c"]}
+    assert len(scripts) >= 3  # the package check, the reload check, the packaged-unit start
+    for n, script in enumerate(sorted(scripts)):
+        path = tmp_path / f"step{n}.sh"
+        path.write_text("#!/bin/sh\n" + script + "\n")
+        result = subprocess.run(["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, script + "\n" + result.stdout

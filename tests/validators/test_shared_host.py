@@ -19,11 +19,13 @@ import pytest
 import yaml
 from cloud_init_schema import distro_of, examples_on, run_check, user_data_texts
 from conftest import EXAMPLES, Rendered, require_tool, unavailable
+from owuibuild.hostconfig import docker as docker_section
 
 pytestmark = pytest.mark.validators
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 UNIT_DIR = "/etc/systemd/system/"
+COMPOSE_DIR = str(Path(docker_section.COMPOSE).parent).lstrip("/")
 
 
 def user_data(rendered: Rendered, host: str) -> bytes:
@@ -181,10 +183,15 @@ def test_units_pass_systemd_analyze_verify(
             names += [f"redis-server@{s.name}.service" for s in rendered.plan.redis_servers]
         if not names:
             continue
-        # Only the binaries the install steps and write_files provide may be missing here.
+        # Only the binaries the install steps and write_files provide may be missing here, and
+        # compose v2 of a host that also runs instances (a package of the generated host).
         stubbed = sorted(str(p.parent.relative_to(stubs)) for p in stubs.rglob("*") if p.is_file())
-        assert set(stubbed) <= {"usr/local/bin", "usr/local/sbin"}, stubbed
-        binds = "".join(f"mount --bind {stubs}/{d} /{d} && " for d in set(stubbed))
+        assert set(stubbed) <= {"usr/local/bin", "usr/local/sbin", COMPOSE_DIR}, stubbed
+        # Each stub directory is laid over its real top directory (read-only overlay).
+        roots = sorted({d if d != COMPOSE_DIR else "usr/libexec" for d in stubbed})
+        binds = "".join(
+            f"mount -t overlay overlay -o lowerdir={stubs}/{d}:/{d} /{d} && " for d in roots
+        )
         script = (
             f"{binds}mount -t tmpfs tmpfs {UNIT_DIR} && "
             f"cp -R {units}/. {UNIT_DIR} && cd {UNIT_DIR} && "

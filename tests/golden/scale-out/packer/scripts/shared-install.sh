@@ -13,6 +13,9 @@ step 'packages: nftables redis-server unattended-upgrades'
 apt-get update
 apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install nftables redis-server unattended-upgrades
 
+step 'systemctl mask --no-reload nftables.service'
+systemctl mask --no-reload nftables.service
+
 step 'systemctl mask --no-reload --now redis-server.service'
 systemctl mask --no-reload --now redis-server.service
 

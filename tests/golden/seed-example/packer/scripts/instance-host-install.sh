@@ -13,6 +13,9 @@ step 'packages: docker-cli docker-compose docker.io nftables unattended-upgrades
 apt-get update
 apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install docker-cli docker-compose docker.io nftables unattended-upgrades
 
+step 'systemctl mask --no-reload nftables.service'
+systemctl mask --no-reload nftables.service
+
 step 'pre-pull ghcr.io/open-webui/open-webui:v0.12.4'
 systemctl start docker
 docker pull ghcr.io/open-webui/open-webui:v0.12.4
