@@ -163,6 +163,8 @@ def test_ollama_unit_and_models(seed: Rendered) -> None:
     assert "[Install]" not in models  # never part of a boot target
     d = doc(seed, "ai-shared")
     assert ["systemctl", "start", "--no-block", "owui-ollama-models.service"] in d["runcmd"]
+    # background work, behind a first boot's setup, but never starved (not the idle classes)
+    assert "\nNice=19\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n" in models
     script = files(d)[ollama.MODELS_SCRIPT]["content"]
     assert "for model in qwen2.5:3b nomic-embed-text; do" in script
 
