@@ -74,6 +74,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         return None
     # The distribution's unit may write only its own paths (ProtectSystem=strict).
     read_write = Quoted(systemd_path(REDIS_DATA_ROOT) + "/%i")
+    units = tuple(unit(s) for s in plan.redis_servers)
     return Part(
         name="redis",
         packages=("redis-server",),
@@ -97,6 +98,6 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         # masked where the package is installed, so a golden image does not start it at boot.
         install=(("systemctl", "mask", "--no-reload", "--now", "redis-server.service"),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
-        awaited=tuple(unit(s) for s in plan.redis_servers),
-        template_units=tuple(unit(s) for s in plan.redis_servers),
+        awaited=units,
+        template_units=units,
     )
