@@ -20,7 +20,11 @@ How the guest is run:
 * user-mode networking: guest 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3.
   Host forwards are bound to 127.0.0.1 only; forwarded connections arrive in
   the guest from 10.0.2.2. The host never dials a 10.x address;
-* the serial console is logged to ``console.log`` in the work dir.
+* the serial console is logged to ``console.log`` in the work dir;
+* a guest kernel that panics before it has run any program (so before anything of ours ran
+  or any disk was written) is an emulator fault, not a finding: QEMU is started again, at most
+  twice per guest, and a ``GuestPanicWarning`` says so in the test summary. A panic after
+  that fails the test at once, with the console, instead of waiting out the timeout.
 
 Set ``OWUIBUILD_VM_KEEP=1`` to keep the work dir (console log, overlay) after
 the VM is closed.
@@ -38,6 +42,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +66,27 @@ GUEST_NET = "10.0.2.0/24"
 GUEST_ADDRESS = "10.0.2.15"
 GUEST_GATEWAY = "10.0.2.2"
 GUEST_DNS = "10.0.2.3"
+
+
+# Kernel messages that delimit a boot, in the order a boot prints them.
+BOOT_BANNER = "Linux version "
+USERSPACE_STARTED = " as init process"  # "Run /init as init process": the first program runs
+KERNEL_PANIC = "Kernel panic - not syncing"
+PANIC_RESTARTS = 2
+
+
+def boot_panic(console: str) -> str | None:
+    """Whether the guest's latest boot in ``console`` panicked: ``"early"`` before the kernel
+    ran its first program, ``"late"`` after, ``None`` when it did not panic."""
+    boot = console[console.rfind(BOOT_BANNER) :] if BOOT_BANNER in console else console
+    panic = boot.find(KERNEL_PANIC)
+    if panic < 0:
+        return None
+    return "late" if USERSPACE_STARTED in boot[:panic] else "early"
+
+
+class GuestPanicWarning(UserWarning):
+    """A guest kernel panicked before running any program and was started again."""
 
 
 class VMError(RuntimeError):
@@ -262,6 +288,7 @@ class VM:
         self.ssh_user: str | None = None
         # Seconds from QEMU's start to cloud-init done, when wait_for_cloud_init saw it.
         self.cloud_init_done_at: float | None = None
+        self.panic_restarts = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -426,11 +453,29 @@ class VM:
         )
 
     def _check_alive(self) -> None:
+        """Raise unless the guest runs; start it again after an early kernel panic."""
         if not self.is_running():
             qemu_log = ""
             with contextlib.suppress(OSError):
                 qemu_log = self.qemu_log_path.read_text(errors="replace")
             raise self._fail(f"QEMU is not running any more. qemu log:\n{qemu_log}")
+        panic = boot_panic(self.console())
+        if panic is None:
+            return
+        if panic == "late" or self.panic_restarts >= PANIC_RESTARTS:
+            raise self._fail(f"the guest kernel panicked ({panic} in its boot)")
+        self.panic_restarts += 1
+        kept = self.workdir / f"console-panic-{self.panic_restarts}.log"
+        shutil.copyfile(self.console_path, kept)
+        warnings.warn(
+            GuestPanicWarning(
+                f"{self.name}: the guest kernel panicked before running any program "
+                f"(an emulator fault; console kept as {kept.name}): QEMU started again"
+            ),
+            stacklevel=2,
+        )
+        self.kill()
+        self.start()
 
     def kill(self) -> None:
         """Stop QEMU now (SIGTERM, then SIGKILL)."""
