@@ -31,7 +31,9 @@ def _vm(tmp_path: Path, append: str, name: str) -> VM:
     missing = missing_tools(extra=["mmdebstrap"])
     if missing:
         unavailable(f"boot tier needs {', '.join(missing)} (make system-deps installs them)")
-    seed = make_seed_iso({"meta-data": b"instance-id: iid-panic\n", "user-data": b"#cloud-config\n"})
+    seed = make_seed_iso(
+        {"meta-data": b"instance-id: iid-panic\n", "user-data": b"#cloud-config\n"}
+    )
     return VM(ensure_base_image("trixie"), seed, extra_append=append, name=name, memory_mb=512)
 
 
