@@ -16,8 +16,10 @@ DOCKER_ARCHIVE = "archive"  # the distribution's own signed archive (docker.io +
 DOCKER_UPSTREAM = "docker"  # Docker's own apt repository (key embedded, signed-by)
 DOCKER_SOURCES = (DOCKER_ARCHIVE, DOCKER_UPSTREAM)
 
-# Docker's own repository: the same package set on every release it serves.
+# Docker's own repository: the same package set on every release it serves, and a current
+# engine (the oldest major a host installing from it today can get).
 DOCKER_UPSTREAM_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin")
+DOCKER_UPSTREAM_ENGINE = 27
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Release:
     redis_major: int
     # Docker from the archive: None where the archive has no compose v2 (Debian 12: 1.29 only).
     docker_archive_packages: tuple[str, ...] | None
+    docker_archive_engine: int  # the major of the archive's docker.io (what its features allow)
     docker_default: str  # DOCKER_ARCHIVE or DOCKER_UPSTREAM
     base_image: BaseImage
 
@@ -50,6 +53,10 @@ class Release:
         if self.docker_archive_packages is None:
             raise ValueError(f"{self.distro}'s archive has no compose v2")
         return self.docker_archive_packages
+
+    def docker_engine(self, source: str) -> int:
+        """The Docker Engine major a host of this release gets from ``source``."""
+        return DOCKER_UPSTREAM_ENGINE if source == DOCKER_UPSTREAM else self.docker_archive_engine
 
     @property
     def docker_sources(self) -> tuple[str, ...]:
@@ -81,6 +88,7 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             postgres_major=15,
             redis_major=7,
             docker_archive_packages=None,  # docker.io 20.10 with compose v1 (1.29) only
+            docker_archive_engine=20,
             docker_default=DOCKER_UPSTREAM,
             base_image=_debian_image(12, "bookworm"),
         ),
@@ -92,6 +100,7 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             redis_major=8,
             # docker.io 26.1 only recommends its CLI; compose v2 2.26 is a CLI plugin.
             docker_archive_packages=("docker.io", "docker-cli", "docker-compose"),
+            docker_archive_engine=26,
             docker_default=DOCKER_ARCHIVE,
             base_image=_debian_image(13, "trixie"),
         ),
@@ -102,6 +111,7 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             postgres_major=16,
             redis_major=7,
             docker_archive_packages=("docker.io", "docker-compose-v2"),
+            docker_archive_engine=24,  # as released; the archive's updates may carry a newer one
             docker_default=DOCKER_ARCHIVE,
             base_image=BaseImage(
                 qemu_url="https://cloud-images.ubuntu.com/releases/noble/release/"

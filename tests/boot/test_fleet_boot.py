@@ -106,6 +106,13 @@ def test_fleet_boots_and_instances_are_healthy(booted: dict[str, Any], fleet: Fl
     dock = booted["vms"][DOCK]
     docker_from_the_archive(dock)
     assert all(h == "active healthy" for h in instance_health(dock, fleet).values())
+    # Debian 13's engine (26) takes the healthcheck's start interval that compose 2.26 sent.
+    intervals = dock.ssh(
+        "sudo docker inspect --format '{{.Config.Healthcheck.StartInterval}}'"
+        " $(sudo docker ps -q --filter label=com.docker.compose.service=openwebui)",
+        check=True,
+    ).stdout.split()
+    assert intervals == ["2s"] * len(INSTANCES), intervals
     if REAL_OPENWEBUI:
         print(f"real Open WebUI healthy on the Docker host after {dock.uptime():.0f} s")
     # The double got healthy only by using every connection its env file names.

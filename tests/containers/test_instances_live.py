@@ -47,6 +47,7 @@ import yaml
 from conftest import Rendered, compile_path, require_tool, unavailable
 from infra.docker_engine import (
     docker_unavailable_reason,
+    engine_major,
     ensure_base_image,
     ensure_openwebui_image,
 )
@@ -305,18 +306,25 @@ def place_bundle(fleet: Fleet, inst: InstancePlan, workdir: Path, suffix: str) -
     data_dir = workdir / "data" / inst.name
     data_dir.mkdir(parents=True)
     running = Running(inst, f"owuitest-{inst.name}-{suffix}", bundle_dir, free_port())
+    service: dict[str, Any] = {
+        "networks": {"fleet": {"ipv4_address": str(inst.host.address)}},
+        "ports": [f"127.0.0.1:{running.port}:8080"],
+    }
+    generated = bundle.compose_document(fleet.plan, inst)["services"][bundle.SERVICE]
+    if "start_interval" in generated["healthcheck"] and (
+        engine_major() < bundle.START_INTERVAL_ENGINE
+    ):
+        # The bundle targets its host's engine; compose refuses a start_interval on this
+        # machine's older one: drop that key, and only it, from the healthcheck.
+        service["healthcheck"] = {"start_interval": None}
     override = {
-        "services": {
-            bundle.SERVICE: {
-                "networks": {"fleet": {"ipv4_address": str(inst.host.address)}},
-                "ports": [f"127.0.0.1:{running.port}:8080"],
-            }
-        },
+        "services": {bundle.SERVICE: service},
         "networks": {"fleet": {"external": True, "name": fleet.network}},
         "volumes": {bundle.VOLUME: {"driver_opts": {"device": str(data_dir)}}},
     }
     # !override: replace the generated port list (the host's address does not exist here).
     text = yaml.safe_dump(override, sort_keys=False).replace("ports:", "ports: !override", 1)
+    text = text.replace("start_interval: null", "start_interval: !reset null", 1)
     running.override.write_text(text)
     return running
 

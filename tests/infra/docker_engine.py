@@ -66,6 +66,14 @@ def docker_unavailable_reason() -> str | None:
     return None
 
 
+def engine_major() -> int:
+    """The major version of the Docker Engine the tests talk to."""
+    proc = _run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"docker version failed: {_tail(proc.stdout, 3)}")
+    return int(proc.stdout.strip().split(".", 1)[0])
+
+
 def ensure_base_image(ref: str = BASE_IMAGE) -> None:
     """Build the local Debian base image unless it exists."""
     _script("base-image.sh", ref, timeout=900)

@@ -211,3 +211,32 @@ def test_first_step_checks_every_package_of_the_seed(
         first = doc["runcmd"][1]  # after `set -e`
         assert first[:4] == ["/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages"]
         assert first[4:] == doc["packages"]
+
+
+@pytest.mark.parametrize(
+    ("os_line", "engine"),
+    [
+        ("", 27),  # debian-12: Docker's repository
+        ("os: {distro: debian-13}\n", 26),
+        ("os: {distro: ubuntu-24.04}\n", 24),
+        ("os: {distro: ubuntu-24.04, docker_source: docker}\n", 27),
+    ],
+)
+def test_healthcheck_start_interval_only_where_the_engine_has_it(
+    render_text: Callable[[str], Rendered], os_line: str, engine: int
+) -> None:
+    """Compose refuses a healthcheck's start_interval on an engine older than 25: an instance
+    is checked every 2 s while it starts only where its host's engine takes that."""
+    r = render_text(edit(BASE, "name: fleet\n", f"name: fleet\n{os_line}"))
+    plan = r.plan
+    assert isinstance(plan, Plan)
+    assert plan.fleet.os.release.docker_engine(plan.fleet.os.docker_source) == engine
+    composes = [yaml.safe_load(v) for k, v in r.files.items() if k.endswith("/compose.yaml")]
+    assert composes
+    for compose in composes:
+        health = compose["services"]["openwebui"]["healthcheck"]
+        assert health["start_period"] == "600s"
+        if engine >= 25:
+            assert health["start_interval"] == "2s"
+        else:
+            assert "start_interval" not in health
