@@ -53,7 +53,9 @@ def ruleset(host: HostPlan) -> str:
 
 
 def unit() -> str:
-    return render_template("firewall.service.j2", ruleset=RULESET)
+    return render_template(
+        "firewall.service.j2", ruleset=RULESET, distribution_unit=Quoted(DISTRIBUTION_UNIT)
+    )
 
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
