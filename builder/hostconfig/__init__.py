@@ -12,13 +12,18 @@ the seed would install, defined once.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import pkgutil
+import shlex
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from ..plan import SCRIPT_DIR
 
 if TYPE_CHECKING:
     from ..plan import HostPlan, Plan
@@ -99,6 +104,27 @@ STOP_ON_FAILURE = "set -e"
 
 def check_packages(packages: Iterable[str]) -> Command:
     return ("/bin/sh", "-c", CHECK_PACKAGES, "owuibuild-check-packages", *packages)
+
+
+# A root disk records the digest of the install steps it ran (InstallSteps.digest): a golden
+# image's bake writes it last, and so does a first boot that ran them. A first boot whose seed
+# has the same install steps skips them: each would only check its work again, and a check
+# re-hashes the installed binaries (Ollama's and Qdrant's run to hundreds of megabytes: seconds
+# apiece without KVM). Any difference, a new version or a new step, runs them all.
+INSTALLED_STAMP = f"{SCRIPT_DIR}/installed"
+INSTALLED_ALREADY = (
+    f'if [ "$(cat {INSTALLED_STAMP} 2>/dev/null)" = "$1" ]; then '
+    'echo "owuibuild: this root disk ran these install steps already"; exit 0; fi; set -e; '
+)
+RECORD_INSTALLED = f"; mkdir -p {SCRIPT_DIR}; printf '%s\\n' \"$1\" >{INSTALLED_STAMP}"
+
+
+def run_install(digest: str, commands: Iterable[Command]) -> Command:
+    """One step that runs ``commands`` in order unless this root disk ran the install steps
+    whose digest is ``digest``, then records it (see INSTALLED_STAMP)."""
+    steps = "; ".join(shlex.join(c) for c in commands)
+    script = f"{INSTALLED_ALREADY}{steps}{RECORD_INSTALLED}"
+    return ("/bin/sh", "-c", script, "owuibuild-install", digest)
 
 
 # Every unit file and drop-in is in place before runcmd (write_files runs in cloud-init's init
@@ -254,7 +280,9 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     if files:
         doc["write_files"] = files
     runcmd = [list(check_packages(packages))] if packages else []
-    runcmd += [list(c) for p in parts for c in p.install]
+    install = [c for p in parts for c in p.install]
+    if install:
+        runcmd.append(list(run_install(install_steps(parts).digest, install)))
     configure = [list(c) for p in parts for c in p.configure]
     awaited = [u for p in parts for u in p.awaited]
     if awaited:
@@ -281,6 +309,20 @@ class InstallSteps:
     files: tuple[File, ...]
     commands: tuple[Command, ...]
     sections: tuple[str, ...]  # names of the parts that contributed, for the reader
+
+    @property
+    def digest(self) -> str:
+        """sha256 of everything these steps install, as a root disk records it."""
+        data = {
+            "packages": self.packages,
+            "apt_sources": self.apt_sources,
+            "files": [
+                (f.path, f.content, f.permissions, f.owner, f.defer, f.install) for f in self.files
+            ],
+            "commands": self.commands,
+        }
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _referenced_files(parts: list[Part], texts: list[str]) -> tuple[File, ...]:

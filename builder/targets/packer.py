@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Union
 
-from ..hostconfig import InstallSteps, install_steps, parts_for
+from ..hostconfig import INSTALLED_STAMP, InstallSteps, install_steps, parts_for
 from ..hostconfig.ollama import BAKED_MODELS
 from ..plan import HostPlan, Plan
 from ..secrets import Secrets
@@ -698,6 +698,9 @@ def install_script(plan: Plan, image: Image, steps: InstallSteps) -> str:
     for command in steps.commands:
         out += step(_sh(command)[:70])
         out.append(_sh(command))
+    # Last of the install steps: a first boot from this image skips steps with this digest.
+    out += step("record the install steps")
+    out += _write_file(INSTALLED_STAMP, steps.digest + "\n", "0644", "root:root")
     if image.models:
         out += step(f"Ollama models: {' '.join(image.models)}")
         out += _pull_models(image.models)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from owuibuild import secrets as store
-from owuibuild.hostconfig import install_steps, parts_for, postgres
+from owuibuild.hostconfig import INSTALLED_STAMP, install_steps, parts_for, postgres
 from owuibuild.pipeline import compile_blueprint
 from owuibuild.targets.packer import BAKED_OLLAMA_MODELS, images
 
@@ -136,6 +136,8 @@ def test_baked_image(baked: Any, rootfs: RootFs) -> None:
         assert "/dev/null" in rootfs.run("stat /etc/systemd/system/redis-server.service")
     # The distribution's nftables.service (`flush ruleset` at boot) masked on every host.
     assert "/dev/null" in rootfs.run("stat /etc/systemd/system/nftables.service")
+    # The digest of the install steps it ran, which a first boot's seed compares with its own.
+    assert rootfs.cat(INSTALLED_STAMP) == steps.digest + "\n"
 
     # Golden: cloud-init's package step (apt-get update at every first boot) is left out.
     golden_cfg = rootfs.cat("/etc/cloud/cloud.cfg.d/95-owuibuild-golden.cfg").replace("-", "_")

@@ -127,9 +127,13 @@ def test_golden_hosts_install_fetch_and_pull_nothing(booted: dict[str, Any], fle
         output = vm.ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
         assert not re.search(r"^(Hit|Get|Ign):\d+ ", output, re.M), f"apt-get update on {host}"
         assert "owuibuild: installed" not in output, host
+        # The seed's install steps are the ones the bake ran and recorded: skipped, not redone.
+        assert "owuibuild: this root disk ran these install steps already" in output, host
+        assert "is already installed" not in output and "is already present" not in output, host
     assert booted["fetched"] == [], "a golden host fetched from the mirror"
-    docker_log = vms[DOCK].ssh("sudo cat /var/log/cloud-init-output.log", check=True).stdout
-    assert f"owuibuild: image {fleet.plan.openwebui_image} is already present" in docker_log
+    # The image the instances run was baked in: nothing pulled it (the uplink lets nothing out).
+    images = vms[DOCK].ssh("sudo docker image ls --format '{{.Repository}}:{{.Tag}}'", check=True)
+    assert fleet.plan.openwebui_image in images.stdout.split(), images.stdout
     # The data volume was empty: the models oneshot copies the baked models onto it without
     # blocking the boot. Wait until they are there...
     library = f"{MODELS_DIR}/manifests/registry.ollama.ai/library"

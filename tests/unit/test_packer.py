@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import hcl2
 import pytest
-from owuibuild.hostconfig import File, Part, install_steps
+import yaml
+from owuibuild.hostconfig import INSTALLED_STAMP, File, Part, install_steps, run_install
 from owuibuild.targets import packer
 from owuibuild.targets.packer import Block, Comment, Expr, Template, hcl_file, hcl_string
 
@@ -153,6 +154,40 @@ def test_install_script_runs_the_install_steps(render_example: Callable[[str], o
         assert f"ollama pull {model}" in script
     assert "cloud-init clean --logs --machine-id --seed" in packer.seal_script().decode()
     assert "rm -f /etc/ssh/ssh_host_*" in packer.seal_script().decode()
+
+
+@pytest.mark.parametrize("example", ["seed-example.yml", MULTI, HOMELAB])
+def test_a_golden_image_records_the_install_steps_its_seeds_skip(
+    render_example: Callable[[str], object], example: str
+) -> None:
+    """The install script's last install step records the digest of its steps; a seed for the
+    image's host carries the same digest in its one install step (which skips what the root disk
+    ran already), and the digest follows every change to the steps."""
+    r = render_example(example)
+    plan = r.plan  # type: ignore[attr-defined]
+    files = packer_files(r)
+    for image in packer.images(plan):
+        steps = packer.image_steps(plan, image, r.secrets)  # type: ignore[attr-defined]
+        script = files[f"packer/scripts/{image.name}-install.sh"].decode()
+        record = f"printf '%s' '{steps.digest}\n' >{INSTALLED_STAMP}"
+        assert record in script
+        # After every install command: a failed bake records nothing.
+        assert all(script.index(record) > script.index(packer._sh(c)) for c in steps.commands)
+        runcmd = yaml.safe_load(r.files[f"hosts/{image.host.name}/user-data"])["runcmd"]  # type: ignore[attr-defined]
+        installs = [c for c in runcmd if isinstance(c, list) and "owuibuild-install" in c]
+        if not steps.commands:
+            assert installs == []
+            continue
+        assert installs == [list(run_install(steps.digest, steps.commands))]
+    changed = install_steps([Part("a", packages=("curl",), install=(("true",),))])
+    assert changed.digest != install_steps([Part("a", packages=("curl",))]).digest
+    assert (
+        changed.digest != install_steps([Part("a", packages=("jq",), install=(("true",),))]).digest
+    )
+    assert (
+        changed.digest
+        == install_steps([Part("a", packages=("curl",), install=(("true",),))]).digest
+    )
 
 
 # -- install_steps: one definition of what gets installed -------------------------------------

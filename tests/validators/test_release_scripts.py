@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Rendered, require_tool
-from owuibuild.hostconfig import check_packages
+from owuibuild.hostconfig import INSTALLED_STAMP, check_packages, run_install
 from owuibuild.hostconfig import docker as docker_section
+from owuibuild.plan import SCRIPT_DIR
 
 pytestmark = pytest.mark.validators
 
@@ -35,6 +36,46 @@ def test_package_check_passes_installed_and_names_missing_packages() -> None:
     assert missing.returncode == 1
     assert "not installed: owuibuild-no-such-package x'y z;" in missing.stderr
     assert "bake the golden image again" in missing.stderr
+
+
+def test_install_step_runs_once_per_root_disk_and_records_what_it_ran(tmp_path: Path) -> None:
+    """The seed's install step, run by sh with its stamp moved under tmp_path: it runs every
+    command and records the digest; the same digest again runs nothing; another digest runs
+    them again; a failing command stops it and records nothing."""
+    require_tool("sh")
+    log = tmp_path / "ran"
+    stamp = tmp_path / "lib" / "installed"
+
+    def step(digest: str, fail: bool = False) -> subprocess.CompletedProcess[str]:
+        commands = [("sh", "-c", f"echo one >>{log}"), ("sh", "-c", "exit 3" if fail else ":")]
+        commands.append(("sh", "-c", f"echo two >>{log}"))
+        argv = list(run_install(digest, commands))
+        argv[2] = (
+            argv[2].replace(INSTALLED_STAMP, str(stamp)).replace(SCRIPT_DIR, str(stamp.parent))
+        )
+        assert INSTALLED_STAMP not in argv[2]
+        return subprocess.run(argv, capture_output=True, text=True)
+
+    first = step("a" * 64)
+    assert first.returncode == 0, first.stderr
+    assert log.read_text() == "one\ntwo\n"
+    assert stamp.read_text() == "a" * 64 + "\n"
+
+    again = step("a" * 64)
+    assert again.returncode == 0, again.stderr
+    assert "ran these install steps already" in again.stdout
+    assert log.read_text() == "one\ntwo\n"
+
+    other = step("b" * 64)
+    assert other.returncode == 0, other.stderr
+    assert log.read_text() == "one\ntwo\none\ntwo\n"
+    assert stamp.read_text() == "b" * 64 + "\n"
+
+    stamp.unlink()
+    failed = step("c" * 64, fail=True)
+    assert failed.returncode == 3
+    assert log.read_text().endswith("one\ntwo\none\n")
+    assert not stamp.exists()
 
 
 @pytest.fixture
@@ -210,5 +251,7 @@ def test_runcmd_shell_steps_pass_shellcheck(
     for n, script in enumerate(sorted(scripts)):
         path = tmp_path / f"step{n}.sh"
         path.write_text("#!/bin/sh\n" + script + "\n")
-        result = subprocess.run(["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True
+        )
         assert result.returncode == 0, script + "\n" + result.stdout

@@ -142,6 +142,13 @@ step '/bin/sh /usr/local/lib/owuibuild/install-ollama.sh'
 step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 /bin/sh /usr/local/lib/owuibuild/postgresql-template.sh
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' '67450221b4458bb6f52da847931c7da235d14dd3affd076fd9791ec01af91df2
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step 'pre-pull ghcr.io/open-webui/open-webui:v0.12.4'
 systemctl start docker
 docker pull ghcr.io/open-webui/open-webui:v0.12.4

@@ -16,6 +16,13 @@ apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--forc
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' '07beb3cb9004028ca79c643d922a6d594e726c5a20a6f4db7a1cbfcf444283de
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step 'pre-pull ghcr.io/open-webui/open-webui:v0.12.4'
 systemctl start docker
 docker pull ghcr.io/open-webui/open-webui:v0.12.4

@@ -142,6 +142,13 @@ step '/bin/sh /usr/local/lib/owuibuild/install-ollama.sh'
 step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 /bin/sh /usr/local/lib/owuibuild/postgresql-template.sh
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' 'f31ce2f05f64d957092ca18f3253be6c4026df9e52c7888e90aaafe6f1eee161
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step 'Ollama models: qwen2.5:7b nomic-embed-text'
 mkdir -p /usr/local/share/ollama/models
 env OLLAMA_HOST=127.0.0.1:11434 OLLAMA_MODELS=/usr/local/share/ollama/models ollama serve >/tmp/owuibuild-ollama-serve.log 2>&1 &

@@ -52,6 +52,13 @@ systemctl mask --no-reload nftables.service
 step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 /bin/sh /usr/local/lib/owuibuild/postgresql-template.sh
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' '66e17c459c133b7c438ce457f8397865f452344d1386cc4cf2dd944311c8cf39
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step 'pre-pull ghcr.io/open-webui/open-webui:v0.12.4'
 systemctl start docker
 docker pull ghcr.io/open-webui/open-webui:v0.12.4

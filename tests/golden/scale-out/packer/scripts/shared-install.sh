@@ -19,6 +19,13 @@ systemctl mask --no-reload nftables.service
 step 'systemctl mask --no-reload --now redis-server.service'
 systemctl mask --no-reload --now redis-server.service
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' 'dd1938950efbc79c458aa4b118c826052e5f439df3c5c1545d84ac494700b8e3
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step clean
 apt-get clean
 rm -rf /var/lib/apt/lists/*

@@ -142,6 +142,13 @@ step '/bin/sh /usr/local/lib/owuibuild/install-ollama.sh'
 step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 /bin/sh /usr/local/lib/owuibuild/postgresql-template.sh
 
+step 'record the install steps'
+mkdir -p /usr/local/lib/owuibuild
+printf '%s' 'f31ce2f05f64d957092ca18f3253be6c4026df9e52c7888e90aaafe6f1eee161
+' >/usr/local/lib/owuibuild/installed
+chmod 0644 /usr/local/lib/owuibuild/installed
+chown root:root /usr/local/lib/owuibuild/installed
+
 step clean
 apt-get clean
 rm -rf /var/lib/apt/lists/*
