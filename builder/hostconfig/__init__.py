@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import json
 import pkgutil
+import re
 import shlex
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -294,6 +295,9 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     return doc
 
 
+_URL_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s\"'\\]+")
+
+
 @dataclass(frozen=True)
 class InstallSteps:
     """The software half of a host's parts: what a golden image for that host runs.
@@ -312,7 +316,9 @@ class InstallSteps:
 
     @property
     def digest(self) -> str:
-        """sha256 of everything these steps install, as a root disk records it."""
+        """sha256 of everything these steps install, as a root disk records it. What, not where
+        from: every URL's scheme and host (a mirror's address) is left out, since each download
+        is pinned by its sha256 and its path names the release."""
         data = {
             "packages": self.packages,
             "apt_sources": self.apt_sources,
@@ -321,7 +327,7 @@ class InstallSteps:
             ],
             "commands": self.commands,
         }
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        canonical = _URL_ORIGIN.sub("URL", json.dumps(data, sort_keys=True, separators=(",", ":")))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

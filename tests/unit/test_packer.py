@@ -189,6 +189,17 @@ def test_a_golden_image_records_the_install_steps_its_seeds_skip(
         == install_steps([Part("a", packages=("curl",), install=(("true",),))]).digest
     )
 
+    # What is installed, not where from: a mirror's address is not part of it, a release is.
+    def fetching(url: str) -> str:
+        script = File("/usr/local/lib/owuibuild/install-x.sh", f"URL='{url}'\nSHA256=ab\n", "0755")
+        part = Part("x", files=(script,), install=(("/bin/sh", script.path),))
+        return install_steps([part]).digest
+
+    assert fetching("http://10.0.2.2:43929/x/v1/x.tgz") == fetching("https://m.example/x/v1/x.tgz")
+    assert fetching("http://10.0.2.2:43929/x/v1/x.tgz") != fetching(
+        "http://10.0.2.2:43929/x/v2/x.tgz"
+    )
+
 
 # -- install_steps: one definition of what gets installed -------------------------------------
 

@@ -144,7 +144,7 @@ step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' '67450221b4458bb6f52da847931c7da235d14dd3affd076fd9791ec01af91df2
+printf '%s' '381a87e88034ef2bedd184781aa6aedd9b7f875d1edd8bf5b300800516d3cb38
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed

@@ -144,7 +144,7 @@ step '/bin/sh /usr/local/lib/owuibuild/postgresql-template.sh'
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' 'f31ce2f05f64d957092ca18f3253be6c4026df9e52c7888e90aaafe6f1eee161
+printf '%s' '21c0fe65dbf9243f9ecf7c0ffae66ad0dbe8a7a4832b0adcf18656c566204496
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed
