@@ -310,10 +310,9 @@ def place_bundle(fleet: Fleet, inst: InstancePlan, workdir: Path, suffix: str) -
         "networks": {"fleet": {"ipv4_address": str(inst.host.address)}},
         "ports": [f"127.0.0.1:{running.port}:8080"],
     }
-    generated = bundle.compose_document(fleet.plan, inst)["services"][bundle.SERVICE]
-    if "start_interval" in generated["healthcheck"] and (
-        engine_major() < bundle.START_INTERVAL_ENGINE
-    ):
+    generated = yaml.safe_load((bundle_dir / bundle.COMPOSE_FILE).read_text())
+    health = generated["services"][bundle.SERVICE]["healthcheck"]
+    if "start_interval" in health and engine_major() < bundle.START_INTERVAL_ENGINE:
         # The bundle targets its host's engine; compose refuses a start_interval on this
         # machine's older one: drop that key, and only it, from the healthcheck.
         service["healthcheck"] = {"start_interval": None}
