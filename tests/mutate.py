@@ -33,7 +33,7 @@ FIRST = [
     "tests/unit/test_security_properties.py",
     "tests/unit/test_seed_command.py",
     "tests/unit/test_writer_interrupted.py",
-    "tests/validators/test_docker_ports.py",
+    "tests/unit/test_instances.py",
     "tests/validators/test_ollama_models_script.py",
 ]
 
@@ -58,11 +58,11 @@ MUTATIONS = [
         "instance Redis users may run CONFIG, SHUTDOWN, ACL ...",
     ),
     Mutation(
-        "docker-user-appended",
-        "hostconfig/docker.py",
-        "|| iptables -w -I DOCKER-USER",
-        "|| iptables -w -A DOCKER-USER",
-        "the port filter lands after Docker's RETURN: published ports open to all",
+        "instances-forwarded-into-each-other",
+        "templates/shared/firewall.nft.j2",
+        "ip saddr {{ instance_networks }} ip daddr != {{ instance_networks }} accept",
+        "ip saddr {{ instance_networks }} accept",
+        "an instance's containers reach another instance's network through the host",
     ),
     Mutation(
         "baked-models-not-copied",

@@ -3,15 +3,23 @@
 Input is dropped by default; loopback, established/related traffic and essential ICMP are
 accepted; every other port is open only to the sources in HostPlan.firewall (SSH from
 admin.allow_from, each shared service from the hosts whose instances use it, each Open WebUI
-port per the plan). It lives in its own table, ``inet owuibuild``, replaced atomically and
-never flushing the ruleset, because on Docker hosts Docker keeps its own tables. Ports that
-Docker publishes are DNATed and cross the forward hook, not input: the Docker section filters
-those, and can build its statements with ``accept_statement``.
+port per the plan). Connections to a planned port from any other source are dropped by a rule
+that counts them. It lives in its own table, ``inet owuibuild``, replaced atomically and never
+flushing the ruleset.
+
+On a host that runs instances it is the only firewall: Docker adds no rules of its own (see
+docker.py), its published ports are docker-proxy listeners that the input chain filters like any
+other port, and this table forwards and masquerades the instances' own subnets. Forwarded: a
+packet from an instance network to anything but an instance network (no instance reaches
+another's), with a reverse-path check so that nothing spoofs those sources from outside; it
+leaves as the host's own address, which is what the shared hosts admit. Nothing else is
+forwarded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import groupby
 
 from ..plan import FirewallRule, HostPlan, Plan
 from ..quoting import Quoted, nft, nft_comment, render_template, systemd_path
@@ -27,18 +35,14 @@ TABLE = "inet owuibuild"
 DISTRIBUTION_UNIT = "nftables.service"
 
 
-def accept_statement(rule: FirewallRule, port_match: str = "") -> Quoted:
-    """One nft statement accepting ``rule``'s sources on its port.
-
-    ``port_match`` replaces the default ``<proto> dport`` match, e.g.
-    ``meta l4proto tcp ct original proto-dst`` to match a published port after Docker's DNAT.
-    """
+def accept_statement(rule: FirewallRule) -> Quoted:
+    """One nft statement accepting ``rule``'s sources on its port."""
     if rule.proto not in ("tcp", "udp"):
         raise ValueError(f"unsupported protocol {rule.proto!r}")
     words: list[str] = []
     if not any(net.prefixlen == 0 for net in rule.sources):
         words.append("ip saddr { " + ", ".join(nft(n) for n in rule.sources) + " }")
-    words.append(port_match or f"{rule.proto} dport")
+    words.append(f"{rule.proto} dport")
     words.append(str(int(rule.port)))
     words += ["accept", "comment", nft_comment(rule.service)]
     return Quoted(" ".join(words))
@@ -48,8 +52,37 @@ def statements(rules: Iterable[FirewallRule]) -> list[Quoted]:
     return [accept_statement(r) for r in rules if r.sources]
 
 
+def _is_public(rule: FirewallRule) -> bool:
+    return any(net.prefixlen == 0 for net in rule.sources)
+
+
+def counted_drops(rules: Iterable[FirewallRule]) -> list[Quoted]:
+    """After the accepts: drop, and count, what reaches a planned port from any other source
+    (``nft list chain inet owuibuild input`` shows who knocks). Public ports accept everyone."""
+    planned = sorted({(r.proto, int(r.port)) for r in rules if r.sources and not _is_public(r)})
+    out = []
+    for proto, group in groupby(planned, key=lambda p: p[0]):
+        if proto not in ("tcp", "udp"):
+            raise ValueError(f"unsupported protocol {proto!r}")
+        ports = ", ".join(str(port) for _, port in group)
+        out.append(Quoted(f'{proto} dport {{ {ports} }} counter drop comment "other sources"'))
+    return out
+
+
+def instance_networks(host: HostPlan) -> Quoted | None:
+    """The nft set of the host's instance subnets, None where it runs none."""
+    if not host.instances:
+        return None
+    return Quoted("{ " + ", ".join(nft(i.docker_subnet) for i in host.instances) + " }")
+
+
 def ruleset(host: HostPlan) -> str:
-    return render_template("firewall.nft.j2", statements=statements(host.firewall))
+    return render_template(
+        "firewall.nft.j2",
+        statements=statements(host.firewall),
+        drops=counted_drops(host.firewall),
+        instance_networks=instance_networks(host),
+    )
 
 
 def unit() -> str:

@@ -356,16 +356,17 @@ def http_status(vm: VM, url: str) -> str:
     return proc.stdout.strip()
 
 
-def drop_count(dock: VM, port: int) -> int:
-    """Packets the published-port filter dropped for ``port`` (iptables counters)."""
-    rules = dock.ssh("sudo iptables -w -L OWUIBUILD-PORTS -v -n -x", check=True).stdout
+def drop_count(vm: VM) -> int:
+    """Packets the host firewall dropped on planned ports from other sources (the counter of
+    its "other sources" rule)."""
+    chain = vm.ssh("sudo nft list chain inet owuibuild input", check=True).stdout
     counts = [
-        int(line.split()[0])
-        for line in rules.splitlines()
-        if " DROP " in f" {line} " and f"ctorigdstport {port}" in line
+        int(m.group(1))
+        for line in chain.splitlines()
+        if '"other sources"' in line and (m := re.search(r"counter packets (\d+)", line))
     ]
-    assert counts, rules
-    return sum(counts)
+    assert len(counts) == 1, chain
+    return counts[0]
 
 
 def pg_major(fleet: Fleet) -> int:

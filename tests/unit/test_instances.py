@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -277,14 +278,38 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
     assert sorted(starts[0][5:]) == sorted(i.unit_name for i in plan.instances_on("web-a"))
 
 
-def test_private_ports_are_limited_in_docker_user(rendered: Rendered) -> None:
-    script = written(rendered, "web-a")[docker_section.PORTS_SCRIPT]["content"]
-    match = "-m conntrack --ctdir ORIGINAL --ctorigdst 10.9.0.20 --ctorigdstport 3001"
-    assert f"{match} -s 10.9.0.0/24 -j RETURN\n" in script
-    assert f"{match} -j DROP\n" in script
-    assert script.index(f"{match} -s") < script.index(f"{match} -j DROP")
-    assert "--ctorigdstport 3002" not in script  # `two` is public
-    assert "DOCKER-USER -j OWUIBUILD-PORTS" in script
+def test_docker_leaves_the_firewall_to_the_host(rendered: Rendered) -> None:
+    """Docker adds no iptables rules and serves published ports from docker-proxy, so the
+    host firewall's input chain is what admits them, per the plan."""
+    files = written(rendered, "web-a")
+    daemon = json.loads(files[docker_section.DAEMON_CONFIG]["content"])
+    assert daemon == {"iptables": False, "ip6tables": False, "userland-proxy": True}
+    ruleset = files["/etc/owuibuild/firewall.nft"]["content"]
+    input_chain = ruleset[ruleset.index("chain input") : ruleset.index("chain forward")]
+    private = 'ip saddr { 10.9.0.0/24 } tcp dport 3001 accept comment "openwebui-one"'
+    public = 'tcp dport 3002 accept comment "openwebui-two"'
+    drop = 'tcp dport { 22, 3001 } counter drop comment "other sources"'
+    for line in (private, public, drop):
+        assert f"        {line}\n" in input_chain, line
+    assert input_chain.index(private) < input_chain.index(drop)
+    assert not any(p.endswith("owuibuild-docker-ports") for p in files)
+
+
+def test_only_the_instance_networks_are_forwarded(rendered: Rendered) -> None:
+    plan = plan_of(rendered)
+    ruleset = written(rendered, "web-a")["/etc/owuibuild/firewall.nft"]["content"]
+    nets = "{ " + ", ".join(str(i.docker_subnet) for i in plan.instances_on("web-a")) + " }"
+    forward = ruleset[ruleset.index("chain forward") : ruleset.index("chain postrouting")]
+    assert "policy drop;" in forward
+    assert "fib saddr . iif oif missing drop" in forward
+    # Out of their own networks, never into another instance's.
+    assert f"ip saddr {nets} ip daddr != {nets} accept" in forward
+    assert f"ip saddr {nets} ip daddr != {nets} masquerade" in ruleset
+    # web-b's instance is not web-a's to forward; a host without instances forwards nothing.
+    other = str(next(iter(plan.instances_on("web-b"))).docker_subnet)
+    assert other not in ruleset
+    shared = written(rendered, "shared")["/etc/owuibuild/firewall.nft"]["content"]
+    assert "chain forward" not in shared and "masquerade" not in shared
 
 
 def test_env_follows_service_placement(render_text: Callable[[str], Rendered]) -> None:

@@ -239,8 +239,18 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
         assert entry["permissions"] == "0600"
         text = entry["content"]
         assert re.search(r"type filter hook input priority filter; policy drop;", text), name
+        input_chain, _, forwarding = text.partition("chain forward")
+        if host.instances:
+            # Forwarded: only this host's own instance networks, out of them, never into them.
+            assert "type filter hook forward priority filter; policy drop;" in forwarding, name
+            mine = "{ " + ", ".join(str(i.docker_subnet) for i in host.instances) + " }"
+            assert f"ip saddr {mine} ip daddr != {mine} accept" in forwarding, name
+            for other in subnets - {i.docker_subnet for i in host.instances}:
+                assert str(other) not in forwarding, (name, other)
+        else:
+            assert not forwarding and "masquerade" not in text, name
         seen = set()
-        for line in (s.strip() for s in text.splitlines()):
+        for line in (s.strip() for s in input_chain.splitlines()):
             if " accept comment " not in line:
                 continue
             m = ACCEPT.match(line)

@@ -217,19 +217,15 @@ def test_firewall_on_every_host(render_example: Callable[[str], Rendered]) -> No
     )
 
 
-def test_accept_statement_for_forwarded_ports() -> None:
+def test_accept_statement_for_public_and_private_ports() -> None:
     from ipaddress import IPv4Network
 
     rule = FirewallRule("openwebui-x", 3000, (IPv4Network("0.0.0.0/0"),))
     assert firewall.accept_statement(rule) == 'tcp dport 3000 accept comment "openwebui-x"'
-    stmt = firewall.accept_statement(
-        FirewallRule("o", 3000, (IPv4Network("10.0.0.0/8"),)),
-        "meta l4proto tcp ct original proto-dst",
-    )
-    assert (
-        stmt
-        == 'ip saddr { 10.0.0.0/8 } meta l4proto tcp ct original proto-dst 3000 accept comment "o"'
-    )
+    stmt = firewall.accept_statement(FirewallRule("o", 3000, (IPv4Network("10.0.0.0/8"),)))
+    assert stmt == 'ip saddr { 10.0.0.0/8 } tcp dport 3000 accept comment "o"'
+    # Public ports accept everyone: no counted drop for them.
+    assert firewall.counted_drops([rule]) == []
 
 
 def test_sections_only_on_the_shared_host(render_example: Callable[[str], Rendered]) -> None:
