@@ -299,6 +299,13 @@ PROFILE_COMMANDS = (
     "sudo journalctl -b -o short-monotonic --no-pager -u 'owui*' -u 'owuibuild-*'"
     " -u docker.service -u 'postgresql@*' -u 'redis-server@*' -u qdrant -u ollama | tail -n 80",
     "sudo tail -n 60 /var/log/cloud-init-output.log",
+    # Where the CPU went (TCG makes every boot CPU-bound): the whole guest, then each service.
+    "awk '/^cpu /{printf \"guest cpu: %.1f s busy, %.1f s idle\\n\", ($2+$3+$4+$7+$8)/100, ($5+$6)/100}'"
+    " /proc/stat",
+    "{ systemctl show --property=Id,CPUUsageNSec '*.service'; echo; }"
+    " | awk -F= '/^Id=/{id=$2} /^CPUUsageNSec=/{c=$2}"
+    " /^$/{if (c ~ /^[0-9]+$/) printf \"%7.1f s %s\\n\", c/1e9, id; id=\"\"; c=\"\"}'"
+    " | sort -rn | head -n 15",
 )
 
 
