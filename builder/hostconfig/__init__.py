@@ -332,12 +332,13 @@ class InstallSteps:
 
 
 def _referenced_files(parts: list[Part], texts: list[str]) -> tuple[File, ...]:
-    """Files marked ``install`` or named in ``texts`` (and, transitively, in the files so
-    found), in part order."""
+    """Files marked ``install``, and files named in ``texts`` (and, transitively, in the files
+    so found: scripts that run scripts), in part order. What an ``install`` file names is not
+    followed: it is read by a package or by systemd, and the paths it names (a unit's
+    configuration, say) are the host's own, written by its seed."""
     every = [f for p in parts for f in p.files]
     texts = list(texts)
     chosen: dict[str, File] = {f.path: f for f in every if f.install}
-    texts += [f.content for f in chosen.values()]
     while True:
         found = [f for f in every if f.path not in chosen and any(f.path in t for t in texts)]
         if not found:

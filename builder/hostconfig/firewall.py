@@ -5,7 +5,8 @@ accepted; every other port is open only to the sources in HostPlan.firewall (SSH
 admin.allow_from, each shared service from the hosts whose instances use it, each Open WebUI
 port per the plan). Connections to a planned port from any other source are dropped by a rule
 that counts them. It lives in its own table, ``inet owuibuild``, replaced atomically and never
-flushing the ruleset.
+flushing the ruleset. A golden image also carries a first-boot unit that loads it as soon as
+cloud-init has written it, before SSH and Docker start.
 
 On a host that runs instances it is the only firewall: Docker adds no rules of its own (see
 docker.py), its published ports are docker-proxy listeners that the input chain filters like any
@@ -31,6 +32,8 @@ ORDER = 10
 RULESET = "/etc/owuibuild/firewall.nft"
 UNIT_NAME = "owuibuild-firewall.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
+FIRST_BOOT_UNIT_NAME = "owuibuild-firewall-first-boot.service"
+FIRST_BOOT_UNIT = f"/etc/systemd/system/{FIRST_BOOT_UNIT_NAME}"
 TABLE = "inet owuibuild"
 DISTRIBUTION_UNIT = "nftables.service"
 
@@ -91,6 +94,12 @@ def unit() -> str:
     )
 
 
+def first_boot_unit() -> str:
+    return render_template(
+        "firewall-first-boot.service.j2", ruleset=RULESET, firewall_unit=Quoted(UNIT_NAME)
+    )
+
+
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
     del plan, secrets
     systemd_path(RULESET)
@@ -100,12 +109,18 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
         files=(
             File(RULESET, ruleset(host), permissions="0600"),
             File(UNIT, unit()),
+            # Installed and enabled by the install steps, so a golden image has it at its
+            # first boot: the firewall is up before SSH and Docker start, not only in runcmd.
+            File(FIRST_BOOT_UNIT, first_boot_unit(), install=True),
         ),
         # The distribution's nftables.service loads /etc/nftables.conf, which begins with
         # `flush ruleset`, at boot, unordered with our unit: whichever ran last would win, and
         # the default file accepts everything. Masked where the package is installed (not
         # stopped: its stop action flushes every table, Docker's included).
-        install=(("systemctl", "mask", "--no-reload", DISTRIBUTION_UNIT),),
+        install=(
+            ("systemctl", "mask", "--no-reload", DISTRIBUTION_UNIT),
+            ("systemctl", "enable", "--no-reload", FIRST_BOOT_UNIT_NAME),
+        ),
         configure=(
             ("/usr/sbin/nft", "--check", "--file", RULESET),
             start_units(UNIT_NAME),

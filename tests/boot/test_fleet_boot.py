@@ -61,6 +61,7 @@ from fleet_vm import (
     wait_instances_healthy,
 )
 from infra.vm import VM, FleetLink
+from owuibuild.hostconfig import firewall
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
 
 pytestmark = pytest.mark.boot
@@ -156,6 +157,30 @@ def test_golden_hosts_install_fetch_and_pull_nothing(booted: dict[str, Any], fle
     assert json.loads(pulls)["count"] == 0, pulls
 
 
+def started_at(vm: VM, unit: str, when: str = "ExecMainStartTimestampMonotonic") -> int:
+    """Microseconds since the guest's boot when ``unit``'s main process started (or, with
+    ``when="ExecMainExitTimestampMonotonic"``, exited); 0 where it never did."""
+    value = vm.ssh(f"systemctl show --property={when} --value {unit}", check=True).stdout
+    return int(value.strip() or 0)
+
+
+def test_golden_hosts_load_their_firewall_before_ssh_and_docker(booted: dict[str, Any]) -> None:
+    """At a golden image's first boot the host firewall is up as soon as cloud-init has
+    written its ruleset: before sshd (and, on the Docker host, dockerd) starts, not in runcmd."""
+    for host, vm in booted["vms"].items():
+        shown = vm.ssh(
+            f"systemctl show --property=ConditionResult,Result {firewall.FIRST_BOOT_UNIT_NAME}",
+            check=True,
+        ).stdout
+        state = dict(line.split("=", 1) for line in shown.split())
+        assert state == {"Result": "success", "ConditionResult": "yes"}, (host, shown)
+        loaded = started_at(vm, firewall.FIRST_BOOT_UNIT_NAME, "ExecMainExitTimestampMonotonic")
+        assert loaded > 0, host
+        later = ["ssh.service"] + (["docker.service"] if host == DOCK else [])
+        for unit in later:
+            assert started_at(vm, unit) > loaded, f"{unit} started before the firewall on {host}"
+
+
 def test_credentials_are_refused_across_instances(booted: dict[str, Any], fleet: Fleet) -> None:
     result = cross_credentials(booted["vms"][DOCK], fleet)
     assert result == CROSS_CREDENTIALS, result
@@ -249,6 +274,11 @@ def test_reboot_of_the_docker_host_brings_its_instances_back(
     assert re.search(r"hook input priority filter; policy drop;", chain), chain
     state = dock.ssh("systemctl is-enabled nftables.service; systemctl is-active nftables.service")
     assert state.stdout.split() == ["masked", "inactive"], state.stdout
+    # The first-boot firewall unit ran at the first boot only.
+    again = dock.ssh(
+        f"systemctl show --property=ConditionResult --value {firewall.FIRST_BOOT_UNIT_NAME}"
+    )
+    assert again.stdout.strip() == "no", again.stdout
 
 
 def test_new_root_disk_for_the_docker_host_keeps_every_instances_data(

@@ -234,13 +234,22 @@ def test_install_steps_take_only_software() -> None:
             apt_sources={"d": {"source": "deb [signed-by=/etc/apt/keyrings/d.asc] x y z"}},
             files=(File("/etc/apt/keyrings/d.asc", "KEY"),),
         ),
+        # A file marked install (a unit, say) is baked, not the host's config it names.
+        Part(
+            "e", files=(File("/etc/systemd/system/t.service", "-c /etc/thing.conf", install=True),)
+        ),
     ]
     steps = install_steps(parts)
     assert steps.packages == ("curl", "jq")
     assert set(steps.apt_sources) == {"x.list", "d"}
     assert steps.commands == (("/usr/local/sbin/install-thing",),)
     # Install scripts (transitively) and keyrings named by apt sources; never config.
-    assert [f.path for f in steps.files] == [script.path, sourced.path, "/etc/apt/keyrings/d.asc"]
+    assert [f.path for f in steps.files] == [
+        script.path,
+        sourced.path,
+        "/etc/apt/keyrings/d.asc",
+        "/etc/systemd/system/t.service",
+    ]
     assert steps.sections == ("a", "b", "d")
 
 

@@ -70,6 +70,28 @@ def test_install_steps_need_no_secret_and_no_configuration(seed: Rendered) -> No
         assert artifact.url(plan.fleet.mirror) in script.content  # type: ignore[attr-defined]
 
 
+def test_a_golden_image_loads_its_firewall_at_first_boot_before_ssh(seed: Rendered) -> None:
+    """Every host's install steps bake and enable the first-boot firewall unit, and never the
+    host's ruleset: the seed writes that, and the unit loads it right after cloud-init's network
+    stage wrote it, before sysinit.target (so before sshd and dockerd), at a first boot only."""
+    plan, secrets = seed.plan, seed.secrets
+    for host in plan.hosts:
+        steps = hostconfig.install_steps(hostconfig.parts_for(plan, host, secrets))  # type: ignore[arg-type]
+        written = {f.path: f for f in steps.files}
+        assert firewall.RULESET not in written, host.name
+        unit = written[firewall.FIRST_BOOT_UNIT].content
+        enable = ("systemctl", "enable", "--no-reload", firewall.FIRST_BOOT_UNIT_NAME)
+        assert enable in steps.commands, host.name
+        assert "ConditionFirstBoot=yes" in unit
+        assert f"ExecStart=/usr/sbin/nft -f {firewall.RULESET}" in unit
+        assert "After=cloud-init-network.service cloud-init.service" in unit
+        assert "Before=sysinit.target" in unit and "WantedBy=sysinit.target" in unit
+        # and the seed writes the same unit, so a golden first boot needs no reload for it
+        seeded = hostconfig.parts_for(plan, host, secrets)  # type: ignore[arg-type]
+        same = [f for p in seeded for f in p.files if f.path == firewall.FIRST_BOOT_UNIT]
+        assert [f.content for f in same] == [unit]
+
+
 def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rendered) -> None:
     """What the distribution's packages would start by themselves at a golden host's boot (a
     default PostgreSQL cluster, a password-less Redis) is prevented at install time, and the
