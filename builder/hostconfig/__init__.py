@@ -79,6 +79,9 @@ class Part:
     # Instances of templates this part writes a drop-in for (``name@.service.d``), by name:
     # the reload check asks systemd about them (see reload_if_stale).
     template_units: tuple[str, ...] = ()
+    # Units that a golden image starts at its first boot as soon as systemd can, not only from
+    # runcmd (see _first_boot): the seed lists them; the part's configure steps start them too.
+    first_boot: tuple[str, ...] = ()
 
 
 Section = Callable[["Plan", "HostPlan", "Secrets"], Part | None]
@@ -274,16 +277,22 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     bootcmd = [list(c) for p in parts for c in p.bootcmd]
     if bootcmd:
         doc["bootcmd"] = bootcmd
+    install = [c for p in parts for c in p.install]
+    digest = install_steps(parts).digest if install else ""
     files = [f.as_cloud_config() for p in parts for f in p.files]
+    first_boot = [u for p in parts for u in p.first_boot]
+    if first_boot:
+        from ._first_boot import listing
+
+        files.append(listing(digest, first_boot).as_cloud_config())
     paths = [f["path"] for f in files]
     if len(paths) != len(set(paths)):
         raise ValueError("two sections write the same file")
     if files:
         doc["write_files"] = files
     runcmd = [list(check_packages(packages))] if packages else []
-    install = [c for p in parts for c in p.install]
     if install:
-        runcmd.append(list(run_install(install_steps(parts).digest, install)))
+        runcmd.append(list(run_install(digest, install)))
     configure = [list(c) for p in parts for c in p.configure]
     awaited = [u for p in parts for u in p.awaited]
     if awaited:

@@ -25,7 +25,7 @@ from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
 from ..quoting import render_template
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
-from . import UNIT_DIR, Command, File, Part, start_packaged_units, start_units
+from . import UNIT_DIR, Command, File, Part, _first_boot, start_packaged_units, start_units
 
 ORDER = 60
 
@@ -174,9 +174,16 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     load_files, install = load_image(plan)
     files += load_files
     configure: list[Command] = [start_packaged_units("docker.service")]
-    # wait=False: a first pull can take minutes; cloud-init need not wait for it.
-    if host.instances:
-        configure.append(start_units(*(i.unit_name for i in host.instances), wait=False))
+    units = tuple(i.unit_name for i in host.instances)
+    # A golden image starts them as soon as dockerd is up at its first boot; on a host that also
+    # runs shared services they start after those are set up, from runcmd only.
+    first_boot = units if not host.services else ()
+    if first_boot:
+        files += _first_boot.files()
+        install += (_first_boot.ENABLE,)
+    if units:
+        # wait=False: a first pull can take minutes; cloud-init need not wait for it.
+        configure.append(start_units(*units, wait=False))
     return Part(
         name="docker",
         packages=(
@@ -187,4 +194,5 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         files=tuple(files),
         install=install,
         configure=tuple(configure),
+        first_boot=first_boot,
     )

@@ -315,7 +315,7 @@ PROFILE_COMMANDS = (
     "sudo cloud-init analyze show",
     "systemd-analyze blame --no-pager | head -n 25",
     "sudo journalctl -b -o short-monotonic --no-pager"
-    " | grep -E 'Reloading|Reloaded|cloud-init\\[[0-9]+\\]: Cloud-init v|finished at'",
+    " | grep -E 'preset|Reloading|Reloaded|cloud-init\\[[0-9]+\\]: Cloud-init v|finished at'",
     # The owuibuild units' own starts (on a Docker host, the instances' compose runs).
     "sudo journalctl -b -o short-monotonic --no-pager -u 'owui*' -u 'owuibuild-*'"
     " -u docker.service -u 'postgresql@*' -u 'redis-server@*' -u qdrant -u ollama | tail -n 80",

@@ -144,8 +144,10 @@ def test_baked_image(baked: Any, rootfs: RootFs) -> None:
     assert "cloud_final_modules" in golden_cfg and "scripts_user" in golden_cfg, golden_cfg
     assert "package_update_upgrade_install" not in golden_cfg, golden_cfg
 
-    # Sealed: no SSH host key, clean cloud-init, no build user, no seal script.
+    # Sealed: no SSH host key, clean cloud-init, no build user, no seal script, and no timer
+    # stamp of the bake's (a persistent timer would catch up at a host's first boot).
     assert not [n for n in rootfs.ls("/etc/ssh") if n.startswith("ssh_host_")]
+    assert not [n for n in rootfs.ls("/var/lib/systemd/timers") if n.startswith("stamp-")]
     cloud = rootfs.ls("/var/lib/cloud")
     assert not {"instance", "instances", "seed", "data"} & set(cloud), cloud
     assert not [n for n in rootfs.ls("/var/log") if n.startswith("cloud-init")]

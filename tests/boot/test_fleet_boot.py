@@ -61,7 +61,8 @@ from fleet_vm import (
     wait_instances_healthy,
 )
 from infra.vm import VM, FleetLink
-from owuibuild.hostconfig import firewall
+from owuibuild.hostconfig import _first_boot as first_boot
+from owuibuild.hostconfig import firewall, postgres
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
 
 pytestmark = pytest.mark.boot
@@ -179,6 +180,44 @@ def test_golden_hosts_load_their_firewall_before_ssh_and_docker(booted: dict[str
         later = ["ssh.service"] + (["docker.service"] if host == DOCK else [])
         for unit in later:
             assert started_at(vm, unit) > loaded, f"{unit} started before the firewall on {host}"
+
+
+def test_golden_docker_host_starts_its_instances_from_its_first_boot_unit(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """At the golden image's first boot its baked unit queued the instances' starts (the root
+    disk ran the seed's install steps), so they started once dockerd was up, not in runcmd."""
+    dock = booted["vms"][DOCK]
+    shown = dock.ssh(
+        f"systemctl show --property=ConditionResult,Result {first_boot.UNIT_NAME}", check=True
+    ).stdout
+    assert dict(line.split("=", 1) for line in shown.split()) == {
+        "Result": "success",
+        "ConditionResult": "yes",
+    }, shown
+    said = dock.ssh(f"journalctl -b --no-pager -o cat -u {first_boot.UNIT_NAME}", check=True)
+    assert "not baked from the seed's install steps" not in said.stdout, said.stdout
+    queued = started_at(dock, first_boot.UNIT_NAME, "ExecMainExitTimestampMonotonic")
+    docker_up = started_at(dock, "docker.service", "ActiveEnterTimestampMonotonic")
+    for name in INSTANCES:
+        unit = fleet.instance(name).unit_name
+        began = started_at(dock, unit, "InactiveExitTimestampMonotonic")
+        assert queued < began and docker_up <= began, (unit, queued, docker_up, began)
+
+
+def test_golden_shared_host_leaves_postgresqls_own_backup_units_off(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """The first boot of a golden image applies the unit presets; PostgreSQL's own backup units
+    (WAL archiving, weekly dumps onto the root disk) must not come on with them."""
+    shared = booted["vms"][SHARED]
+    cluster = f"{pg_major(fleet)}-main"
+    for unit in postgres.PACKAGE_BACKUP_UNITS:
+        name = unit.replace("@.", f"@{cluster}.")
+        state = shared.ssh(f"systemctl is-enabled {name}").stdout.strip()
+        assert state == "disabled", (name, state)
+    ran = started_at(shared, f"pg_receivewal@{cluster}.service")
+    assert ran == 0, "pg_receivewal started"
 
 
 def test_credentials_are_refused_across_instances(booted: dict[str, Any], fleet: Fleet) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import Rendered
-from owuibuild import bundle
+from owuibuild import bundle, hostconfig
+from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, Plan
 
@@ -240,6 +244,8 @@ def test_shared_host_with_instances_gets_docker(render_example: Callable[[str], 
     files = written(r, "homelab")
     assert "/opt/owuibuild/family/compose.yaml" in files
     assert "docker.io" in user_data(r, "homelab")["packages"]
+    # Its instances start after its shared services are set up: from runcmd, never earlier.
+    assert first_boot.LIST not in files and first_boot.UNIT not in files
 
 
 def test_host_embeds_exactly_the_rendered_bundles(rendered: Rendered) -> None:
@@ -276,6 +282,64 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
     assert len(starts) == 1
     assert starts[0][:5] == ["systemctl", "enable", "--no-reload", "--now", "--no-block"]
     assert sorted(starts[0][5:]) == sorted(i.unit_name for i in plan.instances_on("web-a"))
+
+
+def test_a_golden_image_starts_the_instances_as_soon_as_docker_is_up(rendered: Rendered) -> None:
+    """The install steps bake and enable the first-boot unit and its script; the seed lists the
+    host's instance units under the digest of the install steps its runcmd runs, so that a
+    golden first boot starts them without waiting for cloud-init's last stage."""
+    plan = plan_of(rendered)
+    host = next(h for h in plan.hosts if h.name == "web-a")
+    steps = hostconfig.install_steps(hostconfig.parts_for(plan, host, rendered.secrets))  # type: ignore[arg-type]
+    baked = {f.path: f for f in steps.files}
+    assert first_boot.ENABLE in steps.commands
+    unit = baked[first_boot.UNIT].content
+    assert "ConditionFirstBoot=yes" in unit and "WantedBy=multi-user.target" in unit
+    assert f"ExecStart=/bin/sh {first_boot.SCRIPT}" in unit
+    assert first_boot.SCRIPT in baked and first_boot.LIST not in baked  # the list is the seed's
+    listing = written(rendered, "web-a")[first_boot.LIST]["content"]
+    install = next(c for c in user_data(rendered, "web-a")["runcmd"] if "owuibuild-install" in c)
+    assert f"install-steps {install[-1]}\n" in listing and install[-1] == steps.digest
+    starts = [line.split()[1] for line in listing.splitlines() if line.startswith("start ")]
+    assert starts == [i.unit_name for i in plan.instances_on("web-a")]
+    assert first_boot.LIST not in written(rendered, "shared")  # no instances, nothing to start
+
+
+@pytest.mark.parametrize(
+    ("stamp", "started"), [("same", True), ("other", False), (None, False)], ids=str
+)
+def test_first_boot_starts_only_on_the_disk_baked_from_these_install_steps(
+    rendered: Rendered, tmp_path: Path, stamp: str | None, started: bool
+) -> None:
+    """The baked script, run with a recording systemctl: it queues the listed units only when
+    the root disk's install stamp is the digest the seed's list names."""
+    files = written(rendered, "web-a")
+    listing = tmp_path / "first-boot-units"
+    listing.write_text(files[first_boot.LIST]["content"])
+    digest = next(
+        line.split()[1] for line in listing.read_text().splitlines() if line.startswith("install-")
+    )
+    stamp_file = tmp_path / "installed"
+    if stamp is not None:
+        stamp_file.write_text((digest if stamp == "same" else "0" * 64) + "\n")
+    script = (
+        files[first_boot.SCRIPT]["content"]
+        .replace(f"LIST={first_boot.LIST}\n", f"LIST={listing}\n")
+        .replace(f"STAMP={hostconfig.INSTALLED_STAMP}\n", f"STAMP={stamp_file}\n")
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >>{calls}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    units = " ".join(i.unit_name for i in plan_of(rendered).instances_on("web-a"))
+    expected = [f"start --no-block -- {units}"] if started else []
+    assert (calls.read_text().splitlines() if calls.exists() else []) == expected
+    if not started:
+        assert "not baked from the seed's install steps" in run.stdout
 
 
 def test_docker_leaves_the_firewall_to_the_host(rendered: Rendered) -> None:

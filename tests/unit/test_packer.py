@@ -154,6 +154,7 @@ def test_install_script_runs_the_install_steps(render_example: Callable[[str], o
         assert f"ollama pull {model}" in script
     assert "cloud-init clean --logs --machine-id --seed" in packer.seal_script().decode()
     assert "rm -f /etc/ssh/ssh_host_*" in packer.seal_script().decode()
+    assert "rm -f /var/lib/systemd/timers/stamp-*" in packer.seal_script().decode()
 
 
 @pytest.mark.parametrize("example", ["seed-example.yml", MULTI, HOMELAB])

@@ -101,6 +101,11 @@ def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rend
     steps = hostconfig.install_steps(parts)
     written = {f.path: f for f in steps.files}
     assert "create_main_cluster = false" in written[postgres.CREATECLUSTER].content
+    # PostgreSQL's own opt-in backup units stay off even when a golden first boot applies presets
+    preset = written[postgres.PRESET].content.splitlines()
+    assert [f"disable {u}" for u in postgres.PACKAGE_BACKUP_UNITS] == [
+        line for line in preset if not line.startswith("#")
+    ]
     assert postgres.TEMPLATE_SCRIPT in written
     assert ("/bin/sh", postgres.TEMPLATE_SCRIPT) in steps.commands
     assert ("systemctl", "mask", "--no-reload", "--now", "redis-server.service") in steps.commands

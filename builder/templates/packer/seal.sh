@@ -7,6 +7,9 @@
 # image boots like a fresh cloud image and cloud-init configures it from the host's seed:
 #   - cloud-init state, logs, seed and machine-id (cloud-init clean --logs --machine-id --seed);
 #   - the SSH host keys (each host makes its own at first boot);
+#   - the build's timer stamps: a persistent timer (dpkg-db-backup, fstrim, ...) whose stamp
+#     dates from the bake would catch up at every host's first boot, days later, in the middle of
+#     its setup; without one, its first run is scheduled from that boot, as on a fresh image;
 #   - the build user (the one that called sudo) and cloud-init's sudoers file for it;
 # and it tells cloud-init that this image has its packages: its package module (which runs
 # `apt-get update` whenever a seed lists packages) is left out of the boot, so a golden host
@@ -32,6 +35,7 @@ with open("/etc/cloud/cloud.cfg.d/95-owuibuild-golden.cfg", "w") as fh:
     yaml.safe_dump({"cloud_final_modules": kept}, fh, default_flow_style=False)
 EOF
 rm -f /etc/ssh/ssh_host_*
+rm -f /var/lib/systemd/timers/stamp-*
 rm -f /etc/sudoers.d/90-cloud-init-users
 if [ -n "$build_user" ] && [ "$build_user" != root ] && id "$build_user" >/dev/null 2>&1; then
 	# --force: the build user is still logged in (this script runs in its session).
