@@ -164,6 +164,11 @@ threading.Event().wait()
 """
 
 
+# Beyond the generated healthcheck's own verdict (start_period 600 s, then 5 retries 10 s
+# apart): `compose up --wait` then fails as unhealthy, with the logs, before this cuts it off.
+UP_TIMEOUT = 900
+
+
 def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     if check and out.returncode != 0:
@@ -205,6 +210,10 @@ class Running:
         return f"http://127.0.0.1:{self.port}"
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        if args[:1] == ("up",):
+            # Open WebUI's first start (migrations, then the app's imports) took over 600 s on a
+            # loaded 2-core machine: let the generated healthcheck give its own verdict first.
+            timeout = max(timeout, UP_TIMEOUT)
         files = ["-f", str(self.bundle_dir / bundle.COMPOSE_FILE), "-f", str(self.override)]
         return run("docker", "compose", "-p", self.project, *files, *args, timeout=timeout)
 
