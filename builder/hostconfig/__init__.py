@@ -80,7 +80,9 @@ class Part:
     # the reload check asks systemd about them (see reload_if_stale).
     template_units: tuple[str, ...] = ()
     # Units that a golden image starts at its first boot as soon as systemd can, not only from
-    # runcmd (see _first_boot): the seed lists them; the part's configure steps start them too.
+    # runcmd (see _first_boot): merge() lists them in the seed with the install digest; the part
+    # must also bake the starter (_first_boot.files() and _first_boot.ENABLE in its install
+    # steps) and start the units from its configure steps too.
     first_boot: tuple[str, ...] = ()
 
 
