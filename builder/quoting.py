@@ -53,6 +53,19 @@ def shell_command(argv: tuple[str, ...] | list[str]) -> Quoted:
     return Quoted(" ".join(shell(a) for a in argv))
 
 
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:@=+-]+")
+
+
+def plain_words(*argv: str) -> Quoted:
+    """A command line whose every word is plain (no quoting needed in a systemd unit or in a
+    shell's word splitting, no glob character). Every word of such a line comes from the plan;
+    anything else is a bug, so it is refused rather than quoted wrong."""
+    for word in argv:
+        if not _PLAIN_WORD.fullmatch(word):
+            raise QuotingError(f"unexpected character in command word {word!r}")
+    return Quoted(" ".join(argv))
+
+
 def sql_literal(value: object) -> Quoted:
     """A SQL string literal (standard_conforming_strings = on, the default since 9.1)."""
     text = str(value)

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 # Test infrastructure is imported as `infra.<module>` (tests/infra is a package).
@@ -82,6 +83,13 @@ class Rendered:
 
     def text(self, path: str) -> str:
         return self.files[path].decode()
+
+    def user_data(self, host: str) -> Any:
+        """A host's cloud-config, unzipped where the render gzipped it (a large seed)."""
+        import gzip
+
+        data = self.files[f"hosts/{host}/user-data"]
+        return yaml.safe_load(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
 
 
 def compile_path(path: Path) -> Rendered:

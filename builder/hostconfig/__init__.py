@@ -79,10 +79,12 @@ class Part:
     # Instances of templates this part writes a drop-in for (``name@.service.d``), by name:
     # the reload check asks systemd about them (see reload_if_stale).
     template_units: tuple[str, ...] = ()
-    # Units that a golden image starts at its first boot as soon as systemd can, not only from
-    # runcmd (see _first_boot): merge() lists them in the seed with the install digest; the part
-    # must also bake the starter (_first_boot.files() and _first_boot.ENABLE in its install
-    # steps) and start the units from its configure steps too.
+    # What a golden image does at its first boot as soon as systemd can, not only from runcmd
+    # (see _first_boot): run these commands (each must return soon: queue a start, never wait
+    # for one), then start these units. merge() lists both in the seed with the install digest,
+    # and parts_for() adds the part that bakes the starter. The configure steps must still do
+    # the same (they run on every image; a first-boot step that failed only logged).
+    first_boot_run: tuple[Command, ...] = ()
     first_boot: tuple[str, ...] = ()
 
 
@@ -237,6 +239,10 @@ def parts_for(plan: Plan, host: HostPlan, secrets: Secrets) -> list[Part]:
         p = section(plan, host, secrets)
         if p is not None:
             out.append(p)
+    if any(p.first_boot or p.first_boot_run for p in out):
+        from ._first_boot import starter
+
+        out.append(starter())
     _PARTS_CACHE[key] = (plan, secrets, tuple(out))
     if len(_PARTS_CACHE) > _PARTS_CACHE_SIZE:
         _PARTS_CACHE.popitem(last=False)
@@ -283,10 +289,11 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     digest = install_steps(parts).digest if install else ""
     files = [f.as_cloud_config() for p in parts for f in p.files]
     first_boot = [u for p in parts for u in p.first_boot]
-    if first_boot:
+    first_boot_run = [c for p in parts for c in p.first_boot_run]
+    if first_boot or first_boot_run:
         from ._first_boot import listing
 
-        files.append(listing(digest, first_boot).as_cloud_config())
+        files.append(listing(digest, first_boot_run, first_boot).as_cloud_config())
     paths = [f["path"] for f in files]
     if len(paths) != len(set(paths)):
         raise ValueError("two sections write the same file")

@@ -17,15 +17,14 @@ time: each rule is a process of its own, seconds apiece on a small VM.
 from __future__ import annotations
 
 import json
-import re
 
 from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
 from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
-from ..quoting import render_template
+from ..quoting import plain_words, render_template
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
-from . import UNIT_DIR, Command, File, Part, _first_boot, start_packaged_units, start_units
+from . import UNIT_DIR, Command, File, Part, start_packaged_units, start_units
 
 ORDER = 60
 
@@ -43,12 +42,17 @@ DAEMON_CONFIG = "/etc/docker/daemon.json"
 # IPv6, and serves published ports from docker-proxy, a listener the input chain filters. dockerd
 # still turns on IPv4 forwarding for its bridges; the firewall's forward chain decides what
 # crosses. The userland proxy is Docker's default, spelled out because the firewall relies on it.
-DAEMON_SETTINGS = {"iptables": False, "ip6tables": False, "userland-proxy": True}
+# No default bridge (docker0) either: every instance runs on its own compose network, and the
+# firewall forwards only those.
+DAEMON_SETTINGS = {
+    "bridge": "none",
+    "iptables": False,
+    "ip6tables": False,
+    "userland-proxy": True,
+}
 DOCKER_DROPIN = f"{UNIT_DIR}/docker.service.d/owuibuild.conf"
 # First boot of a vanilla image pulls a multi-gigabyte image before the instance can start.
 START_TIMEOUT_SECONDS = 1800
-
-_UNIT_WORD = re.compile(r"[A-Za-z0-9_./:@=+-]+")
 
 
 def from_upstream(plan: Plan) -> bool:
@@ -65,15 +69,6 @@ def apt_source(plan: Plan) -> dict[str, dict[str, str]]:
         f"{release.codename} stable"
     )
     return {"docker": {"source": line}}
-
-
-def _exec(*argv: str) -> str:
-    """A unit's command line. Every word here comes from the plan and needs no quoting;
-    anything else is a bug, so refuse it rather than quote it wrong."""
-    for word in argv:
-        if not _UNIT_WORD.fullmatch(word):
-            raise ValueError(f"unexpected character in unit command word {word!r}")
-    return " ".join(argv)
 
 
 def unit_text(sections: list[tuple[str, list[tuple[str, str]]]]) -> str:
@@ -116,12 +111,17 @@ def instance_unit(inst: InstancePlan) -> str:
                     ("Type", "oneshot"),
                     ("RemainAfterExit", "yes"),
                     ("WorkingDirectory", inst.bundle_dir),
-                    ("ExecStartPre", _exec("/usr/bin/install", "-d", "-m", "0750", inst.data_dir)),
+                    (
+                        "ExecStartPre",
+                        plain_words("/usr/bin/install", "-d", "-m", "0750", inst.data_dir),
+                    ),
                     (
                         "ExecStart",
-                        _exec(*compose_argv(inst, "up", "--detach", "--wait", "--remove-orphans")),
+                        plain_words(
+                            *compose_argv(inst, "up", "--detach", "--wait", "--remove-orphans")
+                        ),
                     ),
-                    ("ExecStop", _exec(*compose_argv(inst, "down"))),
+                    ("ExecStop", plain_words(*compose_argv(inst, "down"))),
                     ("Restart", "on-failure"),
                     ("RestartSec", "30s"),
                     ("TimeoutStartSec", str(START_TIMEOUT_SECONDS)),
@@ -178,9 +178,6 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     # A golden image starts them as soon as dockerd is up at its first boot; on a host that also
     # runs shared services they start after those are set up, from runcmd only.
     first_boot = units if not host.services else ()
-    if first_boot:
-        files += _first_boot.files()
-        install += (_first_boot.ENABLE,)
     if units:
         # wait=False: a first pull can take minutes; cloud-init need not wait for it.
         configure.append(start_units(*units, wait=False))

@@ -6,7 +6,8 @@ admin.allow_from, each shared service from the hosts whose instances use it, eac
 port per the plan). Connections to a planned port from any other source are dropped by a rule
 that counts them. It lives in its own table, ``inet owuibuild``, replaced atomically and never
 flushing the ruleset. A golden image also carries a first-boot unit that loads it as soon as
-cloud-init has written it, before SSH and Docker start.
+cloud-init has written it (a path unit starts it, during cloud-init's network stage), before
+SSH and Docker start.
 
 On a host that runs instances it is the only firewall: Docker adds no rules of its own (see
 docker.py), its published ports are docker-proxy listeners that the input chain filters like any
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import groupby
 
-from ..plan import FirewallRule, HostPlan, Plan
+from ..plan import SCRIPT_DIR, FirewallRule, HostPlan, Plan
 from ..quoting import Quoted, nft, nft_comment, render_template, systemd_path
 from ..secrets import Secrets
 from . import File, Part, start_units
@@ -34,6 +35,12 @@ UNIT_NAME = "owuibuild-firewall.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 FIRST_BOOT_UNIT_NAME = "owuibuild-firewall-first-boot.service"
 FIRST_BOOT_UNIT = f"/etc/systemd/system/{FIRST_BOOT_UNIT_NAME}"
+# Starts the first-boot unit as cloud-init writes the ruleset, during its network stage.
+FIRST_BOOT_PATH_NAME = "owuibuild-firewall-first-boot.path"
+FIRST_BOOT_PATH = f"/etc/systemd/system/{FIRST_BOOT_PATH_NAME}"
+FIRST_BOOT_SCRIPT = f"{SCRIPT_DIR}/firewall-first-boot.sh"
+# The ruleset's last line: the first-boot unit loads the file only once it is all written.
+END_MARKER = "# end of the owuibuild ruleset"
 TABLE = "inet owuibuild"
 DISTRIBUTION_UNIT = "nftables.service"
 
@@ -85,6 +92,7 @@ def ruleset(host: HostPlan) -> str:
         statements=statements(host.firewall),
         drops=counted_drops(host.firewall),
         instance_networks=instance_networks(host),
+        end_marker=Quoted(END_MARKER),
     )
 
 
@@ -94,9 +102,36 @@ def unit() -> str:
     )
 
 
-def first_boot_unit() -> str:
-    return render_template(
-        "firewall-first-boot.service.j2", ruleset=RULESET, firewall_unit=Quoted(UNIT_NAME)
+def first_boot_files() -> tuple[File, ...]:
+    """The first-boot unit, its path unit and its script: installed and enabled by the install
+    steps, so a golden image has them at its first boot."""
+    return (
+        File(
+            FIRST_BOOT_UNIT,
+            render_template(
+                "firewall-first-boot.service.j2",
+                ruleset=RULESET,
+                script=FIRST_BOOT_SCRIPT,
+                firewall_unit=Quoted(UNIT_NAME),
+                path_unit=Quoted(FIRST_BOOT_PATH_NAME),
+            ),
+            install=True,
+        ),
+        File(
+            FIRST_BOOT_PATH,
+            render_template(
+                "firewall-first-boot.path.j2",
+                ruleset=RULESET,
+                service=Quoted(FIRST_BOOT_UNIT_NAME),
+            ),
+            install=True,
+        ),
+        File(
+            FIRST_BOOT_SCRIPT,
+            render_template("firewall-first-boot.sh.j2", ruleset=RULESET, end_marker=END_MARKER),
+            "0755",
+            install=True,
+        ),
     )
 
 
@@ -107,11 +142,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
         name="firewall",
         packages=("nftables",),
         files=(
+            # A golden image's first boot: the firewall is up before SSH and Docker start, not
+            # only in runcmd. Written (again, the same) before the ruleset, whose appearance
+            # starts them: never rewritten while they run.
+            *first_boot_files(),
             File(RULESET, ruleset(host), permissions="0600"),
             File(UNIT, unit()),
-            # Installed and enabled by the install steps, so a golden image has it at its
-            # first boot: the firewall is up before SSH and Docker start, not only in runcmd.
-            File(FIRST_BOOT_UNIT, first_boot_unit(), install=True),
         ),
         # The distribution's nftables.service loads /etc/nftables.conf, which begins with
         # `flush ruleset`, at boot, unordered with our unit: whichever ran last would win, and
@@ -119,7 +155,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
         # stopped: its stop action flushes every table, Docker's included).
         install=(
             ("systemctl", "mask", "--no-reload", DISTRIBUTION_UNIT),
-            ("systemctl", "enable", "--no-reload", FIRST_BOOT_UNIT_NAME),
+            ("systemctl", "enable", "--no-reload", FIRST_BOOT_PATH_NAME),
         ),
         configure=(
             ("/usr/sbin/nft", "--check", "--file", RULESET),

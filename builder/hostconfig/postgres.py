@@ -37,6 +37,7 @@ ORDER = 250
 SOURCE_DIR = "/etc/owuibuild/postgresql"  # rendered config, installed by the setup script
 INIT_SQL = f"{SOURCE_DIR}/init.sql"
 SETUP_SCRIPT = f"{SCRIPT_DIR}/postgresql-setup.sh"
+START_ONLY = "--start-only"  # the setup script's mode that queues the start and returns
 # Refuses a data volume whose only cluster is of another major (ExecStartPre and setup script).
 GUARD_SCRIPT = f"{SCRIPT_DIR}/postgresql-guard.sh"
 # The runbook section that says how to upgrade; the guard's message points there.
@@ -176,6 +177,7 @@ def setup_script(plan: Plan) -> str:
     version = plan.fleet.shared.postgres.version
     return render_template(
         "postgresql-setup.sh.j2",
+        start_only=START_ONLY,
         version=version,
         data_dir=data_dir(version),
         source_dir=SOURCE_DIR,
@@ -231,6 +233,10 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         ),
         install=(("/bin/sh", TEMPLATE_SCRIPT),),
         configure=(("/bin/sh", SETUP_SCRIPT),),
+        # A golden first boot prepares the cluster and queues its start right after cloud-init's
+        # network stage (the slowest start of the shared host: it overlaps cloud-init's config
+        # stage); the setup step above then only waits for it and applies init.sql.
+        first_boot_run=(("/bin/sh", SETUP_SCRIPT, START_ONLY),),
         template_units=(unit_name(plan.fleet.shared.postgres.version),),
     )
 

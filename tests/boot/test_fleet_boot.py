@@ -196,7 +196,7 @@ def test_golden_docker_host_starts_its_instances_from_its_first_boot_unit(
         "Result": "success",
         "ConditionResult": "yes",
     }, shown
-    said = dock.ssh(f"journalctl -b --no-pager -o cat -u {first_boot.UNIT_NAME}", check=True)
+    said = dock.ssh(f"sudo journalctl -b --no-pager -o cat -u {first_boot.UNIT_NAME}", check=True)
     assert "not baked from the seed's install steps" not in said.stdout, said.stdout
     queued = started_at(dock, first_boot.UNIT_NAME)
     docker_up = started_at(dock, "docker.service", "ActiveEnterTimestampMonotonic")
@@ -204,6 +204,25 @@ def test_golden_docker_host_starts_its_instances_from_its_first_boot_unit(
         unit = fleet.instance(name).unit_name
         began = started_at(dock, unit, "InactiveExitTimestampMonotonic")
         assert queued < began and docker_up <= began, (unit, queued, docker_up, began)
+
+
+def test_golden_shared_host_starts_postgresql_from_its_first_boot_unit(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """At the golden shared host's first boot the baked unit prepared the cluster on the data
+    volume and queued PostgreSQL's start right after cloud-init's network stage, not waiting
+    for cloud-init's last stage (runcmd), which still applied init.sql (the instances' logins
+    work: test_credentials_are_refused_across_instances)."""
+    shared = booted["vms"][SHARED]
+    unit = f"postgresql@{pg_major(fleet)}-main.service"
+    said = shared.ssh(f"sudo journalctl -b --no-pager -o cat -u {first_boot.UNIT_NAME}", check=True)
+    assert f"queued the start of {unit}" in said.stdout, said.stdout
+    assert "not baked" not in said.stdout and "failed" not in said.stdout, said.stdout
+    ran = started_at(shared, first_boot.UNIT_NAME)
+    done = started_at(shared, first_boot.UNIT_NAME, "ExecMainExitTimestampMonotonic")
+    began = started_at(shared, unit, "InactiveExitTimestampMonotonic")
+    # Started by that unit's queued job (within moments of its exit), not by runcmd later.
+    assert 0 < ran < began <= done + 2_000_000, (ran, began, done)
 
 
 def test_golden_shared_host_leaves_postgresqls_own_backup_units_off(

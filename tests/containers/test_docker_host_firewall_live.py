@@ -23,7 +23,6 @@ it. Nothing leaves the namespaces: they have no route to the machine.
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import BLUEPRINTS, Rendered, compile_path, require_tool, unavailable
 from owuibuild.hostconfig import firewall
 from owuibuild.plan import InstancePlan, Plan
@@ -139,8 +137,7 @@ def gateway(inst: InstancePlan) -> str:
 
 
 def user_data_ruleset(rendered: Rendered, host: str) -> str:
-    data = rendered.files[f"hosts/{host}/user-data"]
-    doc = yaml.safe_load(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    doc = rendered.user_data(host)
     files = {f["path"]: f["content"] for f in doc["write_files"]}
     return str(files[firewall.RULESET])
 

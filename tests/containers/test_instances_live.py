@@ -253,7 +253,7 @@ class Fleet:
 def shared_config(r: Rendered) -> dict[str, str]:
     """The shared host's generated PostgreSQL and Redis files, from its user-data."""
     assert isinstance(r.plan, Plan)
-    doc = yaml.safe_load(r.files[f"hosts/{r.plan.shared.name}/user-data"])
+    doc = r.user_data(r.plan.shared.name)
     files = {f["path"]: f["content"] for f in doc.get("write_files", [])}
     out: dict[str, str] = {}
     for path, content in files.items():

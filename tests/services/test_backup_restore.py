@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import Rendered, compile_path, require_tool
 from owuibuild.hostconfig import backup
 from test_postgres import BLUEPRINT, HOST_OF, PG_BIN, Server, password, server
@@ -134,7 +133,7 @@ class Setup:
 
     def generated(self, path: str) -> str:
         """A file from the shared host's generated user-data."""
-        doc = yaml.safe_load(self.rendered.files[f"hosts/{self.plan.shared.name}/user-data"])
+        doc = self.rendered.user_data(self.plan.shared.name)
         files = {f["path"]: f for f in doc["write_files"]}
         content: str = files[path]["content"]
         return content

@@ -453,10 +453,27 @@ def test_an_empty_volume_gets_a_new_cluster(image: str, tmp_path: Path, template
             assert made.returncode == 0, made.stdout + made.stderr
             again = host.run("/bin/sh", postgres.TEMPLATE_SCRIPT)
             assert again.stdout.strip().endswith("already there"), again.stdout
+        cluster = volume / "postgresql" / str(NEW) / "main"
+        if template:
+            # A golden image's first boot: its first-boot unit prepares the cluster and queues
+            # its start, and returns; the seed's own run below then only applies init.sql.
+            early = host.run("/bin/sh", postgres.SETUP_SCRIPT, postgres.START_ONLY)
+            assert early.returncode == 0, early.stdout + early.stderr
+            assert (cluster / "PG_VERSION").read_text() == f"{NEW}\n"
+            ready = host.run(
+                "timeout",
+                "120",
+                "sh",
+                "-c",
+                f"until /usr/lib/postgresql/{NEW}/bin/pg_isready -q --host=/var/run/postgresql;"
+                " do sleep 1; done",
+            )
+            assert ready.returncode == 0, ready.stdout + ready.stderr
+            pending = "SELECT count(*) FROM pg_database WHERE datname IN ('alpha', 'beta')"
+            assert host.superuser("postgres", pending) == "0"  # init.sql is the seed's step
         done = host.run("/bin/sh", postgres.SETUP_SCRIPT)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "refusing" not in done.stderr
-        cluster = volume / "postgresql" / str(NEW) / "main"
         assert (cluster / "PG_VERSION").read_text() == f"{NEW}\n"
         assert stat.S_IMODE(cluster.stat().st_mode) == 0o700
         assert not cluster.with_name("main.copy").exists()

@@ -4,7 +4,6 @@ blueprint's calendar."""
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +46,7 @@ def render(render_text: Callable[[str], Rendered]) -> Callable[..., Rendered]:
 
 
 def user_data(rendered: Rendered, host: str) -> dict[str, Any]:
-    data = rendered.files[f"hosts/{host}/user-data"]
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    loaded: dict[str, Any] = yaml.safe_load(data)
+    loaded: dict[str, Any] = rendered.user_data(host)
     return loaded
 
 

@@ -15,7 +15,9 @@ from conftest import Rendered
 from owuibuild import bundle, hostconfig
 from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import docker as docker_section
+from owuibuild.hostconfig import postgres
 from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, Plan
+from owuibuild.quoting import QuotingError
 
 pytestmark = pytest.mark.unit
 
@@ -71,7 +73,7 @@ def env_lines(r: Rendered, name: str) -> dict[str, str]:
 
 
 def user_data(r: Rendered, host: str) -> dict[str, Any]:
-    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    doc = r.user_data(host)
     assert isinstance(doc, dict)
     return doc
 
@@ -244,8 +246,11 @@ def test_shared_host_with_instances_gets_docker(render_example: Callable[[str], 
     files = written(r, "homelab")
     assert "/opt/owuibuild/family/compose.yaml" in files
     assert "docker.io" in user_data(r, "homelab")["packages"]
-    # Its instances start after its shared services are set up: from runcmd, never earlier.
-    assert first_boot.LIST not in files and first_boot.UNIT not in files
+    # Its instances start after its shared services are set up: from runcmd, never earlier
+    # (its first-boot list only prepares PostgreSQL).
+    listing = files[first_boot.LIST]["content"].splitlines()
+    assert not any(line.startswith("start ") for line in listing)
+    assert f"run /bin/sh {postgres.SETUP_SCRIPT} {postgres.START_ONLY}" in listing
 
 
 def test_host_embeds_exactly_the_rendered_bundles(rendered: Rendered) -> None:
@@ -294,7 +299,7 @@ def test_a_golden_image_starts_the_instances_as_soon_as_docker_is_up(rendered: R
     baked = {f.path: f for f in steps.files}
     assert first_boot.ENABLE in steps.commands
     unit = baked[first_boot.UNIT].content
-    assert "ConditionFirstBoot=yes" in unit and "WantedBy=multi-user.target" in unit
+    assert "ConditionFirstBoot=yes" in unit and "WantedBy=cloud-init.target" in unit
     assert f"ExecStart=/bin/sh {first_boot.SCRIPT}" in unit
     assert first_boot.SCRIPT in baked and first_boot.LIST not in baked  # the list is the seed's
     listing = written(rendered, "web-a")[first_boot.LIST]["content"]
@@ -302,7 +307,37 @@ def test_a_golden_image_starts_the_instances_as_soon_as_docker_is_up(rendered: R
     assert f"install-steps {install[-1]}\n" in listing and install[-1] == steps.digest
     starts = [line.split()[1] for line in listing.splitlines() if line.startswith("start ")]
     assert starts == [i.unit_name for i in plan.instances_on("web-a")]
-    assert first_boot.LIST not in written(rendered, "shared")  # no instances, nothing to start
+    assert not any(line.startswith("run ") for line in listing.splitlines())
+    # The shared host starts no unit this way but prepares and queues PostgreSQL's start.
+    shared = written(rendered, "shared")[first_boot.LIST]["content"].splitlines()
+    assert [line for line in shared if line.startswith(("run ", "start "))] == [
+        f"run /bin/sh {postgres.SETUP_SCRIPT} {postgres.START_ONLY}"
+    ]
+
+
+def run_starter(
+    rendered: Rendered, tmp_path: Path, listing: str, stamp: str | None
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The baked first-boot script, run on ``listing`` with the root disk's install stamp
+    ``stamp`` (None: none) and a recording systemctl; its run and the systemctl calls."""
+    list_file = tmp_path / "first-boot-units"
+    list_file.write_text(listing)
+    stamp_file = tmp_path / "installed"
+    if stamp is not None:
+        stamp_file.write_text(stamp + "\n")
+    script = (
+        written(rendered, "web-a")[first_boot.SCRIPT]["content"]
+        .replace(f"LIST={first_boot.LIST}\n", f"LIST={list_file}\n")
+        .replace(f"STAMP={hostconfig.INSTALLED_STAMP}\n", f"STAMP={stamp_file}\n")
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >>{calls}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    return run, calls.read_text().splitlines() if calls.exists() else []
 
 
 @pytest.mark.parametrize(
@@ -313,33 +348,43 @@ def test_first_boot_starts_only_on_the_disk_baked_from_these_install_steps(
 ) -> None:
     """The baked script, run with a recording systemctl: it queues the listed units only when
     the root disk's install stamp is the digest the seed's list names."""
-    files = written(rendered, "web-a")
-    listing = tmp_path / "first-boot-units"
-    listing.write_text(files[first_boot.LIST]["content"])
-    digest = next(
-        line.split()[1] for line in listing.read_text().splitlines() if line.startswith("install-")
-    )
-    stamp_file = tmp_path / "installed"
-    if stamp is not None:
-        stamp_file.write_text((digest if stamp == "same" else "0" * 64) + "\n")
-    script = (
-        files[first_boot.SCRIPT]["content"]
-        .replace(f"LIST={first_boot.LIST}\n", f"LIST={listing}\n")
-        .replace(f"STAMP={hostconfig.INSTALLED_STAMP}\n", f"STAMP={stamp_file}\n")
-    )
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >>{calls}\n')
-    (bin_dir / "systemctl").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    listing = written(rendered, "web-a")[first_boot.LIST]["content"]
+    digest = next(line.split()[1] for line in listing.splitlines() if line.startswith("install-"))
+    on_disk = {"same": digest, "other": "0" * 64, None: None}[stamp]
+    run, calls = run_starter(rendered, tmp_path, listing, on_disk)
     assert run.returncode == 0, run.stderr
     units = " ".join(i.unit_name for i in plan_of(rendered).instances_on("web-a"))
-    expected = [f"start --no-block -- {units}"] if started else []
-    assert (calls.read_text().splitlines() if calls.exists() else []) == expected
+    assert calls == ([f"start --no-block -- {units}"] if started else [])
     if not started:
         assert "not baked from the seed's install steps" in run.stdout
+
+
+def test_first_boot_runs_its_commands_and_goes_on_when_one_fails(
+    rendered: Rendered, tmp_path: Path
+) -> None:
+    """The starter runs each listed command (split into words), logs one that fails and
+    still runs the next ones and queues the units: the seed's runcmd reports failures."""
+    marker = tmp_path / "ran"
+    listing = (
+        "install-steps abc\n"
+        "run /bin/false\n"
+        f"run /usr/bin/touch {marker}\n"
+        "start owui-one.service\n"
+        "start owui-two.service\n"
+    )
+    run, calls = run_starter(rendered, tmp_path, listing, "abc")
+    assert run.returncode == 0, run.stderr
+    assert "first-boot command failed (exit 1): /bin/false" in run.stderr
+    assert marker.exists()
+    assert calls == ["start --no-block -- owui-one.service owui-two.service"]
+
+
+def test_first_boot_commands_must_be_plain_words() -> None:
+    """The starter splits a listed command into words as the shell does: a word that would
+    need quoting (or could glob) is refused at render time, never listed."""
+    for word in ("a b", "$(reboot)", "*", "x;y", "it's"):
+        with pytest.raises(QuotingError):
+            first_boot.listing("0" * 64, [("/bin/sh", word)], [])
 
 
 def test_docker_leaves_the_firewall_to_the_host(rendered: Rendered) -> None:
@@ -347,7 +392,12 @@ def test_docker_leaves_the_firewall_to_the_host(rendered: Rendered) -> None:
     host firewall's input chain is what admits them, per the plan."""
     files = written(rendered, "web-a")
     daemon = json.loads(files[docker_section.DAEMON_CONFIG]["content"])
-    assert daemon == {"iptables": False, "ip6tables": False, "userland-proxy": True}
+    assert daemon == {
+        "bridge": "none",
+        "iptables": False,
+        "ip6tables": False,
+        "userland-proxy": True,
+    }
     ruleset = files["/etc/owuibuild/firewall.nft"]["content"]
     input_chain = ruleset[ruleset.index("chain input") : ruleset.index("chain forward")]
     private = 'ip saddr { 10.9.0.0/24 } tcp dport 3001 accept comment "openwebui-one"'

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import hcl2
 import pytest
-import yaml
 from owuibuild.hostconfig import INSTALLED_STAMP, File, Part, install_steps, run_install
 from owuibuild.targets import packer
 from owuibuild.targets.packer import Block, Comment, Expr, Template, hcl_file, hcl_string
@@ -174,7 +173,7 @@ def test_a_golden_image_records_the_install_steps_its_seeds_skip(
         assert record in script
         # After every install command: a failed bake records nothing.
         assert all(script.index(record) > script.index(packer._sh(c)) for c in steps.commands)
-        runcmd = yaml.safe_load(r.files[f"hosts/{image.host.name}/user-data"])["runcmd"]  # type: ignore[attr-defined]
+        runcmd = r.user_data(image.host.name)["runcmd"]  # type: ignore[attr-defined]
         installs = [c for c in runcmd if isinstance(c, list) and "owuibuild-install" in c]
         if not steps.commands:
             assert installs == []

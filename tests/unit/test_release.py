@@ -30,7 +30,7 @@ OS_SCHEMA = SCHEMA["properties"]["os"]["properties"]
 
 
 def user_data(r: Rendered, host: str) -> dict[str, Any]:
-    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    doc = r.user_data(host)
     assert isinstance(doc, dict)
     return doc
 

@@ -25,7 +25,7 @@ def scale(render_example: Callable[[str], Rendered]) -> Rendered:
 
 
 def cloud_config(r: Rendered, host: str) -> dict[str, Any]:
-    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    doc = r.user_data(host)
     assert isinstance(doc, dict)
     return doc
 

@@ -15,7 +15,6 @@ example blueprint (not by comparing with golden files, which come from the code 
 
 from __future__ import annotations
 
-import gzip
 import re
 import shlex
 from collections.abc import Callable
@@ -33,8 +32,7 @@ RenderExample = Callable[[str], Rendered]
 
 
 def user_data(r: Rendered, host: str) -> dict[str, Any]:
-    data = r.files[f"hosts/{host}/user-data"]
-    doc = yaml.safe_load(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    doc = r.user_data(host)
     assert isinstance(doc, dict)
     return doc
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import Rendered
 from owuibuild import hostconfig, quoting
+from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import firewall, ollama, postgres, qdrant, redis
 from owuibuild.plan import DATA_MOUNT, FirewallRule
 from owuibuild.targets import hosts
@@ -20,10 +23,7 @@ pytestmark = pytest.mark.unit
 
 
 def doc(rendered: Rendered, host: str) -> dict[str, Any]:
-    data = rendered.files[f"hosts/{host}/user-data"]
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    loaded: dict[str, Any] = yaml.safe_load(data)
+    loaded: dict[str, Any] = rendered.user_data(host)
     return loaded
 
 
@@ -80,16 +80,66 @@ def test_a_golden_image_loads_its_firewall_at_first_boot_before_ssh(seed: Render
         written = {f.path: f for f in steps.files}
         assert firewall.RULESET not in written, host.name
         unit = written[firewall.FIRST_BOOT_UNIT].content
-        enable = ("systemctl", "enable", "--no-reload", firewall.FIRST_BOOT_UNIT_NAME)
+        path = written[firewall.FIRST_BOOT_PATH].content
+        enable = ("systemctl", "enable", "--no-reload", firewall.FIRST_BOOT_PATH_NAME)
         assert enable in steps.commands, host.name
-        assert "ConditionFirstBoot=yes" in unit
-        assert f"ExecStart=/usr/sbin/nft -f {firewall.RULESET}" in unit
-        assert "After=cloud-init-network.service cloud-init.service" in unit
-        assert "Before=sysinit.target" in unit and "WantedBy=sysinit.target" in unit
-        # and the seed writes the same unit, so a golden first boot needs no reload for it
+        assert "ConditionFirstBoot=yes" in unit and "ConditionFirstBoot=yes" in path
+        # the path unit watches before cloud-init's network stage writes the ruleset, and the
+        # unit it starts then holds sysinit.target until the firewall is loaded
+        assert f"PathChanged={firewall.RULESET}" in path
+        assert f"Unit={firewall.FIRST_BOOT_UNIT_NAME}" in path
+        assert "Before=cloud-init-network.service cloud-init.service sysinit.target" in path
+        assert "WantedBy=sysinit.target" in path
+        assert "Before=sysinit.target" in unit and "After=" not in unit
+        assert f"ExecStart=/bin/sh {firewall.FIRST_BOOT_SCRIPT}" in unit
+        assert 'exec /usr/sbin/nft -f "$RULESET"' in written[firewall.FIRST_BOOT_SCRIPT].content
+        # and the seed writes the same files, so a golden first boot needs no reload for them;
+        # before the ruleset, whose appearance starts them (never rewritten while they run)
         seeded = hostconfig.parts_for(plan, host, secrets)  # type: ignore[arg-type]
-        same = [f for p in seeded for f in p.files if f.path == firewall.FIRST_BOOT_UNIT]
-        assert [f.content for f in same] == [unit]
+        order = [f.path for p in seeded for f in p.files]
+        for baked in (
+            firewall.FIRST_BOOT_UNIT,
+            firewall.FIRST_BOOT_PATH,
+            firewall.FIRST_BOOT_SCRIPT,
+        ):
+            assert order.index(baked) < order.index(firewall.RULESET), (host.name, baked)
+        for baked in (firewall.FIRST_BOOT_UNIT, firewall.FIRST_BOOT_PATH):
+            same = [f for p in seeded for f in p.files if f.path == baked]
+            assert [f.content for f in same] == [written[baked].content]
+
+
+@pytest.mark.parametrize("written_so_far", ["none", "part", "all"])
+def test_the_first_boot_firewall_loads_only_the_whole_ruleset(
+    seed: Rendered, tmp_path: Path, written_so_far: str
+) -> None:
+    """The path unit may start the first-boot unit as the ruleset file appears, before
+    cloud-init wrote all of it: the script loads it only once its last line is there (here
+    with a recording nft, and the file completed in the background where it is not yet)."""
+    plan, secrets = seed.plan, seed.secrets
+    parts = hostconfig.parts_for(plan, plan.shared, secrets)  # type: ignore[arg-type]
+    files = {f.path: f for p in parts for f in p.files}
+    whole = files[firewall.RULESET].content
+    assert whole.endswith(f"}}\n{firewall.END_MARKER}\n")
+    ruleset = tmp_path / "firewall.nft"
+    ruleset.write_text({"none": "", "part": whole[: len(whole) // 2], "all": whole}[written_so_far])
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = (
+        files[firewall.FIRST_BOOT_SCRIPT]
+        .content.replace(f"RULESET={firewall.RULESET}\n", f"RULESET={ruleset}\n")
+        .replace("exec /usr/sbin/nft", f"exec {bin_dir}/nft")
+    )
+    (bin_dir / "nft").write_text(f'#!/bin/sh\necho "$*" >>{calls}\ncat "$2" >>{calls}.read\n')
+    (bin_dir / "nft").chmod(0o755)
+    proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.PIPE, text=True)
+    if written_so_far != "all":
+        time.sleep(0.5)
+        assert not calls.exists()  # still waiting for the rest
+        ruleset.write_text(whole)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    assert calls.read_text() == f"-f {ruleset}\n"
+    assert (tmp_path / "calls.read").read_text() == whole
 
 
 def test_a_golden_image_has_a_cluster_template_and_no_default_servers(seed: Rendered) -> None:
@@ -212,6 +262,8 @@ def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
                 continue  # it only talks to ollama.service, which requires the mount
             if path.endswith(".timer"):
                 continue  # a timer only starts its service, which requires the mount
+            if path == first_boot.UNIT:
+                continue  # it only queues starts; its PostgreSQL step checks the mount itself
             assert f"RequiresMountsFor={DATA_MOUNT}" in f["content"], path
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import Rendered, require_tool
 from owuibuild.hostconfig import INSTALLED_STAMP, check_packages, run_install
 from owuibuild.hostconfig import docker as docker_section
@@ -121,7 +120,7 @@ instances:
 
 def load_script(render_text: Callable[[str], Rendered], mirror_url: str, sha256: str) -> str:
     rendered = render_text(BLUEPRINT.format(mirror=mirror_url, sha256=sha256))
-    doc = yaml.safe_load(rendered.files["hosts/web-a/user-data"])
+    doc = rendered.user_data("web-a")
     script = next(f for f in doc["write_files"] if f["path"] == docker_section.LOAD_IMAGE_SCRIPT)
     content: str = script["content"]
     return content
@@ -244,8 +243,7 @@ def test_runcmd_shell_steps_pass_shellcheck(
     for example in EXAMPLES:
         rendered = render_example(example)
         for host in rendered.plan.hosts:  # type: ignore[attr-defined]
-            data = rendered.files[f"hosts/{host.name}/user-data"]
-            runcmd = yaml.safe_load(data)["runcmd"]
+            runcmd = rendered.user_data(host.name)["runcmd"]
             scripts |= {c[2] for c in runcmd if isinstance(c, list) and c[:2] == ["/bin/sh", "-c"]}
     assert len(scripts) >= 3  # the package check, the reload check, the packaged-unit start
     for n, script in enumerate(sorted(scripts)):
