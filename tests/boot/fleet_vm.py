@@ -27,7 +27,6 @@ import gzip
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +52,7 @@ from fleet_blueprint import (
     record_boot,
     render_with_cli,
 )
-from infra.vm import VM, BaseImage, FleetLink
+from infra.vm import VM, BaseImage, FleetLink, cloud_init_done_wait
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import DATA_MOUNT
 from owuibuild.seed_iso import make_seed_iso
@@ -177,12 +176,16 @@ def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOU
     return healthy_at
 
 
-def instances_active_at(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> float:
-    """The guest's age when every instance unit was active (its `compose up --wait` saw the
-    container healthy), waited for inside the guest with one `systemctl is-active` a second."""
+def instances_active_wait(fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> str:
+    """The guest's shell wait until every instance unit is active (its `compose up --wait` saw
+    the container healthy), with one `systemctl is-active` a second."""
     units = " ".join(fleet.instance(n).unit_name for n in sorted(INSTANCES))
-    vm.ssh(HEALTHY_WAIT.format(timeout=int(timeout), units=units), timeout=timeout + 60)
-    return vm.uptime()
+    return HEALTHY_WAIT.format(timeout=int(timeout), units=units)
+
+
+def instances_active_at(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> float:
+    """The guest's age when every instance unit was active."""
+    return vm.wait_milestones([("ready", instances_active_wait(fleet, timeout))], timeout)["ready"]
 
 
 def confirm_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> None:
@@ -244,7 +247,7 @@ def wait_fleet_ready(
 ) -> dict[str, Any]:
     """SSH, cloud-init done on both hosts and the instances healthy, then cloud-init clean;
     records the boot timings as ``<kind>/<label>``. The cloud-init statuses."""
-    booted = wait_booted(vms, fleet.key, ready={DOCK: lambda vm: instances_active_at(vm, fleet)})
+    booted = wait_booted(vms, fleet.key, ready={DOCK: instances_active_wait(fleet)})
     confirm_instances_healthy(vms[DOCK], fleet)
     record_pair(vms, label, booted.ssh, booted.done, booted.ready, record)
     return booted.statuses
@@ -265,20 +268,22 @@ def wait_booted(
     vms: dict[str, VM],
     key: Path,
     timeout: float = BOOT_TIMEOUT,
-    ready: dict[str, Callable[[VM], float]] | None = None,
+    ready: dict[str, str] | None = None,
 ) -> Booted:
     """Wait for every guest at once (one thread each, so no guest's time includes waiting for
-    another): SSH as the admin, cloud-init done, then ``ready[host]`` where given (else ready is
-    done). Only when every guest is ready are their cloud-init statuses read and checked: that
-    costs seconds of guest CPU (Python, SSH logins), which a guest still booting would lose to
-    its neighbour on the same host cores."""
+    another): SSH as the admin, then, in one more SSH session, cloud-init done and the shell
+    wait ``ready[host]`` where given (else ready is done). Only when every guest is ready are
+    their cloud-init statuses read and checked: that costs seconds of guest CPU (Python, SSH
+    logins), which a guest still booting would lose to its neighbour on the same host cores."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(host: str, vm: VM) -> tuple[float, float, float]:
         ssh = vm.wait_for_ssh(key, ADMIN, timeout=timeout)
-        done = vm.wait_cloud_init_done(timeout)
-        then = (ready or {}).get(host)
-        return ssh, done, then(vm) if then else done
+        waits = [("done", cloud_init_done_wait(timeout))]
+        if ready and host in ready:
+            waits.append(("ready", ready[host]))
+        at = vm.wait_milestones(waits, timeout)
+        return ssh, at["done"], at.get("ready", at["done"])
 
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
         jobs = {host: pool.submit(one, host, vm) for host, vm in vms.items()}

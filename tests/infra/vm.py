@@ -199,6 +199,11 @@ CLOUD_INIT_DONE_WAIT = (
 )
 
 
+def cloud_init_done_wait(timeout: float) -> str:
+    """The guest's shell wait until cloud-init is done (see CLOUD_INIT_DONE_WAIT)."""
+    return CLOUD_INIT_DONE_WAIT.format(timeout=int(timeout))
+
+
 @dataclass
 class CloudInitStatus:
     """What ``cloud-init status`` said at the end of the boot."""
@@ -618,15 +623,50 @@ class VM:
         the uptime then. `cloud-init status --wait` would start Python and a `systemctl show`
         every quarter second inside the guest, CPU taken from the boot it waits for (about a
         tenth of a second each under TCG); this polls for the result file with the shell."""
+        return self.wait_milestones([("done", cloud_init_done_wait(timeout))], timeout)["done"]
+
+    def wait_milestones(
+        self, waits: Sequence[tuple[str, str]], timeout: float = 900
+    ) -> dict[str, float]:
+        """Run each ``(name, shell command)`` wait in turn inside the guest, in one SSH session,
+        and note the uptime (seconds since QEMU's start) as each one's name comes back. One login
+        for them all: under TCG a login costs the guest seconds of CPU, taken from the boot that
+        is being timed. Each command bounds its own wait (``timeout N ...``); a command that
+        fails ends the session, and the milestones not reached are an error."""
+        import threading
+
+        names = [name for name, _ in waits]
+        script = " && ".join(f"{command} && echo {shlex.quote(name)}" for name, command in waits)
+        proc = subprocess.Popen(
+            self.ssh_command(script),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The guest's own timeouts end the waits; this ends a session whose guest stopped answering.
+        watchdog = threading.Timer(timeout * len(waits) + 60, proc.kill)
+        watchdog.start()
+        reached: dict[str, float] = {}
         try:
-            waited = self.ssh(
-                CLOUD_INIT_DONE_WAIT.format(timeout=int(timeout)), timeout=timeout + 60
+            assert proc.stdout is not None and proc.stderr is not None
+            for line in proc.stdout:
+                if line.strip() in names:
+                    reached[line.strip()] = self.uptime()
+            error = proc.stderr.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        missing = [name for name in names if name not in reached]
+        if missing:
+            raise self._fail(
+                f"not reached within {timeout:.0f} s each: {', '.join(missing)}"
+                f" (ssh exited {proc.returncode}: {error.strip()})"
             )
-        except subprocess.TimeoutExpired:
-            waited = None
-        if waited is None or waited.returncode == 124:
-            raise self._fail(f"cloud-init did not finish within {timeout:.0f} s")
-        return self.uptime()
+        return reached
 
     def wait_for_cloud_init(self, timeout: float = 900) -> CloudInitStatus:
         """Wait until cloud-init is done, then collect its status, errors and warnings."""

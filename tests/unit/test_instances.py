@@ -409,6 +409,21 @@ def test_docker_leaves_the_firewall_to_the_host(rendered: Rendered) -> None:
     assert not any(p.endswith("owuibuild-docker-ports") for p in files)
 
 
+def test_containerd_is_baked_without_its_cri_plugin(rendered: Rendered) -> None:
+    """containerd's configuration is part of the install steps (a golden image has it when
+    containerd first starts) and turns off the CRI plugin, which dockerd does not use; a host
+    without Docker does not get it."""
+    plan = plan_of(rendered)
+    host = next(h for h in plan.hosts if h.name == "web-a")
+    steps = hostconfig.install_steps(hostconfig.parts_for(plan, host, rendered.secrets))  # type: ignore[arg-type]
+    config = {f.path: f for f in steps.files}[docker_section.CONTAINERD_CONFIG].content
+    assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in config
+    assert written(rendered, "web-a")[docker_section.CONTAINERD_CONFIG]["content"] == config
+    shared = next(h for h in plan.hosts if not h.runs_docker)
+    shared_steps = hostconfig.install_steps(hostconfig.parts_for(plan, shared, rendered.secrets))  # type: ignore[arg-type]
+    assert docker_section.CONTAINERD_CONFIG not in {f.path for f in shared_steps.files}
+
+
 def test_only_the_instance_networks_are_forwarded(rendered: Rendered) -> None:
     plan = plan_of(rendered)
     ruleset = written(rendered, "web-a")["/etc/owuibuild/firewall.nft"]["content"]

@@ -167,6 +167,28 @@ def test_units_pass_systemd_analyze_verify(
         assert not problems, "\n".join(problems)
 
 
+def test_containerd_reads_its_generated_configuration(
+    render_text: Callable[[str], Rendered], tmp_path: Path
+) -> None:
+    """The real containerd parses the generated config.toml (`config dump` fails on a bad
+    file) and ends up with its CRI plugin disabled."""
+    require_tool("containerd")
+    r = render_text(BLUEPRINT.replace("DISTRO", "debian-13"))
+    for host in docker_hosts(r):
+        config = tmp_path / f"{host}.toml"
+        config.write_text(write_files(r, host)[docker_section.CONTAINERD_CONFIG]["content"])
+        dump = subprocess.run(
+            ["containerd", "--config", str(config), "config", "dump"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert dump.returncode == 0, dump.stderr
+        assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in dump.stdout, dump.stdout
+        assert 'path = "/var/lib/containerd/opt"' in dump.stdout
+
+
 def test_embedded_scripts_pass_shellcheck(
     render_example: Callable[[str], Rendered],
     render_text: Callable[[str], Rendered],
