@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -633,8 +634,6 @@ class VM:
         for them all: under TCG a login costs the guest seconds of CPU, taken from the boot that
         is being timed. Each command bounds its own wait (``timeout N ...``); a command that
         fails ends the session, and the milestones not reached are an error."""
-        import threading
-
         names = [name for name, _ in waits]
         script = " && ".join(f"{command} && echo {shlex.quote(name)}" for name, command in waits)
         proc = subprocess.Popen(

@@ -82,6 +82,13 @@ def written(r: Rendered, host: str) -> dict[str, dict[str, Any]]:
     return {f["path"]: f for f in user_data(r, host).get("write_files", [])}
 
 
+def install_steps_of(r: Rendered, host_name: str) -> hostconfig.InstallSteps:
+    """What a golden image of ``host_name`` bakes: its sections' install steps."""
+    plan = plan_of(r)
+    host = next(h for h in plan.hosts if h.name == host_name)
+    return hostconfig.install_steps(hostconfig.parts_for(plan, host, r.secrets))  # type: ignore[arg-type]
+
+
 # -- bundle files --------------------------------------------------------------------------------
 
 
@@ -294,8 +301,7 @@ def test_a_golden_image_starts_the_instances_as_soon_as_docker_is_up(rendered: R
     host's instance units under the digest of the install steps its runcmd runs, so that a
     golden first boot starts them without waiting for cloud-init's last stage."""
     plan = plan_of(rendered)
-    host = next(h for h in plan.hosts if h.name == "web-a")
-    steps = hostconfig.install_steps(hostconfig.parts_for(plan, host, rendered.secrets))  # type: ignore[arg-type]
+    steps = install_steps_of(rendered, "web-a")
     baked = {f.path: f for f in steps.files}
     assert first_boot.ENABLE in steps.commands
     unit = baked[first_boot.UNIT].content
@@ -413,15 +419,14 @@ def test_containerd_is_baked_without_its_cri_plugin(rendered: Rendered) -> None:
     """containerd's configuration is part of the install steps (a golden image has it when
     containerd first starts) and turns off the CRI plugin, which dockerd does not use; a host
     without Docker does not get it."""
-    plan = plan_of(rendered)
-    host = next(h for h in plan.hosts if h.name == "web-a")
-    steps = hostconfig.install_steps(hostconfig.parts_for(plan, host, rendered.secrets))  # type: ignore[arg-type]
-    config = {f.path: f for f in steps.files}[docker_section.CONTAINERD_CONFIG].content
+    config = {f.path: f for f in install_steps_of(rendered, "web-a").files}[
+        docker_section.CONTAINERD_CONFIG
+    ].content
     assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in config
     assert written(rendered, "web-a")[docker_section.CONTAINERD_CONFIG]["content"] == config
-    shared = next(h for h in plan.hosts if not h.runs_docker)
-    shared_steps = hostconfig.install_steps(hostconfig.parts_for(plan, shared, rendered.secrets))  # type: ignore[arg-type]
-    assert docker_section.CONTAINERD_CONFIG not in {f.path for f in shared_steps.files}
+    shared = next(h.name for h in plan_of(rendered).hosts if not h.runs_docker)
+    baked_on_shared = {f.path for f in install_steps_of(rendered, shared).files}
+    assert docker_section.CONTAINERD_CONFIG not in baked_on_shared
 
 
 def test_only_the_instance_networks_are_forwarded(rendered: Rendered) -> None:
