@@ -84,7 +84,7 @@ def compile_blueprint(
 ) -> Compiled:
     from . import secrets as secret_store
     from .targets import render_all
-    from .targets.hosts import UserDataTooLarge
+    from .targets.hosts import UserDataTooLarge, is_packed
     from .verify import verify
 
     checked = check(path, strict=strict)
@@ -117,7 +117,7 @@ def compile_blueprint(
     if not seed_iso:
         artifacts = [a for a in artifacts if not a.path.endswith("/seed.iso")]
     for a in artifacts:
-        if a.path.endswith("/user-data") and a.data[:2] == b"\x1f\x8b":
+        if a.path.endswith("/user-data") and is_packed(a.data):
             compiled.diagnostics.append(
                 warning(
                     ("platform",),

@@ -57,10 +57,9 @@ def _yaml(data: bytes) -> None:
 
 
 def _user_data(data: bytes) -> None:
-    if data[:2] == b"\x1f\x8b":  # gzip-compressed user-data
-        import gzip
+    from .targets.hosts import unpack_user_data
 
-        data = gzip.decompress(data)
+    data = unpack_user_data(data)  # gzipped where the platform's limit asked for it
     if not data.startswith(b"#cloud-config\n"):
         raise ValueError("user-data must start with '#cloud-config'")
     if _compose(data) is not yaml.MappingNode:

@@ -86,10 +86,9 @@ class Rendered:
 
     def user_data(self, host: str) -> Any:
         """A host's cloud-config, unzipped where the render gzipped it (a large seed)."""
-        import gzip
+        from owuibuild.targets.hosts import unpack_user_data
 
-        data = self.files[f"hosts/{host}/user-data"]
-        return yaml.safe_load(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+        return yaml.safe_load(unpack_user_data(self.files[f"hosts/{host}/user-data"]))
 
 
 def compile_path(path: Path) -> Rendered:

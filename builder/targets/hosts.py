@@ -54,6 +54,19 @@ def fit_user_data(raw: bytes, platform: str, host: str) -> bytes:
     return packed
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_packed(data: bytes) -> bool:
+    """Whether fit_user_data gzipped this user-data."""
+    return data[:2] == GZIP_MAGIC
+
+
+def unpack_user_data(data: bytes) -> bytes:
+    """The cloud-config text of a rendered user-data, gzipped by fit_user_data or not."""
+    return gzip.decompress(data) if is_packed(data) else data
+
+
 def user_data(plan: Plan, host: HostPlan, secrets: Secrets) -> bytes:
     doc = merge(parts_for(plan, host, secrets))
     raw = ("#cloud-config\n" + dump_yaml(doc)).encode()

@@ -23,7 +23,6 @@ air-gapped site would. The real Open WebUI runs in the containers tier.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import time
@@ -56,6 +55,7 @@ from infra.vm import VM, BaseImage, FleetLink, cloud_init_done_wait
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import DATA_MOUNT
 from owuibuild.seed_iso import make_seed_iso
+from owuibuild.targets.hosts import unpack_user_data
 
 SHARED, DOCK = FLEET_SHARED, FLEET_DOCK
 SHARED_ADDRESS, DOCK_ADDRESS = FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS
@@ -354,10 +354,7 @@ def bare_seed(fleet: Fleet, host: str, workdir: Path) -> Path:
     """The bench's bare seed for ``host``: its rendered meta-data and network-config with a
     user-data that only sets the admin user (the rendered one's own ``users``)."""
     seed_dir = fleet.out / "hosts" / host
-    raw = (seed_dir / "user-data").read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    users = yaml.safe_load(raw)["users"]
+    users = yaml.safe_load(unpack_user_data((seed_dir / "user-data").read_bytes()))["users"]
     user_data = "#cloud-config\n" + yaml.safe_dump({"users": users}, sort_keys=True)
     path = workdir / f"{host}-bare-seed.iso"
     path.write_bytes(

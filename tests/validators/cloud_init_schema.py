@@ -15,7 +15,6 @@ in (when the blueprint schema accepts it), or else the examples as they are.
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 from conftest import BLUEPRINTS, EXAMPLES, Rendered, compile_path
+from owuibuild.targets.hosts import unpack_user_data
 
 CHECK = r"""
 import json, sys, yaml
@@ -68,8 +68,7 @@ def user_data_texts(rendered: Rendered) -> Iterator[tuple[str, str]]:
     """(host, user-data text) of every host, gunzipped where the platform limit gzipped it."""
     for path, data in rendered.files.items():
         if path.endswith("/user-data"):
-            raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-            yield path.split("/")[1], raw.decode()
+            yield path.split("/")[1], unpack_user_data(data).decode()
 
 
 def distro_of(rendered: Rendered) -> str:

@@ -8,7 +8,6 @@ is cloud_init_schema.CHECK, which test_cloud_init_trixie.py runs with Debian 13'
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import yaml
 from cloud_init_schema import distro_of, examples_on, run_check, user_data_texts
 from conftest import EXAMPLES, Rendered, require_tool, unavailable
 from owuibuild.hostconfig import docker as docker_section
+from owuibuild.targets.hosts import unpack_user_data
 
 pytestmark = pytest.mark.validators
 
@@ -29,8 +29,7 @@ COMPOSE_DIR = str(Path(docker_section.COMPOSE).parent).lstrip("/")
 
 
 def user_data(rendered: Rendered, host: str) -> bytes:
-    data = rendered.files[f"hosts/{host}/user-data"]
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    return unpack_user_data(rendered.files[f"hosts/{host}/user-data"])
 
 
 def user_datas(rendered: Rendered) -> dict[str, dict[str, Any]]:
