@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from ..artifacts import docker_apt_key
-from ..bundle import COMPOSE_FILE, compose_yaml, env_file, env_file_name
+from ..bundle import COMPOSE_FILE, HEALTH_PATH, compose_yaml, env_file, env_file_name
 from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
 from ..quoting import plain_words, render_template
 from ..release import DOCKER_UPSTREAM
@@ -68,6 +68,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """
 # First boot of a vanilla image pulls a multi-gigabyte image before the instance can start.
 START_TIMEOUT_SECONDS = 1800
+# An instance's unit is started (active) once its /health answers on the host's address, asked
+# by one curl from the host that tries again each second. Not `compose up --wait`, which waits
+# for Docker's own healthcheck: each of its checks is a process started inside the container
+# (runc exec, seccomp filter and all), about a CPU second apiece on a small VM, taken from the
+# very start it waits for; a first boot starts every instance of the host at once.
+READY_CHECK = (
+    "/usr/bin/curl",
+    "--fail",
+    "--silent",
+    "--show-error",
+    "--output",
+    "/dev/null",
+    "--connect-timeout",
+    "2",
+    "--max-time",
+    "5",
+    "--retry",
+    str(START_TIMEOUT_SECONDS),
+    "--retry-delay",
+    "1",
+    "--retry-all-errors",
+)
 
 
 def from_upstream(plan: Plan) -> bool:
@@ -105,6 +127,12 @@ def daemon_config() -> str:
     return json.dumps(DAEMON_SETTINGS, indent=2, sort_keys=True) + "\n"
 
 
+def health_url(inst: InstancePlan) -> str:
+    """Where the host asks whether the instance answers: its published port on the host's
+    private address (which a port published on every address answers too)."""
+    return f"http://{inst.host.address}:{inst.port}{HEALTH_PATH}"
+
+
 def instance_unit(inst: InstancePlan) -> str:
     # network-online: docker-proxy binds the instance's port on the host's private address.
     needs = "docker.service network-online.target"
@@ -132,10 +160,9 @@ def instance_unit(inst: InstancePlan) -> str:
                     ),
                     (
                         "ExecStart",
-                        plain_words(
-                            *compose_argv(inst, "up", "--detach", "--wait", "--remove-orphans")
-                        ),
+                        plain_words(*compose_argv(inst, "up", "--detach", "--remove-orphans")),
                     ),
+                    ("ExecStartPost", plain_words(*READY_CHECK, health_url(inst))),
                     ("ExecStop", plain_words(*compose_argv(inst, "down"))),
                     ("Restart", "on-failure"),
                     ("RestartSec", "30s"),
@@ -202,7 +229,9 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         name="docker",
         packages=(
             *plan.fleet.os.release.docker_packages(plan.fleet.os.docker_source),
-            *(("ca-certificates", "curl") if install else ()),  # the image load fetches
+            # curl: the instances' ready check; the image load fetches with it too.
+            *(("ca-certificates",) if install else ()),
+            "curl",
         ),
         apt_sources=apt_source(plan),
         files=tuple(files),

@@ -160,9 +160,9 @@ def instance_health(vm: VM, fleet: Fleet) -> dict[str, str]:
 
 
 # Waits inside the guest until every instance's unit is active, polling each second. A unit is
-# active once its `compose up --wait` saw the container healthy. systemctl is-active costs about
-# a tenth of `docker ps` (a large Go binary and a call into dockerd), whose CPU, every second
-# on two emulated cores, slowed the very start it was timing.
+# active once its ready check (curl from the host) got an answer from /health. systemctl
+# is-active costs about a tenth of `docker ps` (a large Go binary and a call into dockerd),
+# whose CPU, every second on two emulated cores, slowed the very start it was timing.
 HEALTHY_WAIT = (
     "timeout {timeout} sh -c 'until systemctl is-active --quiet {units}; do sleep 1; done'"
 )
@@ -177,8 +177,8 @@ def wait_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIMEOU
 
 
 def instances_active_wait(fleet: Fleet, timeout: float = HEALTHY_TIMEOUT) -> str:
-    """The guest's shell wait until every instance unit is active (its `compose up --wait` saw
-    the container healthy), with one `systemctl is-active` a second."""
+    """The guest's shell wait until every instance unit is active (its ready check got an
+    answer from the container's /health), with one `systemctl is-active` a second."""
     units = " ".join(fleet.instance(n).unit_name for n in sorted(INSTANCES))
     return HEALTHY_WAIT.format(timeout=int(timeout), units=units)
 

@@ -61,6 +61,7 @@ from fleet_vm import (
     wait_instances_healthy,
 )
 from infra.vm import VM, FleetLink
+from owuibuild import bundle
 from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import firewall, postgres
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
@@ -114,7 +115,7 @@ def test_fleet_boots_and_instances_are_healthy(booted: dict[str, Any], fleet: Fl
         " $(sudo docker ps -q --filter label=com.docker.compose.service=openwebui)",
         check=True,
     ).stdout.split()
-    assert intervals == ["2s"] * len(INSTANCES), intervals
+    assert intervals == [bundle.START_INTERVAL] * len(INSTANCES), intervals
     if REAL_OPENWEBUI:
         print(f"real Open WebUI healthy on the Docker host after {dock.uptime():.0f} s")
     # The double got healthy only by using every connection its env file names.

@@ -498,7 +498,7 @@ def test_changed_env_value_is_in_effect_after_restart(fleet: Fleet) -> None:
         == fleet.rendered.files["instances/alpha/compose.yaml"]
     )
     (running.bundle_dir / env_name).write_bytes(new_env)
-    # What the instance's systemd unit does on restart: down, then up --wait.
+    # What the instance's systemd unit does on restart: down, then up (and wait for /health).
     running.compose("down", "--timeout", "10")
     running.compose("up", "--detach", "--wait")
     _, after = http("GET", f"{running.url}/api/config")

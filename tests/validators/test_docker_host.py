@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +190,63 @@ def test_containerd_reads_its_generated_configuration(
         assert dump.returncode == 0, dump.stderr
         assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in dump.stdout, dump.stdout
         assert 'path = "/var/lib/containerd/opt"' in dump.stdout
+
+
+def _health_server(answers: list[int]) -> tuple[ThreadingHTTPServer, list[str]]:
+    """A loopback server whose /health gives ``answers`` in turn (the last one from then on)."""
+    seen: list[str] = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            code = answers[min(len(seen), len(answers)) - 1]
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_instance_ready_check_waits_until_health_answers(
+    render_text: Callable[[str], Rendered],
+) -> None:
+    """The unit's ready check, run by the real curl against a loopback /health (in place of
+    the host's address): it asks again while the instance is not up yet (503), ends with
+    success at the first 200, and gives up with an error once its tries are spent."""
+    require_tool("curl")
+    r = render_text(BLUEPRINT.replace("DISTRO", "debian-13"))
+    assert isinstance(r.plan, Plan)
+    host = docker_hosts(r)[0]
+    inst = r.plan.instances_on(host)[0]
+    unit = write_files(r, host)[f"/etc/systemd/system/{inst.unit_name}"]["content"]
+    (post,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStartPost=")]
+    argv = shlex.split(post.removeprefix("ExecStartPost="))
+    assert argv[-1] == docker_section.health_url(inst)
+
+    server, seen = _health_server([503, 503, 200])
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/health"
+        done = subprocess.run([*argv[:-1], url], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert seen == ["/health"] * 3
+    finally:
+        server.shutdown()
+
+    server, seen = _health_server([503])
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/health"
+        tries = argv.index("--retry") + 1
+        few = [*argv[:tries], "2", *argv[tries + 1 : -1], url]
+        failed = subprocess.run(few, capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 22, failed.stderr  # curl: the server answered an error
+        assert len(seen) == 3
+    finally:
+        server.shutdown()
 
 
 def test_embedded_scripts_pass_shellcheck(

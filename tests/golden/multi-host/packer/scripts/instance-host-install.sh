@@ -147,9 +147,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: docker-cli docker-compose docker.io nftables unattended-upgrades'
+step 'packages: curl docker-cli docker-compose docker.io nftables unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install docker-cli docker-compose docker.io nftables unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install curl docker-cli docker-compose docker.io nftables unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -162,7 +162,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' '44b07ff7eb3bed48fa30859397bca591f3a8e3b01f70640d34c2d3a0257983de
+printf '%s' '0b2a605c9efe49292e261eea46f699a78828135ed7d3949f5069ba3af958af81
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed
