@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("shared", "instance-host")
@@ -45,6 +47,38 @@ def measure() -> int:
     return subprocess.call(
         [sys.executable, "-m", "pytest", "-m", "boot", "-q", *MEASURE], cwd=REPO, env=env
     )
+
+
+def ratios_by_run(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """golden/bare of each host kind, for every run that measured both rows of that kind (the
+    later row of an image wins within a run), oldest run first."""
+    runs: dict[str, dict[str, float]] = {}
+    for row in history:
+        runs.setdefault(row.get("run", "?"), {})[row["image"]] = row["boot_to_ready_s"]
+    out: dict[str, dict[str, float]] = {}
+    for run, times in runs.items():
+        for kind in KINDS:
+            bare, golden = times.get(f"{kind}/bare"), times.get(f"{kind}/golden")
+            if bare and golden:
+                out.setdefault(run, {})[kind] = round(golden / bare, 2)
+    return out
+
+
+def print_history(history: list[dict[str, Any]]) -> None:
+    by_run = ratios_by_run(history)
+    if len(by_run) < 2:
+        return
+    print("golden / bare by run (the same images move by a fifth between runs on a busy host):")
+    for run, ratios in by_run.items():
+        shown = "  ".join(f"{k} {ratios[k]:.2f}" if k in ratios else f"{k} -" for k in KINDS)
+        print(f"  {run:<24} {shown}")
+    for kind in KINDS:
+        values = sorted(r[kind] for r in by_run.values() if kind in r)
+        if values:
+            print(
+                f"  {kind}: min {values[0]:.2f}, median {statistics.median(values):.2f}, "
+                f"max {values[-1]:.2f} over {len(values)} runs"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"golden / bare, {kind}: {shown}")
     if ratios and not all(f"{k}/bare" in rows for k in KINDS):
         print("note: without the bare pair's rows, golden is compared with the lone bare guest")
+    print_history(data.get("history", []))
     return 0
 
 

@@ -419,6 +419,9 @@ KINDS = ("shared", "instance-host")
 RUN_ID = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
 
 
+HISTORY = 120
+
+
 def record_boot(timing: BootTiming, path: Path | None = None) -> dict[str, Any]:
     """Merge one measurement into boot.json (atomically) and recompute the ratios."""
     path = path or bench_path()
@@ -436,6 +439,12 @@ def record_boot(timing: BootTiming, path: Path | None = None) -> dict[str, Any]:
         "run": RUN_ID,
         **timing.extra,
     }
+    # Every measurement also goes to a history (the last HISTORY rows), so the bench can show
+    # how golden/bare moves from run to run: the same images' ratio moves by a fifth between
+    # runs on a shared two-core machine.
+    history = data.setdefault("history", [])
+    history.append({"image": timing.image, **rows[timing.image]})
+    del history[:-HISTORY]
     ratios = {}
     for kind in KINDS:
         # The bare pair boots side by side as the golden pair does; a lone bare guest has
