@@ -13,7 +13,8 @@ import os
 import shlex
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -192,8 +193,10 @@ def test_containerd_reads_its_generated_configuration(
         assert 'path = "/var/lib/containerd/opt"' in dump.stdout
 
 
-def _health_server(answers: list[int]) -> tuple[ThreadingHTTPServer, list[str]]:
-    """A loopback server whose /health gives ``answers`` in turn (the last one from then on)."""
+@contextmanager
+def _health_server(answers: list[int]) -> Iterator[tuple[str, list[str]]]:
+    """A loopback /health that gives ``answers`` in turn (the last one from then on): its URL
+    and the paths it was asked for."""
     seen: list[str] = []
 
     class Health(BaseHTTPRequestHandler):
@@ -209,7 +212,10 @@ def _health_server(answers: list[int]) -> tuple[ThreadingHTTPServer, list[str]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/health", seen
+    finally:
+        server.shutdown()
 
 
 def test_instance_ready_check_waits_until_health_answers(
@@ -228,25 +234,17 @@ def test_instance_ready_check_waits_until_health_answers(
     argv = shlex.split(post.removeprefix("ExecStartPost="))
     assert argv[-1] == docker_section.health_url(inst)
 
-    server, seen = _health_server([503, 503, 200])
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/health"
+    with _health_server([503, 503, 200]) as (url, seen):
         done = subprocess.run([*argv[:-1], url], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert seen == ["/health"] * 3
-    finally:
-        server.shutdown()
 
-    server, seen = _health_server([503])
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/health"
-        tries = argv.index("--retry") + 1
+    tries = argv.index("--retry") + 1
+    with _health_server([503]) as (url, seen):
         few = [*argv[:tries], "2", *argv[tries + 1 : -1], url]
         failed = subprocess.run(few, capture_output=True, text=True, timeout=60)
         assert failed.returncode == 22, failed.stderr  # curl: the server answered an error
         assert len(seen) == 3
-    finally:
-        server.shutdown()
 
 
 def test_embedded_scripts_pass_shellcheck(
