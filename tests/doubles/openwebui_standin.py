@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -30,9 +31,10 @@ from urllib.parse import unquote, urlsplit
 
 import probes  # owuibuild.probes, copied beside this file
 
-PORT = 8080
+# 8080 as Open WebUI's; a test that runs the double outside a container picks a free one.
+PORT = int(os.environ.get("OWUIBUILD_STANDIN_PORT", "8080"))
 TIMEOUT = 5.0
-RETRY_SECONDS = 3.0
+RETRY_SECONDS = 1.0
 
 # name -> (ok, detail); read by the HTTP handler, written by the checker thread.
 RESULTS: dict[str, tuple[bool, str]] = {}
@@ -157,12 +159,22 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
+def stop(signum: int, frame: object) -> None:
+    """SIGTERM ends the double at once, as it ends Open WebUI: as a container's first process it
+    would otherwise ignore it, and every `docker stop` (a reboot, a replaced host) would wait
+    for Docker's kill after ten seconds."""
+    del signum, frame
+    raise SystemExit(0)
+
+
 def main() -> None:
     missing = [k for k in ("DATABASE_URL", "REDIS_URL", "QDRANT_URI") if not os.environ.get(k)]
     if missing:
         sys.exit(f"owuibuild test double: missing {', '.join(missing)}")
+    signal.signal(signal.SIGTERM, stop)
+    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     threading.Thread(target=run_checks, daemon=True).start()
-    ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+    server.serve_forever()
 
 
 if __name__ == "__main__":
