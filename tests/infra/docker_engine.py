@@ -16,6 +16,7 @@ Every docker and ``docker compose`` command the tests run inherits it.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -108,17 +109,20 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+# How the double's image starts it (and how tests/unit/test_standin_double.py runs it): imported,
+# so that its own code loads from the file compiled in the image too.
+STANDIN_COMMAND = ("python3", "-c", "import openwebui_standin; openwebui_standin.main()")
+
 STANDIN_DOCKERFILE = """\
 FROM {base}
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 curl \\
  && rm -rf /var/lib/apt/lists/*
 COPY probes.py openwebui_standin.py /app/
 WORKDIR /app
-# Compiled once here, not at every start in the guest; imported, so that its own code loads
-# from the compiled file too.
+# Compiled once here, not at every start in the guest.
 RUN python3 -m compileall -q /app
 EXPOSE 8080
-CMD ["python3", "-c", "import openwebui_standin; openwebui_standin.main()"]
+CMD {command}
 """
 
 
@@ -137,7 +141,10 @@ def openwebui_standin_archive(ref: str) -> Path:
         "openwebui_standin.py": tests / "doubles" / "openwebui_standin.py",
         "probes.py": tests.parent / "builder" / "probes.py",
     }
-    digest = hashlib.sha256(STANDIN_DOCKERFILE.encode() + ref.encode() + BASE_IMAGE.encode())
+    dockerfile = STANDIN_DOCKERFILE.format(
+        base=BASE_IMAGE, command=json.dumps(list(STANDIN_COMMAND))
+    )
+    digest = hashlib.sha256(dockerfile.encode() + ref.encode())
     for name, path in sorted(sources.items()):
         digest.update(name.encode() + b"\0" + path.read_bytes())
     archive = cache_dir() / "standin" / f"openwebui-double-{digest.hexdigest()[:16]}.tar.gz"
@@ -149,7 +156,7 @@ def openwebui_standin_archive(ref: str) -> Path:
         context = Path(tmp)
         for name, path in sources.items():
             shutil.copy(path, context / name)
-        (context / "Dockerfile").write_text(STANDIN_DOCKERFILE.format(base=BASE_IMAGE))
+        (context / "Dockerfile").write_text(dockerfile)
         build = _run(["docker", "build", "-q", "-t", ref, str(context)], timeout=900)
         if build.returncode != 0:
             raise RuntimeError(

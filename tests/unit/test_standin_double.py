@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from infra.docker_engine import STANDIN_COMMAND
+from infra.vm import free_port
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
@@ -41,7 +36,7 @@ def _get(url: str) -> tuple[int, dict[str, object]]:
 def test_standin_reports_failing_checks_and_stops_on_sigterm(tmp_path: Path) -> None:
     shutil.copy(REPO / "tests" / "doubles" / "openwebui_standin.py", tmp_path)
     shutil.copy(REPO / "builder" / "probes.py", tmp_path)
-    port, dead = _free_port(), _free_port()  # nothing listens on `dead`
+    port, dead = free_port(), free_port()  # nothing listens on `dead`
     env = {
         "PATH": os.environ.get("PATH", ""),
         "OWUIBUILD_STANDIN_PORT": str(port),
@@ -52,7 +47,7 @@ def test_standin_reports_failing_checks_and_stops_on_sigterm(tmp_path: Path) -> 
         "OLLAMA_BASE_URL": f"http://127.0.0.1:{dead}",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import openwebui_standin; openwebui_standin.main()"],
+        [sys.executable, *STANDIN_COMMAND[1:]],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
