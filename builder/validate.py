@@ -696,8 +696,11 @@ def check_capacity(data: dict[str, Any]) -> Iterator[Located]:
         yield (
             warning(
                 ("shared", "redis", "mode"),
-                "all instances share one Redis: Open WebUI's Socket.IO channel 'socketio' has no prefix, "
-                "so every instance receives the others' events",
+                "all instances share one Redis, and its key prefixes do not isolate them: "
+                "Open WebUI's Socket.IO channel 'socketio' has no prefix, so every instance "
+                "receives the others' events (chat content included); SCAN, RANDOMKEY and "
+                "DBSIZE show every instance the others' key names; FUNCTION and SCRIPT act "
+                "across instances; and one instance can fill the memory all of them share",
                 "use mode: per-instance to isolate instances",
             ),
             False,

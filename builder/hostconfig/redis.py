@@ -3,12 +3,14 @@
 One redis-server@<name> per isolation unit (plan.redis_servers): by default one per instance,
 because Open WebUI's Socket.IO channel has no prefix and instances sharing a Redis receive each
 other's events. Each server binds the private address on its own port with protected-mode on;
-the default user is off and every instance has its own ACL user. In the opt-in shared mode
-each user is confined to its key prefix ``<name>:*``. ACL lines carry passwords, so each
-configuration file is 0600 and owned by redis.
+the default user is off and every instance has its own ACL user, without @admin and @dangerous
+commands, known by its password's SHA-256. In the opt-in shared mode each user is confined to
+its key prefix ``<name>:*``. Each configuration file is 0600 and owned by redis all the same.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from ..plan import DATA_MOUNT, REDIS_DATA_ROOT, SCRIPT_DIR, HostPlan, Plan, RedisServerPlan
 from ..quoting import Quoted, render_template, shell_command, systemd_path
@@ -34,14 +36,18 @@ def unit(server: RedisServerPlan) -> str:
     return f"redis-server@{server.name}.service"
 
 
+def acl_password(password: str) -> str:
+    """The ACL rule that admits ``password`` by its SHA-256 (``#<hex>``), not by its text."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
 def redis_conf(plan: Plan, server: RedisServerPlan, secrets: Secrets) -> str:
     shared = len(server.instances) > 1 or plan.fleet.shared.redis.mode == "shared"
     users = [
         {
             "name": i.redis_user,
-            "password": ">" + secrets[i.redis_password.name],
+            "password": acl_password(secrets[i.redis_password.name]),
             "key_pattern": f"~{i.redis_key_prefix}:*" if shared else "~*",
-            "shared": shared,
         }
         for i in server.instances
     ]

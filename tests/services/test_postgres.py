@@ -382,6 +382,14 @@ def test_databases_are_utf8_owned_and_closed_to_public(server: Server) -> None:
         "WHERE d.datname IN ('alpha', 'beta', 'gamma_local') AND a.grantee = 0"
     )
     assert public == "0"
+    # Nor may any instance role connect to the maintenance database or the default template
+    # (template0 does not allow connections at all).
+    for db in ("postgres", "template1"):
+        for role in ROLES:
+            allowed = server.superuser(
+                f"SELECT has_database_privilege('{role}', '{db}', 'CONNECT')"
+            )
+            assert allowed == "f", (role, db)
 
 
 def test_init_sql_is_idempotent_and_realigns_passwords(server: Server) -> None:

@@ -9,6 +9,7 @@ the data directory is rewritten in place, the rest appended (redis.conf's last l
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -136,6 +137,40 @@ def test_instance_users_may_not_run_admin_commands(
                 assert "NOPERM" in answer, (s.name, user, command, answer)
 
 
+def test_migrate_cannot_make_the_server_dial_out(per_instance: Fleet, shared: Fleet) -> None:
+    """MIGRATE (and every other @dangerous command) is refused, so an instance cannot make the
+    shared host's Redis open a connection past the firewall to a loopback listener."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        for fleet in (per_instance, shared):
+            for s in fleet.servers:
+                for user in s.users:
+                    secret = fleet.password(user)
+                    assert cli(s.port, "SET", f"{user}:m", "v", user=user, password=secret) == "OK"
+                    for command in (
+                        ("MIGRATE", "127.0.0.1", str(port), f"{user}:m", "0", "1000"),
+                        ("SORT", f"{user}:m"),
+                        ("FLUSHALL",),
+                        ("KEYS", "*"),
+                    ):
+                        answer = cli(s.port, *command, user=user, password=secret)
+                        assert "NOPERM" in answer, (s.name, user, command, answer)
+        with pytest.raises(TimeoutError):
+            listener.accept()[0].close()
+
+
+def test_acl_users_are_known_by_their_password_hash(per_instance: Fleet) -> None:
+    """The configuration holds no password, and the hash it holds admits the real one."""
+    plan = per_instance.rendered.plan
+    for s, server in zip(per_instance.servers, plan.redis_servers, strict=True):  # type: ignore[attr-defined]
+        text = redis.redis_conf(plan, server, per_instance.rendered.secrets)  # type: ignore[arg-type]
+        secret = per_instance.password(s.name)
+        assert secret not in text and redis.acl_password(secret) in text
+        assert cli(s.port, "PING", user=s.name, password=secret) == "PONG"
+        assert "WRONGPASS" in cli(s.port, "PING", user=s.name, password=secret[:-1] + "x")
+
+
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_works_on_its_own_server_only(per_instance: Fleet, user: str) -> None:
     secret = per_instance.password(user)
@@ -176,3 +211,20 @@ def test_shared_mode_confines_each_user_to_its_prefix(shared: Fleet) -> None:
         assert "NOPERM" in cli(server.port, "FLUSHALL", user=user, password=secret)
         assert "NOPERM" in cli(server.port, "KEYS", "*", user=user, password=secret)
     assert "NOAUTH" in cli(server.port, "PING")
+
+
+def test_shared_mode_leaks_what_its_warning_says(shared: Fleet) -> None:
+    """The validator's warning for mode: shared is true: prefixes do not hide key names."""
+    (server,) = shared.servers
+    user, other = USERS[0], USERS[1]
+    secret = shared.password(user)
+    assert (
+        cli(
+            server.port, "SET", f"{other}:visible", "v", user=other, password=shared.password(other)
+        )
+        == "OK"
+    )
+    assert f"{other}:visible" in cli(
+        server.port, "SCAN", "0", "COUNT", "1000", user=user, password=secret
+    )
+    assert int(cli(server.port, "DBSIZE", user=user, password=secret)) >= 1

@@ -1,9 +1,10 @@
 """Security properties of the generated configuration, checked on what is generated for every
 example blueprint (not by comparing with golden files, which come from the code under test).
 
-- Redis: the default user is off; every instance user is kept from @admin commands (and, on a
-  Redis shared by several instances, from @dangerous ones and from other instances' keys);
-  no later rule gives any command back. The services tier runs the same files on redis-server.
+- Redis: the default user is off; every instance user is kept from @admin and @dangerous
+  commands (and, on a Redis shared by several instances, from other instances' keys), and is
+  known by its password's SHA-256 only; no later rule gives any command back. The services
+  tier runs the same files on redis-server.
 - pg_hba: each instance role reaches only its own database, only from its instance host's
   address, with scram-sha-256; everything else ends in reject. init.sql takes CONNECT away from
   PUBLIC on every instance database and gives it back to that instance's role only.
@@ -15,6 +16,7 @@ example blueprint (not by comparing with golden files, which come from the code 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Callable
@@ -98,13 +100,19 @@ def test_redis_users_lack_admin_commands(
         for name, rules in users.items():
             assert rules[0] == "on", (path, name)
             assert denied_after_last_grant(rules, "admin"), (path, name, rules)
+            # MIGRATE (in @dangerous) would make the shared host's Redis dial any address.
+            assert denied_after_last_grant(rules, "dangerous"), (path, name, rules)
             if shared:
-                assert denied_after_last_grant(rules, "dangerous"), (path, name, rules)
                 prefix = instances[name].redis_key_prefix
                 assert [k for k in rules if k.startswith("~")] == [f"~{prefix}:*"], rules
                 assert "allkeys" not in rules
-            passwords = [k for k in rules if k.startswith(">")]
-            assert passwords == [">" + r.secrets[instances[name].redis_password.name]]  # type: ignore[index]
+            # Known by the SHA-256 of its password only: no password in the file.
+            password: str = r.secrets[instances[name].redis_password.name]  # type: ignore[index]
+            assert not any(k.startswith(">") for k in rules), (path, name)
+            assert [k for k in rules if k.startswith("#")] == [
+                "#" + hashlib.sha256(password.encode()).hexdigest()
+            ]
+            assert password not in entry["content"]
 
 
 def test_the_acl_evaluation_reads_rules_in_order() -> None:
