@@ -82,6 +82,13 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("RAG_EMBEDDING_ENGINE", "ollama"),
         ("RAG_EMBEDDING_MODEL", plan.fleet.shared.ollama.embedding_model),
         ("WEBUI_SECRET_KEY", secrets[inst.webui_secret_key.name]),
+        # The admin is created at first start, before the port answers, so nobody can claim
+        # the instance by signing up first; later starts find users and leave them alone.
+        ("WEBUI_ADMIN_EMAIL", inst.instance.admin.email),
+        ("WEBUI_ADMIN_PASSWORD", secrets[inst.admin_password.name]),
+        ("WEBUI_ADMIN_NAME", inst.instance.admin.name),
+        ("ENABLE_SIGNUP", "true" if inst.instance.signup.enabled else "false"),
+        ("DEFAULT_USER_ROLE", inst.instance.signup.default_role),
     ]
     if inst.url is not None:
         owned.append(("WEBUI_URL", inst.url))

@@ -134,11 +134,39 @@ class Shared:
 
 
 @dataclass(frozen=True)
+class AdminAccount:
+    """The admin Open WebUI creates at an instance's first start (its password is a secret)."""
+
+    email: str
+    name: str
+
+    def overridden(self, d: dict[str, Any] | None) -> AdminAccount:
+        return AdminAccount(**{**self.__dict__, **(d or {})})
+
+
+@dataclass(frozen=True)
+class Signup:
+    enabled: bool
+    default_role: str  # "pending" or "user"
+
+    def overridden(self, d: dict[str, Any] | None) -> Signup:
+        return Signup(**{**self.__dict__, **(d or {})})
+
+
+# The schema's defaults for openwebui.admin and openwebui.signup (a unit test holds them equal):
+# a field the blueprint leaves out of either still has a value.
+DEFAULT_ADMIN = AdminAccount(email="admin@localhost", name="Admin")
+DEFAULT_SIGNUP = Signup(enabled=False, default_role="pending")
+
+
+@dataclass(frozen=True)
 class OpenWebUI:
     version: str
     image: str
     digest: str | None
     archive_sha256: str | None  # load a `docker save` archive from the mirror instead of pulling
+    admin: AdminAccount  # every instance's, unless it sets its own
+    signup: Signup
 
 
 @dataclass(frozen=True)
@@ -151,6 +179,8 @@ class Instance:
     env: tuple[tuple[str, str], ...]
     pool_size: int | None
     max_overflow: int | None
+    admin: AdminAccount  # the fleet's, with this instance's own fields over it
+    signup: Signup
 
 
 @dataclass(frozen=True)
@@ -195,6 +225,15 @@ class Fleet:
         )
         s = d["shared"]
         o, q, p, r = s["ollama"], s["qdrant"], s["postgres"], s["redis"]
+        w = d["openwebui"]
+        openwebui = OpenWebUI(
+            w["version"],
+            w["image"],
+            w.get("digest"),
+            w.get("archive_sha256"),
+            DEFAULT_ADMIN.overridden(w.get("admin")),
+            DEFAULT_SIGNUP.overridden(w.get("signup")),
+        )
         return Fleet(
             name=d["name"],
             os=os_,
@@ -240,12 +279,7 @@ class Fleet:
                 ),
             ),
             hosts=tuple(Host.from_data(h) for h in d["hosts"]),
-            openwebui=OpenWebUI(
-                d["openwebui"]["version"],
-                d["openwebui"]["image"],
-                d["openwebui"].get("digest"),
-                d["openwebui"].get("archive_sha256"),
-            ),
+            openwebui=openwebui,
             instances=tuple(
                 Instance(
                     name=i["name"],
@@ -256,6 +290,8 @@ class Fleet:
                     env=tuple(sorted(i["env"].items())),
                     pool_size=i.get("database", {}).get("pool_size"),
                     max_overflow=i.get("database", {}).get("max_overflow"),
+                    admin=openwebui.admin.overridden(i.get("admin")),
+                    signup=openwebui.signup.overridden(i.get("signup")),
                 )
                 for i in d["instances"]
             ),

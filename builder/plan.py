@@ -126,6 +126,7 @@ class InstancePlan:
     db_password: SecretRef
     redis_password: SecretRef
     webui_secret_key: SecretRef
+    admin_password: SecretRef  # of the admin account Open WebUI creates at first start
     docker_subnet: IPv4Network  # the instance's own Docker network
 
     @property
@@ -222,7 +223,7 @@ class Plan:
     def secrets(self) -> tuple[SecretRef, ...]:
         refs = [self.qdrant_api_key]
         for i in self.instances:
-            refs += [i.db_password, i.redis_password, i.webui_secret_key]
+            refs += [i.db_password, i.redis_password, i.webui_secret_key, i.admin_password]
         return tuple(refs)
 
     @property
@@ -298,6 +299,7 @@ def make_plan(fleet: Fleet) -> Plan:
                 db_password=SecretRef(f"instances.{inst.name}.db_password"),
                 redis_password=SecretRef(f"instances.{inst.name}.redis_password"),
                 webui_secret_key=SecretRef(f"instances.{inst.name}.webui_secret_key"),
+                admin_password=SecretRef(f"instances.{inst.name}.admin_password"),
                 docker_subnet=docker_subnet(fleet.network.container_pool, index),
             )
         )

@@ -51,6 +51,11 @@ OWNED_ENV = frozenset(
         "RAG_EMBEDDING_ENGINE",
         "RAG_EMBEDDING_MODEL",
         "WEBUI_SECRET_KEY",
+        "WEBUI_ADMIN_EMAIL",
+        "WEBUI_ADMIN_PASSWORD",
+        "WEBUI_ADMIN_NAME",
+        "ENABLE_SIGNUP",
+        "DEFAULT_USER_ROLE",
         "WEBUI_URL",
         "ENABLE_PERSISTENT_CONFIG",
         "DATA_DIR",
@@ -600,10 +605,21 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
                         error(
                             ("instances", i, "env", key),
                             f"{key} is owned by owuibuild",
-                            env_owned_hint,
+                            ENV_SETTINGS.get(key, env_owned_hint),
                         ),
                         True,
                     )
+
+
+# Owned variables the blueprint sets in a setting of its own: the hint names it.
+ENV_SETTINGS = {
+    "WEBUI_URL": "set the instance's url instead of env",
+    "WEBUI_ADMIN_EMAIL": "set admin: {email: ...} on the instance or under openwebui instead",
+    "WEBUI_ADMIN_NAME": "set admin: {name: ...} on the instance or under openwebui instead",
+    "WEBUI_ADMIN_PASSWORD": "owuibuild generates it into the secrets file; remove it from env",
+    "ENABLE_SIGNUP": "set signup: {enabled: true} on the instance or under openwebui instead",
+    "DEFAULT_USER_ROLE": "set signup: {default_role: user} on the instance or under openwebui",
+}
 
 
 def check_versions(data: dict[str, Any]) -> Iterator[Located]:

@@ -23,7 +23,7 @@ import json
 from ..artifacts import docker_apt_key
 from ..bundle import COMPOSE_FILE, HEALTH_PATH, compose_yaml, env_file, env_file_name
 from ..plan import DATA_MOUNT, SCRIPT_DIR, HostPlan, InstancePlan, Plan
-from ..quoting import plain_words, render_template
+from ..quoting import plain_words, render_template, shell_command
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
 from . import UNIT_DIR, Command, File, Part, start_packaged_units, start_units
@@ -39,6 +39,9 @@ DOCKER_REPO = "https://download.docker.com/linux"
 # Ubuntu's archive packages and in Docker's docker-compose-plugin.
 COMPOSE = "/usr/libexec/docker/cli-plugins/docker-compose"
 LOAD_IMAGE_SCRIPT = f"{SCRIPT_DIR}/load-openwebui-image.sh"
+OPEN_SIGNUP_SCRIPT = f"{SCRIPT_DIR}/open-signup.sh"
+# In an instance's data directory: its sign-up was opened (see open-signup.sh.j2).
+SIGNUP_MARKER = ".owuibuild-signup-opened"
 DAEMON_CONFIG = "/etc/docker/daemon.json"
 # The host firewall (inet owuibuild) is the only firewall: Docker adds no iptables rules, IPv4 or
 # IPv6, and serves published ports from docker-proxy, a listener the input chain filters. dockerd
@@ -133,6 +136,17 @@ def health_url(inst: InstancePlan) -> str:
     return f"http://{inst.host.address}:{inst.port}{HEALTH_PATH}"
 
 
+def open_signup_argv(inst: InstancePlan) -> tuple[str, ...]:
+    """The command that restarts an instance once after its first start, so that the sign-up
+    its blueprint opens is open (Open WebUI closes it in the start that makes the admin)."""
+    marker = f"{inst.data_dir}/{SIGNUP_MARKER}"
+    return ("/bin/sh", OPEN_SIGNUP_SCRIPT, marker, health_url(inst), *compose_argv(inst))
+
+
+def open_signup_script() -> str:
+    return render_template("open-signup.sh.j2", ready_check=shell_command(READY_CHECK))
+
+
 def instance_unit(inst: InstancePlan) -> str:
     # network-online: docker-proxy binds the instance's port on the host's private address.
     needs = "docker.service network-online.target"
@@ -163,6 +177,11 @@ def instance_unit(inst: InstancePlan) -> str:
                         plain_words(*compose_argv(inst, "up", "--detach", "--remove-orphans")),
                     ),
                     ("ExecStartPost", plain_words(*READY_CHECK, health_url(inst))),
+                    *(
+                        [("ExecStartPost", plain_words(*open_signup_argv(inst)))]
+                        if inst.instance.signup.enabled
+                        else []
+                    ),
                     ("ExecStop", plain_words(*compose_argv(inst, "down"))),
                     ("Restart", "on-failure"),
                     ("RestartSec", "30s"),
@@ -215,6 +234,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         )
     for inst in host.instances:
         files += instance_files(plan, inst, secrets)
+    if any(i.instance.signup.enabled for i in host.instances):
+        files.append(File(OPEN_SIGNUP_SCRIPT, open_signup_script(), "0755"))
     load_files, install = load_image(plan)
     files += load_files
     configure: list[Command] = [start_packaged_units("docker.service")]

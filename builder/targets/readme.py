@@ -103,6 +103,20 @@ def _instances_table(plan: Plan) -> str:
     return "\n".join(rows)
 
 
+def _accounts_table(plan: Plan) -> str:
+    rows = [
+        "| instance | admin e-mail | admin password (in the secrets file) | sign-up |",
+        "| --- | --- | --- | --- |",
+    ]
+    for i in plan.instances:
+        signup = i.instance.signup
+        opened = f"open, new accounts {signup.default_role}" if signup.enabled else "closed"
+        rows.append(
+            f"| {i.name} | {i.instance.admin.email} | `{i.admin_password.name}` | {opened} |"
+        )
+    return "\n".join(rows)
+
+
 def _secret_locations(plan: Plan, secrets: Secrets) -> str:
     rows = ["| host | file | owner |", "| --- | --- | --- |"]
     for h in plan.hosts:
@@ -138,6 +152,16 @@ dropped. Ollama ({ollama}) has no authentication, so the firewall is its only bo
 ## Instances
 
 {_instances_table(plan)}
+
+## Sign in
+
+Every instance creates its admin account at its first start, before it answers anyone, so
+nobody can make themselves its admin by signing up first. Sign in with the e-mail below and
+the password under the named key of the secrets file (never printed; read it from the file).
+The password is used only while the instance's database has no user: to change it later, do
+it in Open WebUI (changing the secrets file does not change an existing admin).
+
+{_accounts_table(plan)}
 
 ## Firewall
 
@@ -202,10 +226,11 @@ from `user-data` (stored by cloud-init with mode 0600):
 {_secret_locations(plan, secrets)}
 
 Each instance's env file (`{first.bundle_dir}/` on its host and `instances/<name>/` here) holds
-its database and Redis passwords, the Qdrant API key and its `WEBUI_SECRET_KEY`. PostgreSQL
-gets the role passwords only as SCRAM-SHA-256 verifiers, in `{INIT_SQL}` (0600, postgres) on
-`{plan.postgres_host.name}`; no superuser password exists (the postgres user logs in by peer
-authentication only).
+its database and Redis passwords, the Qdrant API key, its `WEBUI_SECRET_KEY` and its admin's
+first password. PostgreSQL gets the role passwords only as SCRAM-SHA-256 verifiers, in
+`{INIT_SQL}` (0600, postgres) on `{plan.postgres_host.name}`; no superuser password exists (the
+postgres user logs in by peer authentication only). Redis gets each instance's password only
+as its SHA-256, in its `/etc/redis/redis-<name>.conf` (0600, redis).
 
 {restore_runbook(plan)}
 {upgrade_runbook(plan)}"""

@@ -3,7 +3,7 @@
 Hosts are replaced, never changed, so an instance's container and the host-side mount of its
 DATA_DIR volume are thrown away on every upgrade; what must survive is its database on the
 shared host and its data directory on the host's data volume. This test does that to one
-instance: sign up (the first user becomes admin), create a chat and upload a file, then
+instance: sign in as the admin it made at its first start, create a chat and upload a file, then
 `docker compose down --volumes` (the container AND the compose volume that bind-mounts the
 data directory are removed), bring it up again from the same generated bundle (a fresh
 container and a freshly created mount of the same directory, standing in for the data volume
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_instances_live import Fleet, Running, http, live_fleet, run
+from test_instances_live import Fleet, Running, http, live_fleet, run, sign_in_as_admin
 
 pytestmark = pytest.mark.containers
 
@@ -48,9 +48,9 @@ shared:
 hosts:
   - {name: web-a, address: 10.213.9.30, memory_gb: 8, data_volume: {label: owui-data}}
 instances:
-  - {name: keeper, host: web-a, port: 3001}
+  - {name: keeper, host: web-a, port: 3001, admin: {email: ada@keeper.test, name: Ada}}
 """
-USER = {"name": "Ada", "email": "ada@keeper.test", "password": "pw-ada-keeper-Aa1!"}
+ADMIN_EMAIL = "ada@keeper.test"
 UPLOAD = b"notes that must outlive the container\n" * 64
 
 
@@ -108,8 +108,8 @@ def test_replaced_instance_keeps_its_users_chats_and_files(fleet: Fleet) -> None
     first_container = container_ids(running)
     assert len(first_container) == 1
 
-    # Data through the real interfaces: the first sign-up is the admin; a chat; a file.
-    status, admin = http("POST", f"{running.url}/api/v1/auths/signup", USER)
+    # Data through the real interfaces: the generated admin signs in; a chat; a file.
+    status, admin = sign_in_as_admin(fleet, running)
     assert status == 200 and admin["role"] == "admin", (status, admin)
     chat = {
         "title": "Before the replacement",
@@ -145,8 +145,7 @@ def test_replaced_instance_keeps_its_users_chats_and_files(fleet: Fleet) -> None
     assert mount["Destination"] == "/app/backend/data"
 
     # The same credentials still sign in, and the chat and the file are still there.
-    status, again = http("POST", f"{running.url}/api/v1/auths/signin",
-                         {"email": USER["email"], "password": USER["password"]})  # fmt: skip
+    status, again = sign_in_as_admin(fleet, running)
     assert status == 200 and again["id"] == admin["id"] and again["role"] == "admin"
     token = again["token"]
     status, chats = http("GET", f"{running.url}/api/v1/chats/", token=token)
@@ -157,12 +156,12 @@ def test_replaced_instance_keeps_its_users_chats_and_files(fleet: Fleet) -> None
     assert full["chat"]["messages"][0]["content"] == "remember me"
     content = download(f"{running.url}/api/v1/files/{stored['id']}/content", token)
     assert content == UPLOAD
-    # The instance is still the only one that signed up: no second admin was created.
+    # The replacement's first start found a user: no second admin was created.
     status, users = http("GET", f"{running.url}/api/v1/users/", token=token)
     assert status == 200
     listed = users["users"] if isinstance(users, dict) else users
-    assert [u["email"] for u in listed] == [USER["email"]]
-    # It knows it has an admin (from the database): a newcomer does not become one.
+    assert [u["email"] for u in listed] == [ADMIN_EMAIL]
+    # Sign-up stays closed: a newcomer gets no account at all.
     newcomer = {"name": "Eve", "email": "eve@keeper.test", "password": "pw-eve-keeper-Aa1!"}
     status, user = http("POST", f"{running.url}/api/v1/auths/signup", newcomer)
-    assert status in (400, 403) or (status == 200 and user["role"] != "admin"), (status, user)
+    assert status == 403, (status, user)

@@ -52,6 +52,7 @@ from infra.docker_engine import (
     ensure_openwebui_image,
 )
 from owuibuild import bundle
+from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import InstancePlan, Plan
 
 pytestmark = pytest.mark.containers
@@ -82,8 +83,10 @@ hosts:
   - {name: web-a, address: 10.213.7.30, memory_gb: 8, data_volume: {label: owui-data}}
   - {name: web-b, address: 10.213.7.31, memory_gb: 8, data_volume: {label: owui-data}}
 instances:
-  - {name: alpha, host: web-a, port: 3001, env: {WEBUI_NAME: ALPHA_NAME}}
-  - {name: beta, host: web-b, port: 3001}
+  - {name: alpha, host: web-a, port: 3001, env: {WEBUI_NAME: ALPHA_NAME},
+     admin: {email: root@alpha.test, name: Alpha Admin}}
+  - {name: beta, host: web-b, port: 3001, admin: {email: root@beta.test},
+     signup: {enabled: true, default_role: user}}
 """
 
 # Shared-host start-up: the generated configuration, plus only what belongs to this machine.
@@ -209,13 +212,17 @@ class Running:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def compose_command(self) -> list[str]:
+        files = ["-f", str(self.bundle_dir / bundle.COMPOSE_FILE), "-f", str(self.override)]
+        return ["docker", "compose", "-p", self.project, *files]
+
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         if args[:1] == ("up",):
             # Open WebUI's first start (migrations, then the app's imports) took over 600 s on a
             # loaded 2-core machine: let the generated healthcheck give its own verdict first.
             timeout = max(timeout, UP_TIMEOUT)
-        files = ["-f", str(self.bundle_dir / bundle.COMPOSE_FILE), "-f", str(self.override)]
-        return run("docker", "compose", "-p", self.project, *files, *args, timeout=timeout)
+        return run(*self.compose_command, *args, timeout=timeout)
 
     @property
     def override(self) -> Path:
@@ -400,17 +407,48 @@ def signup(fleet: Fleet, name: str, who: str) -> tuple[int, Any]:
     return http("POST", f"{fleet.instances[name].url}/api/v1/auths/signup", body)
 
 
+def sign_in_as_admin(fleet: Fleet, running: Running) -> tuple[int, Any]:
+    """Sign in with the admin account the blueprint names and the secrets file holds."""
+    password = fleet.rendered.secrets[running.inst.admin_password.name]  # type: ignore[index]
+    body = {"email": running.inst.instance.admin.email, "password": password}
+    return http("POST", f"{running.url}/api/v1/auths/signin", body)
+
+
 def admins(fleet: Fleet) -> dict[str, dict[str, Any]]:
-    """The first user of each instance (signed up once per test run)."""
+    """The admin each instance made at its first start, signed in once per test run."""
     if not fleet.admins:
-        for name in fleet.instances:
-            status, user = signup(fleet, name, "first")
+        for name, running in fleet.instances.items():
+            status, user = sign_in_as_admin(fleet, running)
             assert status == 200 and isinstance(user, dict), (name, status)
             fleet.admins[name] = user
     return fleet.admins
 
 
 # -- the tests, in the order a reader would check a fresh deployment ------------------------------
+
+
+def data_root(fleet: Fleet) -> Path:
+    """The directory the overrides bind as the instances' data directories."""
+    return next(iter(fleet.instances.values())).bundle_dir.parent.parent / "data"
+
+
+def container_started_at(running: Running) -> str:
+    (container,) = running.compose("ps", "--quiet").stdout.split()
+    return run("docker", "inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip()
+
+
+def generated_script(fleet: Fleet, running: Running, path: str) -> str:
+    """A script from the user-data of the instance's host, as cloud-init would write it."""
+    doc = fleet.rendered.user_data(running.inst.host.name)
+    (entry,) = [f for f in doc["write_files"] if f["path"] == path]
+    return str(entry["content"])
+
+
+def alpha_opens_signup(fleet: Fleet) -> bool:
+    """Whether alpha's host got the script: it must not (alpha keeps sign-up closed)."""
+    doc = fleet.rendered.user_data("web-a")
+    paths = [f["path"] for f in doc["write_files"]]
+    return docker_section.OPEN_SIGNUP_SCRIPT in paths
 
 
 def test_both_instances_are_healthy(fleet: Fleet) -> None:
@@ -421,15 +459,40 @@ def test_both_instances_are_healthy(fleet: Fleet) -> None:
         assert ps["Health"] == "healthy", name
 
 
-def test_first_signup_becomes_admin_of_that_instance_only(fleet: Fleet) -> None:
+def test_nobody_can_claim_an_instance_and_its_generated_admin_signs_in(fleet: Fleet) -> None:
+    # Before anyone signed in or up: each instance already has exactly its generated admin.
+    for name, running in fleet.instances.items():
+        emails = fleet.psql(running.inst.db_name, 'select email, role from "user"')
+        assert emails.split() == [f"root@{name}.test|admin"], (name, emails)
     first = admins(fleet)
-    assert {name: user["role"] for name, user in first.items()} == {
-        "alpha": "admin",
-        "beta": "admin",
+    assert {name: (user["role"], user["name"]) for name, user in first.items()} == {
+        "alpha": ("admin", "Alpha Admin"),
+        "beta": ("admin", "Admin"),
     }
-    # Open WebUI closes sign-up once its admin exists; were it open, a newcomer would be pending.
+    # Sign-up is closed by default: a visitor gets nothing on alpha.
     status, second = signup(fleet, "alpha", "second")
-    assert status == 403 or (status == 200 and second["role"] != "admin"), (status, second)
+    assert status == 403, (status, second)
+    # beta's blueprint opens it, but Open WebUI closed it in the start that made the admin...
+    beta = fleet.instances["beta"]
+    assert signup(fleet, "beta", "early")[0] == 403
+    # ...so beta's unit restarts it once: the generated script, run as the unit runs it (only
+    # the compose command and the health URL are the test's), opens it, and only once.
+    assert beta.inst.instance.signup.enabled and not alpha_opens_signup(fleet)
+    marker = data_root(fleet) / beta.inst.name / docker_section.SIGNUP_MARKER
+    for attempt in range(2):
+        before = container_started_at(beta)
+        run("sh", "-c", generated_script(fleet, beta, docker_section.OPEN_SIGNUP_SCRIPT), "open-signup",
+            str(marker), f"{beta.url}/health", *beta.compose_command, timeout=UP_TIMEOUT)  # fmt: skip
+        assert marker.exists()
+        restarted = container_started_at(beta) != before
+        assert restarted == (attempt == 0), "the script restarts the instance on its first run only"
+    # A newcomer now gets an account, with the role the blueprint names, never admin.
+    status, second = signup(fleet, "beta", "second")
+    assert status == 200 and second["role"] == "user", (status, second)
+    # A wrong password does not sign in as the admin.
+    body = {"email": "root@alpha.test", "password": "not-the-generated-password"}
+    status, _ = http("POST", f"{fleet.instances['alpha'].url}/api/v1/auths/signin", body)
+    assert status in (400, 401, 403)
     # Each instance signs its tokens with its own WEBUI_SECRET_KEY: alpha's admin is nobody on beta.
     token = first["alpha"]["token"]
     status, _ = http("GET", f"{fleet.instances['beta'].url}/api/v1/auths/", token=token)

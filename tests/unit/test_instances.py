@@ -194,6 +194,102 @@ def test_secret_keys_differ_between_instances(rendered: Rendered) -> None:
     assert len(keys) == 3
 
 
+# -- the admin account and sign-up -----------------------------------------------------------------
+
+
+def test_every_instance_has_its_own_admin_and_closed_signup_by_default(rendered: Rendered) -> None:
+    passwords = set()
+    for name in ("one", "two", "three"):
+        env = env_lines(rendered, name)
+        secret = rendered.secrets[f"instances.{name}.admin_password"]  # type: ignore[index]
+        assert env["WEBUI_ADMIN_PASSWORD"] == secret
+        assert (env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_NAME"]) == ("admin@localhost", "Admin")
+        assert (env["ENABLE_SIGNUP"], env["DEFAULT_USER_ROLE"]) == ("false", "pending")
+        passwords.add(secret)
+    assert len(passwords) == 3
+    runbook = rendered.text("README.md")
+    assert "| one | admin@localhost | `instances.one.admin_password` | closed |" in runbook
+    assert not any(p in runbook for p in passwords)
+
+
+def test_instance_admin_and_signup_override_the_fleet_field_by_field(
+    render_text: Callable[[str], Rendered],
+) -> None:
+    text = BLUEPRINT.replace("DISTRO", "debian-13").replace(
+        "openwebui:\n",
+        "openwebui:\n  admin: {email: Boss@Example.org, name: The Boss}\n"
+        "  signup: {enabled: true}\n",
+    )
+    text = text.replace(
+        "{name: three, host: web-b, port: 3001}",
+        "{name: three, host: web-b, port: 3001, admin: {name: Third},"
+        " signup: {default_role: user}}",
+    )
+    text = text.replace(
+        "database: {pool_size: 3, max_overflow: 2}}",
+        "database: {pool_size: 3, max_overflow: 2}, signup: {enabled: false}}",
+    )
+    r = render_text(text)
+    got = {
+        n: tuple(env_lines(r, n)[k] for k in ("WEBUI_ADMIN_EMAIL", "WEBUI_ADMIN_NAME",
+                                               "ENABLE_SIGNUP", "DEFAULT_USER_ROLE"))
+        for n in ("one", "two", "three")
+    }  # fmt: skip
+    assert got == {
+        "one": ("Boss@Example.org", '"The Boss"', "true", "pending"),
+        "two": ("Boss@Example.org", '"The Boss"', "false", "pending"),
+        "three": ("Boss@Example.org", "Third", "true", "user"),
+    }
+    assert (
+        "| three | Boss@Example.org | `instances.three.admin_password` | open, new accounts user |"
+        in r.text("README.md")
+    )
+
+
+def test_only_an_instance_that_opens_signup_is_restarted_once_after_its_first_start(
+    render_text: Callable[[str], Rendered],
+) -> None:
+    text = BLUEPRINT.replace("DISTRO", "debian-13").replace(
+        "{name: three, host: web-b, port: 3001}",
+        "{name: three, host: web-b, port: 3001, signup: {enabled: true}}",
+    )
+    r = render_text(text)
+    plan = plan_of(r)
+    script = docker_section.OPEN_SIGNUP_SCRIPT
+    assert script not in written(r, "web-a")
+    files = written(r, "web-b")
+    assert files[script]["permissions"] == "0755"
+    (inst,) = plan.instances_on("web-b")
+    unit = files[f"/etc/systemd/system/{inst.unit_name}"]["content"]
+    ready, reopen = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
+    assert ready.startswith("ExecStartPost=/usr/bin/curl ")  # after the first ready check
+    assert reopen.split("=", 1)[1].split() == [
+        "/bin/sh",
+        script,
+        f"{inst.data_dir}/{docker_section.SIGNUP_MARKER}",
+        f"http://{inst.host.address}:{inst.port}/health",
+        docker_section.COMPOSE,
+        "-p",
+        "three",
+        "-f",
+        f"{inst.bundle_dir}/compose.yaml",
+    ]
+    for other in plan.instances_on("web-a"):
+        unit = written(r, "web-a")[f"/etc/systemd/system/{other.unit_name}"]["content"]
+        assert script not in unit
+
+
+def test_the_model_fills_what_the_schema_defaults() -> None:
+    """DEFAULT_ADMIN and DEFAULT_SIGNUP are the schema's defaults, declared twice on purpose:
+    a blueprint that gives only some fields of either gets the rest from the model."""
+    from owuibuild.model import DEFAULT_ADMIN, DEFAULT_SIGNUP
+    from owuibuild.validate import schema
+
+    props = schema()["properties"]["openwebui"]["properties"]
+    assert props["admin"]["default"] == json.loads(json.dumps(DEFAULT_ADMIN.__dict__))
+    assert props["signup"]["default"] == json.loads(json.dumps(DEFAULT_SIGNUP.__dict__))
+
+
 @pytest.mark.parametrize(
     ("value", "written"),
     [

@@ -17,7 +17,7 @@ from owuibuild.plan import (
     RESERVED_CONNECTIONS,
 )
 from owuibuild.source import parse
-from owuibuild.validate import OWNED_ENV, validate
+from owuibuild.validate import ENV_SETTINGS, OWNED_ENV, validate
 
 pytestmark = pytest.mark.unit
 
@@ -418,20 +418,51 @@ def test_env_may_not_override_owned_variables(name: str) -> None:
     diagnostics = diagnose(text)
     d = one(diagnostics, f"instances[0].env.{name}")
     assert d.message == f"{name} is owned by owuibuild"
-    assert d.hint == "owuibuild sets this variable from the plan; remove it from env"
+    # A variable the blueprint sets in a setting of its own is pointed there.
+    assert d.hint == ENV_SETTINGS.get(
+        name, "owuibuild sets this variable from the plan; remove it from env"
+    )
     assert_at(text, d, new, f"{name}:")  # at the key, not the value
     assert len(diagnostics) == 1
 
 
 def test_owned_variables_include_connections_and_secrets() -> None:
     assert {"DATABASE_URL", "REDIS_URL", "WEBUI_SECRET_KEY", "QDRANT_API_KEY"} <= OWNED_ENV
+    # The admin account and sign-up come from the blueprint's own settings, never from env.
+    assert {"WEBUI_ADMIN_PASSWORD", "ENABLE_SIGNUP", "DEFAULT_USER_ROLE"} <= OWNED_ENV
+    assert set(ENV_SETTINGS) <= OWNED_ENV
+    assert "signup: {enabled: true}" in ENV_SETTINGS["ENABLE_SIGNUP"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "path", "message"),
+    [
+        ("admin: {email: 'a@b'}", "admin.email", "is not an e-mail address Open WebUI accepts"),
+        (
+            "admin: {email: 'x\"@a.org'}",
+            "admin.email",
+            "is not an e-mail address Open WebUI accepts",
+        ),
+        ("admin: {name: ''}", "admin.name", "should be non-empty"),
+        ("admin: {mail: a@b.org}", "admin.mail", "unknown key 'mail'"),
+        ("signup: {default_role: admin}", "signup.default_role", "admin"),
+        ("signup: {enabled: 'yes'}", "signup.enabled", "expected true or false"),
+    ],
+)
+def test_admin_and_signup_settings_are_checked(setting: str, path: str, message: str) -> None:
+    new = f"{{name: one, host: web-a, port: 3001, {setting}}}"
+    text = edit(BASE, "{name: one, host: web-a, port: 3001}", new)
+    diagnostics = diagnose(text)
+    d = one(diagnostics, f"instances[0].{path}")
+    assert message in d.message
+    assert len(diagnostics) == 1
 
 
 def test_other_env_variables_are_allowed() -> None:
     text = edit(
         BASE,
         "{name: one, host: web-a, port: 3001}",
-        "{name: one, host: web-a, port: 3001, env: {WEBUI_NAME: 'A: b', ENABLE_SIGNUP: 'false'}}",
+        "{name: one, host: web-a, port: 3001, env: {WEBUI_NAME: 'A: b', ENABLE_LDAP: 'false'}}",
     )
     assert diagnose(text) == []
 
