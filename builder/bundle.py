@@ -15,7 +15,14 @@ from typing import Any
 from urllib.parse import quote
 
 from . import yamldump
-from .plan import CONTAINER_DATA_DIR, OPENWEBUI_CONTAINER_PORT, POSTGRES_PORT, InstancePlan, Plan
+from .plan import (
+    CONTAINER_DATA_DIR,
+    FLEET_CA,
+    OPENWEBUI_CONTAINER_PORT,
+    POSTGRES_PORT,
+    InstancePlan,
+    Plan,
+)
 from .secrets import Secrets
 
 COMPOSE_FILE = "compose.yaml"
@@ -47,15 +54,18 @@ def _userinfo(user: str, password: str) -> str:
 
 def database_url(plan: Plan, inst: InstancePlan, secrets: Secrets) -> str:
     # postgresql+psycopg: plain postgresql:// needs psycopg2, which Open WebUI does not ship.
+    # libpq verifies the server's certificate against the fleet CA and its name (the address).
     auth = _userinfo(inst.db_role, secrets[inst.db_password.name])
     return (
         f"postgresql+psycopg://{auth}@{plan.postgres_host.address}:{POSTGRES_PORT}/{inst.db_name}"
+        f"?sslmode=verify-full&sslrootcert={FLEET_CA}"
     )
 
 
 def redis_url(inst: InstancePlan, secrets: Secrets) -> str:
+    # rediss: TLS; redis-py passes ssl_ca_certs through and checks the name by default.
     auth = _userinfo(inst.redis_user, secrets[inst.redis_password.name])
-    return f"redis://{auth}@{inst.redis_address}:{inst.redis_port}/0"
+    return f"rediss://{auth}@{inst.redis_address}:{inst.redis_port}/0?ssl_ca_certs={FLEET_CA}"
 
 
 def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple[str, str], ...]:
@@ -155,7 +165,11 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
                 "protocol": "tcp",
             }
         ],
-        "volumes": [{"type": "volume", "source": VOLUME, "target": CONTAINER_DATA_DIR}],
+        "volumes": [
+            {"type": "volume", "source": VOLUME, "target": CONTAINER_DATA_DIR},
+            # The fleet CA, which the instance verifies every shared service with.
+            {"type": "bind", "source": FLEET_CA, "target": FLEET_CA, "read_only": True},
+        ],
         "healthcheck": {
             "test": ["CMD", "curl", "--fail", "--silent", "--show-error", health_url],
             "interval": "10s",

@@ -140,6 +140,9 @@ def render(
     source = compiled.checked.source
     lines = source.lines if source else []
     shown = str(blueprint)
+    if fmt == "text":
+        for notice in compiled.notices:
+            click.echo(f"{shown}: {notice}", err=True)
     if not compiled.ok or compiled.plan is None:
         report(compiled.diagnostics, fmt, lines, shown)
         sys.exit(EXIT_INVALID)
@@ -154,7 +157,9 @@ def render(
             report(compiled.diagnostics, fmt, lines, shown, changes=[], secrets_missing=True)
             if fmt == "text":
                 click.echo(
-                    "the secrets file is missing secrets; render without --check first", err=True
+                    "the secrets or CA file lacks secrets or certificates; "
+                    "render without --check first",
+                    err=True,
                 )
             sys.exit(EXIT_INVALID)
         report(
@@ -186,7 +191,7 @@ def render(
         files=[a.path for a in compiled.artifacts],
     )
     if fmt == "text":
-        note = " (new secrets were added to the secrets file)" if compiled.secrets_changed else ""
+        note = " (new secrets were added to the secrets files)" if compiled.secrets_changed else ""
         click.echo(f"rendered {len(compiled.artifacts)} files to {out_dir}{note}")
 
 

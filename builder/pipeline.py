@@ -7,6 +7,8 @@ reading the blueprint, and it is injected so tests and `--check` can keep it rea
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from . import __version__
 from .diagnostics import Diagnostic, error, has_errors, promote_warnings, warning
 from .model import Fleet
 from .plan import Plan, make_plan
+from .secrets import Secrets
 from .source import Source, load
 from .targets import Artifact
 from .writer import MANIFEST
@@ -41,6 +44,8 @@ class Compiled:
     artifacts: list[Artifact] = field(default_factory=list)
     secrets_changed: bool = False
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    secrets: Secrets | None = None
+    notices: list[str] = field(default_factory=list)  # what the secret stores did, to tell
 
     @property
     def ok(self) -> bool:
@@ -80,8 +85,15 @@ def manifest(artifacts: list[Artifact], blueprint_sha256: str) -> Artifact:
 
 
 def compile_blueprint(
-    path: Path, *, strict: bool = False, write_secrets: bool = True, seed_iso: bool = True
+    path: Path,
+    *,
+    strict: bool = False,
+    write_secrets: bool = True,
+    seed_iso: bool = True,
+    today: datetime.date | None = None,
 ) -> Compiled:
+    """``today`` is the date certificates are checked against (default: the clock's)."""
+    from . import pki
     from . import secrets as secret_store
     from .targets import render_all
     from .targets.hosts import UserDataTooLarge, is_packed
@@ -101,8 +113,16 @@ def compile_blueprint(
     )
     compiled.secrets_changed = changed
     compiled.diagnostics += problems
-    if secrets is None:
+    tls, tls_changed, notices, problems = pki.load_or_create(
+        path, plan.fleet.name, plan.certificate_hosts, create=write_secrets, today=today
+    )
+    compiled.secrets_changed |= tls_changed
+    compiled.notices = notices
+    compiled.diagnostics += problems
+    if secrets is None or tls is None:
         return compiled
+    secrets = dataclasses.replace(secrets, pki=tls)
+    compiled.secrets = secrets
     try:
         artifacts = render_all(plan, secrets)
     except UserDataTooLarge as exc:
@@ -130,7 +150,7 @@ def compile_blueprint(
         compiled.diagnostics = promote_warnings(compiled.diagnostics)
         return compiled
     used = {secrets[name] for name in needed}
-    problems = verify(artifacts, used)
+    problems = verify(artifacts, used, tls.private_keys())
     if problems:
         compiled.diagnostics += [d.located("<output>", None, None) for d in problems]
         return compiled

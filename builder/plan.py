@@ -47,6 +47,14 @@ OLLAMA_DATA = f"{DATA_MOUNT}/ollama"  # the ollama user's home; models/ below it
 # Where generated scripts and install stamps live on every host.
 SCRIPT_DIR = "/usr/local/lib/owuibuild"
 BACKUP_DIR = f"{DATA_MOUNT}/backups"  # default; shared.backups.directory overrides it
+# The fleet CA's certificate on every host, at the same path inside each instance's container
+# (mounted read-only there): every client of a shared service verifies the service with it.
+FLEET_CA = "/etc/owuibuild/tls/fleet-ca.crt"
+# A service host's certificate from the fleet CA (its name and private address) and its key,
+# as generated; each service installs its own copy of the key, readable by it alone.
+SERVER_CERT = "/etc/owuibuild/tls/server.crt"
+SERVER_KEY = "/etc/owuibuild/tls/server.key"
+TLS_MIN_VERSION = "TLSv1.2"
 
 
 # -- pure helpers shared by validation and planning -------------------------------------------------
@@ -225,6 +233,12 @@ class Plan:
         for i in self.instances:
             refs += [i.db_password, i.redis_password, i.webui_secret_key, i.admin_password]
         return tuple(refs)
+
+    @property
+    def certificate_hosts(self) -> dict[str, str]:
+        """Host name -> private address of every host that serves a shared service over TLS:
+        each has a server certificate from the fleet CA naming both."""
+        return {h.name: str(h.host.address) for h in self.hosts if h.services}
 
     @property
     def scram_logins(self) -> tuple[tuple[SecretRef, str], ...]:

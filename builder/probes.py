@@ -1,12 +1,14 @@
 """Probes: the wire protocols `owuibuild status` speaks to a running fleet.
 
-This room holds a small PostgreSQL v3 client (StartupMessage, SCRAM-SHA-256 per RFC 5802 and
-RFC 7677 with the server's signature verified, ErrorResponse, one simple query), a RESP client
-for Redis (AUTH with an ACL user, PING) and an HTTP GET. Each probe dials one address, spends at
-most one timeout in total, and answers with an `Outcome`: unreachable, refused, timed out and
-rejected are states, never exceptions.
+This room holds a small PostgreSQL v3 client (SSLRequest, StartupMessage, SCRAM-SHA-256 per
+RFC 5802 and RFC 7677 with the server's signature verified, ErrorResponse, one simple query), a
+RESP client for Redis (AUTH with an ACL user, PING), optionally over TLS, and an HTTP GET. Each
+probe dials one address, spends at most one timeout in total, and answers with an `Outcome`:
+unreachable, refused, timed out, rejected and an unverified certificate are states, never
+exceptions.
 
-It may touch sockets and the clock, nothing else: no files, no terminal, no secrets store.
+It may touch sockets and the clock, nothing else: no files, no terminal, no secrets store (a
+TLS context is made by the caller, from a CA it read; `tls_context` can read one CA file).
 Passwords come in as arguments, leave only on the wire, and are scrubbed from every detail a
 server sends back (an old Redis echoes the arguments of a command it does not know).
 """
@@ -20,6 +22,7 @@ import hmac
 import http.client
 import os
 import socket
+import ssl
 import stringprep
 import struct
 import time
@@ -79,6 +82,8 @@ REFUSED_DETAIL = "connection refused"
 
 
 def _oserror_outcome(exc: OSError) -> Outcome:
+    if isinstance(exc, ssl.SSLError):  # an OSError, but its strerror is OpenSSL's whole line
+        return _tls_outcome(exc)
     if isinstance(exc, TimeoutError | socket.timeout):
         return Outcome(State.TIMEOUT, "no answer within the timeout")
     if isinstance(exc, ConnectionRefusedError):
@@ -105,6 +110,69 @@ def _connect(address: str, port: int, deadline: Deadline) -> socket.socket:
     sock = socket.create_connection((address, port), timeout=deadline.remaining())
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+# -- TLS --------------------------------------------------------------------------------------------
+
+
+def tls_context(ca_pem: str | None = None, cafile: str | None = None) -> ssl.SSLContext:
+    """A client context that trusts only the given CA (PEM text or a file), never the system
+    store: the certificate must chain to it and name the host dialled, over TLS 1.2 or later.
+
+    Raises ValueError without a CA, and ssl.SSLError or OSError for one that cannot be loaded.
+    """
+    if not ca_pem and not cafile:
+        raise ValueError("a TLS context needs a CA to trust (ca_pem or cafile)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # loads no CA of its own
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=cafile, cadata=ca_pem or None)
+    return context
+
+
+def _tls_outcome(exc: ssl.SSLError, stage: str = "TLS") -> Outcome:
+    """OpenSSL's reason, short: e.g. "TLS: certificate verify failed: IP address mismatch"."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = str(exc.verify_message or exc.reason or "unknown reason").rstrip(".")
+        return Outcome(State.DOWN, f"TLS: certificate verify failed: {why}")
+    reason = str(exc.reason or type(exc).__name__)
+    return Outcome(State.DOWN, f"{stage}: {reason.lower().replace('_', ' ')}")
+
+
+def start_tls(
+    sock: socket.socket, tls: ssl.SSLContext, server_name: str, deadline: Deadline
+) -> ssl.SSLSocket:
+    """``sock`` after a TLS handshake that verified ``server_name`` (when ``tls`` checks names).
+
+    On failure the socket is closed and ProbeFailure says why.
+    """
+    sock.settimeout(deadline.remaining())
+    try:
+        return tls.wrap_socket(sock, server_hostname=server_name)
+    except ssl.SSLError as exc:
+        sock.close()
+        outcome = _tls_outcome(exc, "TLS handshake failed")
+        raise ProbeFailure(outcome.state, outcome.detail) from None
+    except ValueError as exc:  # e.g. an empty name to check
+        sock.close()
+        raise ProbeFailure(State.DOWN, f"TLS: {exc}") from None
+
+
+def connect(
+    address: str,
+    port: int,
+    deadline: Deadline,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> socket.socket:
+    """A TCP connection to ``address:port``, with TLS from the first byte when ``tls`` is
+    given (the certificate must name ``server_name``, by default ``address``)."""
+    sock = _connect(address, port, deadline)
+    if tls is None:
+        return sock
+    return start_tls(sock, tls, server_name or address, deadline)
 
 
 def _recv_exact(sock: socket.socket, size: int, deadline: Deadline) -> bytes:
@@ -244,6 +312,7 @@ def _scram_attributes(message: str) -> dict[str, str]:
 # -- PostgreSQL frontend/backend protocol 3.0 --------------------------------------------------------
 
 PG_PROTOCOL_3_0 = 196608
+PG_SSL_REQUEST = struct.pack("!II", 8, 80877103)
 PG_MAX_MESSAGE = 1 << 20  # no message in a login and `SELECT 1` comes near this
 
 # SQLSTATE -> state: wrong password, or no pg_hba line for this role, database and address.
@@ -381,32 +450,68 @@ def _pg_until_ready(
         tag, payload = _pg_read(sock, deadline)
 
 
+def _pg_start_tls(
+    sock: socket.socket, tls: ssl.SSLContext, server_name: str, deadline: Deadline
+) -> ssl.SSLSocket:
+    """SSLRequest, then the handshake when the server answers 'S'.
+
+    Exactly one byte is read before the handshake: anything a server (or a man in the middle)
+    sends after its 'S' must pass through TLS, or the handshake fails (CVE-2021-23222).
+    """
+    _send(sock, PG_SSL_REQUEST, deadline)
+    answer = _recv_exact(sock, 1, deadline)
+    if answer == b"N":
+        raise ProbeFailure(State.DOWN, "the server refused TLS")
+    if answer != b"S":
+        raise ProbeFailure(State.DOWN, "not a PostgreSQL server (no answer to SSLRequest)")
+    return start_tls(sock, tls, server_name, deadline)
+
+
+def _pg_session(
+    sock: socket.socket, user: str, database: str, password: str, deadline: Deadline
+) -> Outcome:
+    _send(sock, _pg_startup(user, database), deadline)
+    note, first = _pg_authenticate(sock, password, deadline)
+    _pg_until_ready(sock, first, deadline)
+    _send(sock, _pg_message(b"Q", b"SELECT 1\0"), deadline)
+    rows = [p for t, p in _pg_until_ready(sock, _pg_read(sock, deadline), deadline) if t == b"D"]
+    # DataRow: int16 column count, then int32 length and the value of each column.
+    if len(rows) != 1 or rows[0][:2] != b"\0\1" or rows[0][6:] != b"1":
+        raise ProbeFailure(State.DEGRADED, "SELECT 1 did not return 1")
+    _send(sock, _pg_message(b"X", b""), deadline)
+    if note:
+        return Outcome(State.DEGRADED, note)
+    return Outcome(State.OK, f"{user}@{database}: SELECT 1")
+
+
 def pg_login(
-    address: str, port: int, user: str, database: str, password: str, timeout: float
+    address: str,
+    port: int,
+    user: str,
+    database: str,
+    password: str,
+    timeout: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> Outcome:
     """Log ``user`` in to ``database`` with SCRAM-SHA-256, run ``SELECT 1`` and say goodbye.
 
-    No SSLRequest: the fleet's PostgreSQL listens on the private network only and pg_hba
-    admits host (not hostssl) lines, like the instances' own connections.
+    With ``tls`` (the fleet's case: pg_hba has only hostssl lines, like the instances'
+    ``sslmode=verify-full``) the probe first sends an SSLRequest and logs in only over TLS,
+    with the server's certificate verified against ``tls``'s CA and ``server_name`` (default
+    ``address``); a server that answers 'N' is down ("the server refused TLS"), and nothing,
+    not even the user name, is then sent in the clear. Without ``tls`` it speaks plain text,
+    which the fleet's pg_hba rejects.
     """
 
     def probe() -> Outcome:
         deadline = Deadline(timeout)
-        with _connect(address, port, deadline) as sock:
-            _send(sock, _pg_startup(user, database), deadline)
-            note, first = _pg_authenticate(sock, password, deadline)
-            _pg_until_ready(sock, first, deadline)
-            _send(sock, _pg_message(b"Q", b"SELECT 1\0"), deadline)
-            rows = [
-                p for t, p in _pg_until_ready(sock, _pg_read(sock, deadline), deadline) if t == b"D"
-            ]
-            # DataRow: int16 column count, then int32 length and the value of each column.
-            if len(rows) != 1 or rows[0][:2] != b"\0\1" or rows[0][6:] != b"1":
-                raise ProbeFailure(State.DEGRADED, "SELECT 1 did not return 1")
-            _send(sock, _pg_message(b"X", b""), deadline)
-        if note:
-            return Outcome(State.DEGRADED, note)
-        return Outcome(State.OK, f"{user}@{database}: SELECT 1")
+        with _connect(address, port, deadline) as plain:
+            if tls is None:
+                return _pg_session(plain, user, database, password, deadline)
+            with _pg_start_tls(plain, tls, server_name or address, deadline) as secure:
+                return _pg_session(secure, user, database, password, deadline)
 
     return guarded(probe, (password,))
 
@@ -494,12 +599,26 @@ def _resp_call(sock: socket.socket, deadline: Deadline, *args: str) -> RespValue
 REDIS_AUTH_ERRORS = ("WRONGPASS", "NOAUTH", "NOPERM")
 
 
-def redis_ping(address: str, port: int, user: str, password: str, timeout: float) -> Outcome:
-    """``AUTH user password`` and ``PING``; ok when the answer is PONG."""
+def redis_ping(
+    address: str,
+    port: int,
+    user: str,
+    password: str,
+    timeout: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Outcome:
+    """``AUTH user password`` and ``PING``; ok when the answer is PONG.
+
+    With ``tls`` the connection is TLS from its first byte (the fleet's redis-servers have
+    ``port 0`` and a ``tls-port``), verified against ``tls``'s CA and ``server_name`` (default
+    ``address``) before AUTH sends the password.
+    """
 
     def probe() -> Outcome:
         deadline = Deadline(timeout)
-        with _connect(address, port, deadline) as sock:
+        with connect(address, port, deadline, tls=tls, server_name=server_name) as sock:
             for command in (("AUTH", user, password), ("PING",)):
                 reply = _resp_call(sock, deadline, *command)
                 if isinstance(reply, RespError):

@@ -15,12 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import scram
 from .diagnostics import Diagnostic, error
+
+if TYPE_CHECKING:
+    from .pki import FleetPKI
 
 # URL-, shell-, SQL- and YAML-safe, so a secret never needs quoting anywhere it goes.
 SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24,256}$")
@@ -61,6 +64,15 @@ def occurs_in(text: str, values: frozenset[str], lengths: frozenset[int]) -> boo
 @dataclass(frozen=True)
 class Secrets:
     values: Mapping[str, str]
+    # The fleet CA and host certificates (owuibuild.pki), kept in a file of their own.
+    pki: FleetPKI | None = None
+
+    @property
+    def tls(self) -> FleetPKI:
+        """The fleet's PKI; every render has one (a test that builds Secrets by hand may not)."""
+        if self.pki is None:
+            raise LookupError("these secrets carry no fleet CA")
+        return self.pki
 
     def __getitem__(self, name: str) -> str:
         return self.values[name]

@@ -2,14 +2,18 @@
 
 This room decides which probes a plan implies (the seed's "Monitoring" commands, one per service
 and instance), runs them concurrently with one timeout each, and turns the outcomes into a text
-table or JSON and an exit code. The wire protocols live in `probes`. It reads the blueprint and
-the secrets file and writes neither; no secret reaches the output, which is scrubbed of every
-value in the secrets file before it is printed.
+table or JSON and an exit code. The wire protocols live in `probes`. It reads the blueprint, the
+secrets file and the CA file and writes none of them; PostgreSQL and Redis are probed over TLS
+only, trusting the fleet CA alone and verifying each server's planned address, as the instances
+do. No secret reaches the output, which is scrubbed of every value in the secrets file before
+it is printed.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import ssl
 import sys
 import time
 from collections import Counter
@@ -33,6 +37,7 @@ from .probes import (
     pg_login,
     redis_ping,
     scrub,
+    tls_context,
 )
 
 # Every service `status` probes, in table order. `--only` takes these or instance names.
@@ -164,6 +169,25 @@ def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
     return run
 
 
+def no_fleet_ca(detail: str) -> Probe:
+    """A TLS service's probe without a CA to verify it by: never dialled in plain text."""
+
+    def run(timeout: float) -> Outcome:
+        return Outcome(State.AUTH_FAILED, detail)
+
+    return run
+
+
+def fleet_tls(fleet_ca: str | None) -> tuple[ssl.SSLContext | None, str]:
+    """The client context that trusts the fleet CA alone, or None and why there is none."""
+    if not fleet_ca:
+        return None, "no fleet CA: render the blueprint first"
+    try:
+        return tls_context(ca_pem=fleet_ca), ""
+    except (ssl.SSLError, ValueError):
+        return None, "the fleet CA cannot be loaded: restore the CA file from backup"
+
+
 # -- the probes a plan implies ----------------------------------------------------------------------
 
 
@@ -181,12 +205,25 @@ def postgres_refused_hint(plan: Plan) -> str:
     )
 
 
-def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> list[Check]:
-    """Every probe for the fleet, in table order: shared services, then each instance's."""
+def plan_checks(
+    plan: Plan, secrets: Mapping[str, str], secrets_file: Path, *, fleet_ca: str | None
+) -> list[Check]:
+    """Every probe for the fleet, in table order: shared services, then each instance's.
+
+    ``fleet_ca`` is the fleet CA's certificate (PEM), the only one PostgreSQL's and Redis's
+    certificates are verified with; without it (or with one that cannot be loaded) their rows
+    say so and nothing is dialled.
+    """
+    tls, no_tls = fleet_tls(fleet_ca)
 
     def with_secret(ref: SecretRef, make: Callable[[str], Probe]) -> Probe:
         value = secrets.get(ref.name)
         return make(value) if value is not None else missing_secret(ref, secrets_file)
+
+    def with_tls(ref: SecretRef, make: Callable[[str, ssl.SSLContext], Probe]) -> Probe:
+        if tls is None:
+            return with_secret(ref, lambda value: no_fleet_ca(no_tls))
+        return with_secret(ref, lambda value: make(value, tls))
 
     # one row per node: every Ollama node and every Qdrant node is probed
     checks = [
@@ -216,9 +253,19 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
     pg_host = plan.postgres_host.name
     pg_hint = postgres_refused_hint(plan)
 
+    # Both verify the certificate against the planned address, which it names.
     def postgres(i: InstancePlan) -> Check:
-        def make(password: str) -> Probe:
-            return lambda t: pg_login(pg_address, POSTGRES_PORT, i.db_role, i.db_name, password, t)
+        def make(password: str, tls: ssl.SSLContext) -> Probe:
+            return lambda t: pg_login(
+                pg_address,
+                POSTGRES_PORT,
+                i.db_role,
+                i.db_name,
+                password,
+                t,
+                tls=tls,
+                server_name=pg_address,
+            )
 
         return Check(
             "postgresql",
@@ -226,15 +273,17 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
             pg_host,
             pg_address,
             POSTGRES_PORT,
-            with_secret(i.db_password, make),
+            with_tls(i.db_password, make),
             pg_hint,
         )
 
     def redis(i: InstancePlan) -> Check:
         address = str(i.redis_address)
 
-        def make(password: str) -> Probe:
-            return lambda t: redis_ping(address, i.redis_port, i.redis_user, password, t)
+        def make(password: str, tls: ssl.SSLContext) -> Probe:
+            return lambda t: redis_ping(
+                address, i.redis_port, i.redis_user, password, t, tls=tls, server_name=address
+            )
 
         return Check(
             "redis",
@@ -242,7 +291,7 @@ def plan_checks(plan: Plan, secrets: Mapping[str, str], secrets_file: Path) -> l
             plan.redis_host.name,
             address,
             i.redis_port,
-            with_secret(i.redis_password, make),
+            with_tls(i.redis_password, make),
         )
 
     def webui(i: InstancePlan, service: str, path: str) -> Check:
@@ -398,15 +447,16 @@ def format_json(fleet: str, timeout: float, results: Sequence[Result]) -> str:
 def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> None:
     """Probe every service of BLUEPRINT's running fleet at once and print one table: Ollama's
     models, Qdrant's collections with the API key, a PostgreSQL login of each instance's role
-    to its own database, each instance's Redis PING as its ACL user, and each instance's
-    /health and /health/db.
+    to its own database, each instance's Redis PING as its ACL user (both over TLS, verified
+    with the fleet CA), and each instance's /health and /health/db.
 
     States: ok, down, refused, auth-failed, timeout, degraded. Exit 0 when every probe is ok,
     1 otherwise. Where nothing listens, a hint after the table (JSON: "hint") says what may
     keep the service down, e.g. PostgreSQL's major-version guard after a release change.
-    Credentials come from <blueprint>.secrets.yml and are never printed. Probes dial from
-    this machine: the fleet's firewall and pg_hba admit only instance hosts to the shared
-    services, so elsewhere expect timeout and refused.
+    Credentials come from <blueprint>.secrets.yml and are never printed; the fleet CA from
+    <blueprint>.tls.secrets.yml. Probes dial from this machine: the fleet's firewall and
+    pg_hba admit only instance hosts to the shared services, so elsewhere expect timeout and
+    refused.
 
     \b
     Example:
@@ -414,6 +464,7 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
       owuibuild status fleet.yml --only postgresql --only redis --timeout 2
       owuibuild status fleet.yml --only webui3 --format json
     """
+    from . import pki
     from . import secrets as secret_store
     from .commands import report, require_file
     from .diagnostics import has_errors
@@ -441,6 +492,20 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
             "generated; keep that file next to the blueprint",
         )
 
+    tls_file = pki.tls_path(blueprint)
+    stored, tls_problems = pki.read(tls_file, datetime.datetime.now(datetime.UTC).date())
+    if tls_problems:
+        report(tls_problems, "text", [])
+        sys.exit(EXIT_USAGE)
+    if stored is None:
+        fail(
+            f"no CA file at {tls_file}",
+            EXIT_USAGE,
+            f"status verifies PostgreSQL and Redis with the fleet CA that 'owuibuild render "
+            f"{blueprint}' made; keep that file next to the blueprint",
+        )
+    secrets = secret_store.Secrets(values, pki=pki.FleetPKI(*stored))
+
     names = {*SERVICES, *(i.name for i in plan.instances)}
     unknown = sorted(set(only) - names)
     if unknown:
@@ -450,7 +515,7 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
             f"choose from: {', '.join([*SERVICES, *(i.name for i in plan.instances)])}",
         )
 
-    checks = select(plan_checks(plan, values, secrets_file), only)
+    checks = select(plan_checks(plan, values, secrets_file, fleet_ca=secrets.tls.ca_cert), only)
     results = run_checks(checks, timeout, frozenset(values.values()))
     if fmt == "json":
         click.echo(format_json(plan.fleet.name, timeout, results))

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .diagnostics import Diagnostic, error
+from .pki import key_fingerprint
 from .secrets import occurs_in
 from .targets import Artifact
 
@@ -110,9 +111,13 @@ def leaked_secrets(data: bytes, secrets: frozenset[str], lengths: frozenset[int]
     return occurs_in(data.decode("latin-1"), secrets, lengths)
 
 
-def verify(artifacts: Iterable[Artifact], secrets: Iterable[str]) -> list[Diagnostic]:
+def verify(
+    artifacts: Iterable[Artifact], secrets: Iterable[str], private_keys: Iterable[str] = ()
+) -> list[Diagnostic]:
     values = frozenset(secrets)
     lengths = frozenset(len(v) for v in values)
+    # A line of each private key's PEM body (base64 has '+' and '/', so not a secret token).
+    key_lines = [key_fingerprint(k).encode() for k in private_keys]
     problems: list[Diagnostic] = []
     for a in artifacts:
         where = ("output", a.path)
@@ -130,7 +135,8 @@ def verify(artifacts: Iterable[Artifact], secrets: Iterable[str]) -> list[Diagno
                 )
         if never_secret(a.path) and a.secret:
             problems.append(error(where, f"{a.path} must never hold secrets but is marked secret"))
-        if not a.secret and values and leaked_secrets(a.data, values, lengths):
+        leaked = values and leaked_secrets(a.data, values, lengths)
+        if not a.secret and (leaked or any(line in a.data for line in key_lines)):
             problems.append(
                 error(
                     where,

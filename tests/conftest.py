@@ -96,12 +96,9 @@ def compile_path(path: Path) -> Rendered:
 
     compiled = compile_blueprint(path)
     assert compiled.ok, [d.as_dict() for d in compiled.diagnostics]
-    from owuibuild import secrets as store
-
-    values, _ = store.read(store.secrets_path(path))
     return Rendered(
         plan=compiled.plan,
-        secrets=store.Secrets(values or {}),
+        secrets=compiled.secrets,
         files={a.path: a.data for a in compiled.artifacts},
         secret_paths=frozenset(a.path for a in compiled.artifacts if a.secret),
         blueprint=path,

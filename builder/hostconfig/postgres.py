@@ -21,6 +21,9 @@ from ..plan import (
     POSTGRES_DATA_ROOT,
     POSTGRES_PORT,
     SCRIPT_DIR,
+    SERVER_CERT,
+    SERVER_KEY,
+    TLS_MIN_VERSION,
     HostPlan,
     Plan,
 )
@@ -104,6 +107,9 @@ def postgresql_conf(plan: Plan) -> str:
         max_connections=pg.max_connections,
         socket_dir=SOCKET_DIR,
         timezone=plan.fleet.os.timezone,
+        cert_file=f"{conf_dir(pg.version)}/server.crt",
+        key_file=f"{conf_dir(pg.version)}/server.key",
+        tls_min=TLS_MIN_VERSION,
     )
 
 
@@ -186,6 +192,8 @@ def setup_script(plan: Plan) -> str:
         state_dir_command=shell_command(make_data_dir_command(version)),
         initdb_command=shell_command(initdb_command(version)),
         template_dir=template_dir(version),
+        server_cert=SERVER_CERT,
+        server_key=SERVER_KEY,
     )
 
 

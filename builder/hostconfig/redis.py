@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import hashlib
 
-from ..plan import DATA_MOUNT, REDIS_DATA_ROOT, SCRIPT_DIR, HostPlan, Plan, RedisServerPlan
+from ..plan import (
+    DATA_MOUNT,
+    REDIS_DATA_ROOT,
+    SCRIPT_DIR,
+    SERVER_CERT,
+    SERVER_KEY,
+    HostPlan,
+    Plan,
+    RedisServerPlan,
+)
 from ..quoting import Quoted, render_template, shell_command, systemd_path
 from ..secrets import Secrets
 from . import File, Part
@@ -22,6 +31,10 @@ ORDER = 210
 
 SETUP_SCRIPT = f"{SCRIPT_DIR}/redis-setup.sh"
 DROPIN = "/etc/systemd/system/redis-server@.service.d/owuibuild.conf"
+# The copy of the host's key that only redis reads (its certificate is SERVER_CERT).
+TLS_KEY_DIR = "/etc/redis/tls"
+TLS_KEY = f"{TLS_KEY_DIR}/server.key"
+TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
 
 
 def conf_path(server: RedisServerPlan) -> str:
@@ -60,6 +73,9 @@ def redis_conf(plan: Plan, server: RedisServerPlan, secrets: Secrets) -> str:
         dir=data_dir(server),
         maxmemory_mb=plan.fleet.shared.redis.maxmemory_mb,
         users=users,
+        cert_file=SERVER_CERT,
+        key_file=TLS_KEY,
+        tls_protocols=TLS_PROTOCOLS,
     )
 
 
@@ -72,6 +88,9 @@ def setup_script(plan: Plan) -> str:
             state_dir_command("redis", "0750", REDIS_DATA_ROOT, *(data_dir(s) for s in servers))
         ),
         units=[unit(s) for s in servers],
+        key_dir=TLS_KEY_DIR,
+        server_key=SERVER_KEY,
+        key=TLS_KEY,
     )
 
 

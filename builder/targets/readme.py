@@ -12,9 +12,11 @@ from ipaddress import IPv4Network
 from ..hostconfig import parts_for
 from ..hostconfig.backup import restore_runbook
 from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
+from ..pki import key_fingerprint
 from ..plan import Plan
 from ..secrets import Secrets
 from . import Artifact
+from .ca import CA_FILE
 
 SERVICE_NAMES = {"postgres": "PostgreSQL", "redis": "Redis", "qdrant": "Qdrant", "ollama": "Ollama"}
 
@@ -117,12 +119,21 @@ def _accounts_table(plan: Plan) -> str:
     return "\n".join(rows)
 
 
+def _certificates_table(plan: Plan, secrets: Secrets) -> str:
+    rows = ["| host | names | valid until |", "| --- | --- | --- |"]
+    for host in sorted(plan.certificate_hosts):
+        issued = secrets.tls.hosts[host]
+        rows.append(f"| {host} | {', '.join(issued.names)} | {issued.not_after.isoformat()} |")
+    return "\n".join(rows)
+
+
 def _secret_locations(plan: Plan, secrets: Secrets) -> str:
     rows = ["| host | file | owner |", "| --- | --- | --- |"]
+    keys = [key_fingerprint(k) for k in secrets.tls.private_keys()]
     for h in plan.hosts:
         for part in parts_for(plan, h, secrets):
             for f in part.files:
-                if secrets.occur_in(f.content):
+                if secrets.occur_in(f.content) or any(k in f.content for k in keys):
                     rows.append(f"| {h.name} | `{f.path}` | {f.owner} |")
     return "\n".join(rows)
 
@@ -166,6 +177,22 @@ it in Open WebUI (changing the secrets file does not change an existing admin).
 ## Firewall
 
 {_firewall_table(plan)}
+
+## TLS and the fleet CA
+
+The instances reach PostgreSQL and Redis over TLS only (plain-text connections are refused),
+and verify each service's certificate against the fleet CA and the service host's address.
+The CA was made on the first render and is kept, with its key and every host's key, in
+`<blueprint>.tls.secrets.yml` next to the blueprint (mode 0600): back it up with the secrets
+file. Its public certificate is `{CA_FILE}` in this directory. To trust it on a Debian or
+Ubuntu machine: `cp {CA_FILE} /usr/local/share/ca-certificates/owuibuild-{fleet.name}.crt &&
+update-ca-certificates`; for one client only, `psql "sslmode=verify-full sslrootcert={CA_FILE}
+host=..."` or `redis-cli --tls --cacert {CA_FILE} ...`.
+
+{_certificates_table(plan, secrets)}
+
+A render within 30 days of a certificate's end issues it again and says so: replace that host
+to put the new one in service.
 
 ## Bring the fleet up
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +40,7 @@ from owuibuild.plan import (
     QDRANT_PORT,
     SSH_PORT,
 )
+from owuibuild.targets.ca import CA_FILE
 from vm import FLEET_INTERFACE  # the fleet NIC of a guest with a fleet link
 
 # The versions the boot conftest's mirror serves (and the golden image was baked with).
@@ -162,6 +163,11 @@ class Fleet:
     secrets: dict[str, str]
     redis_ports: dict[str, int]
     db_names: dict[str, str]
+    ca_file: Path  # the fleet CA's certificate, as rendered
+    shared_address: str  # the name the shared host's certificate carries (never dialled here)
+
+    def tls(self) -> ssl.SSLContext:
+        return probes.tls_context(cafile=str(self.ca_file))
 
     @property
     def seed_iso(self) -> Path:
@@ -234,6 +240,8 @@ def render_fleet(workdir: Path, mirror: Any) -> Fleet:
         secrets=values,
         redis_ports={i.name: i.redis_port for i in plan.instances},
         db_names={i.name: i.db_name for i in plan.instances},
+        ca_file=out / CA_FILE,
+        shared_address=str(plan.shared.host.address),
     )
 
 
@@ -257,6 +265,8 @@ def pg_login(
         fleet.db_names.get(database, database),
         fleet.db_password(user) if password is None else password,
         timeout=20,
+        tls=fleet.tls(),
+        server_name=fleet.shared_address,
     )
 
 
@@ -269,13 +279,17 @@ def redis_ping(
         user,
         fleet.redis_password(user) if password is None else password,
         timeout=10,
+        tls=fleet.tls(),
+        server_name=fleet.shared_address,
     )
 
 
 def redis_call(vm: Any, fleet: Fleet, instance: str, *command: str) -> Any:
     """AUTH as the instance's ACL user on its own server, then one command; its reply."""
     port = vm.host_port(fleet.redis_ports[instance])
-    with socket.create_connection((LOOPBACK, port), timeout=20) as sock:
+    deadline = probes.Deadline(20)
+    tls, name = fleet.tls(), fleet.shared_address
+    with probes.connect(LOOPBACK, port, deadline, tls=tls, server_name=name) as sock:
         sock.settimeout(20)
         replies = []
         for args in (("AUTH", instance, fleet.redis_password(instance)), command):
@@ -302,8 +316,9 @@ def http(
 def psql(vm: Any, fleet: Fleet, user: str, sql: str) -> str:
     """Run SQL as an instance role on its own database (psql; the password only in env)."""
     conn = (
-        f"host={LOOPBACK} port={vm.host_port(POSTGRES_PORT)} user={user} "
-        f"dbname={fleet.db_names[user]} sslmode=disable connect_timeout=20"
+        f"host={fleet.shared_address} hostaddr={LOOPBACK} port={vm.host_port(POSTGRES_PORT)} "
+        f"user={user} dbname={fleet.db_names[user]} connect_timeout=20 "
+        f"sslmode=verify-full sslrootcert={fleet.ca_file}"
     )
     proc = subprocess.run(
         ["psql", "--no-psqlrc", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", conn, "-c", sql],

@@ -53,7 +53,7 @@ from fleet_blueprint import (
 )
 from infra.vm import VM, BaseImage, FleetLink, cloud_init_done_wait
 from owuibuild.hostconfig import docker as docker_section
-from owuibuild.plan import DATA_MOUNT
+from owuibuild.plan import DATA_MOUNT, FLEET_CA
 from owuibuild.seed_iso import make_seed_iso
 from owuibuild.targets.hosts import unpack_user_data
 
@@ -111,11 +111,16 @@ sys.path.insert(0, "/tmp")
 import probes
 req = json.load(sys.stdin)
 out = {}
+# Over TLS verified against the fleet CA at this path, as the instances connect; a probe with
+# "plain" set speaks plain text instead.
+tls = probes.tls_context(cafile=req["cafile"]) if req.get("cafile") else None
 for name, p in req.get("pg", {}).items():
-    o = probes.pg_login(p["host"], 5432, p["user"], p["db"], p["password"], 10)
+    o = probes.pg_login(p["host"], 5432, p["user"], p["db"], p["password"], 10,
+                        tls=None if p.get("plain") else tls)
     out[name] = o.state.value
 for name, p in req.get("redis", {}).items():
-    o = probes.redis_ping(p["host"], p["port"], p["user"], p["password"], 10)
+    o = probes.redis_ping(p["host"], p["port"], p["user"], p["password"], 10,
+                          tls=None if p.get("plain") else tls)
     out[name] = o.state.value
 for name, (host, port) in req.get("tcp", {}).items():
     try:
@@ -431,13 +436,19 @@ def cross_credentials(dock: VM, fleet: Fleet) -> dict[str, Any]:
     return guest_probe(
         dock,
         {
+            "cafile": FLEET_CA,  # the Docker host's copy, which its containers mount
             "pg": {
                 "pg-own": pg_request(a, a.db_name, pw[a.db_password.name]),
                 "pg-other-db": pg_request(a, b.db_name, pw[a.db_password.name]),
+                "pg-plain": {**pg_request(a, a.db_name, pw[a.db_password.name]), "plain": True},
             },
             "redis": {
                 "redis-own": redis_request(a, a.redis_port, pw[a.redis_password.name]),
                 "redis-other-server": redis_request(a, b.redis_port, pw[a.redis_password.name]),
+                "redis-plain": {
+                    **redis_request(a, a.redis_port, pw[a.redis_password.name]),
+                    "plain": True,
+                },
             },
         },
     )
@@ -446,8 +457,11 @@ def cross_credentials(dock: VM, fleet: Fleet) -> dict[str, Any]:
 CROSS_CREDENTIALS = {
     "pg-own": "ok",
     "pg-other-db": "refused",
+    # TLS only: alpha's own credentials in plain text get nowhere.
+    "pg-plain": "refused",
     "redis-own": "ok",
     "redis-other-server": "auth-failed",
+    "redis-plain": "down",
 }
 
 

@@ -53,7 +53,8 @@ from infra.docker_engine import (
 )
 from owuibuild import bundle
 from owuibuild.hostconfig import docker as docker_section
-from owuibuild.plan import InstancePlan, Plan
+from owuibuild.plan import FLEET_CA, SERVER_CERT, SERVER_KEY, InstancePlan, Plan
+from owuibuild.targets import ca as ca_target
 
 pytestmark = pytest.mark.containers
 
@@ -99,6 +100,19 @@ install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 su postgres -c "$PGBIN/initdb -D /srv/pgdata --encoding=UTF8 --locale=C.UTF-8 --auth-local=peer" \\
   >/srv/initdb.log
 cp /test/pg_hba.conf /srv/pgdata/pg_hba.conf
+# TLS as generated: the host's certificate and key where cloud-init writes them, the copies
+# the setup scripts make for postgres and redis, and the generated ssl settings (appended to
+# the cluster's own file: the last setting wins).
+install -d -m 0755 /etc/owuibuild/tls /etc/redis/tls
+install -m 0644 /test/server.crt /etc/owuibuild/tls/server.crt
+install -m 0600 /test/server.key /etc/owuibuild/tls/server.key
+install -m 0600 /test/server.key /etc/redis/tls/server.key
+grep '^ssl' /test/postgresql.conf >/srv/ssl.conf
+PGCONF=$(dirname "$(sed -n "s/^ssl_cert_file = //p" /srv/ssl.conf | tr -d "'")")
+install -d -o postgres -g postgres -m 0755 "$PGCONF"
+install -o postgres -g postgres -m 0644 /test/server.crt "$PGCONF/server.crt"
+install -o postgres -g postgres -m 0600 /test/server.key "$PGCONF/server.key"
+cat /srv/ssl.conf >>/srv/pgdata/postgresql.conf
 su postgres -c "$PGBIN/pg_ctl -D /srv/pgdata -l /srv/pgdata/postgres.log -w start \\
   -o '-c listen_addresses=$SHARED_ADDRESS -c port=5432 -c max_connections=100'"
 su postgres -c "psql -q -v ON_ERROR_STOP=1 -f /test/init.sql" >/srv/init-sql.log
@@ -252,6 +266,7 @@ class Fleet:
         inst = self.instances[name].inst
         return self.in_shared(
             "redis-cli", "-h", str(inst.redis_address), "-p", str(inst.redis_port),
+            "--tls", "--cacert", f"/test/{ca_target.CA_FILE}",
             "--user", inst.redis_user, "--pass", self.secret(inst.redis_password.name),
             "--no-auth-warning", *command,
         )  # fmt: skip
@@ -266,12 +281,13 @@ def shared_config(r: Rendered) -> dict[str, str]:
     for path, content in files.items():
         name = path.rsplit("/", 1)[-1]
         if (
-            name == "pg_hba.conf"
+            (name in ("pg_hba.conf", "postgresql.conf") and "postgres" in path)
             or (name == "init.sql" and "postgres" in path)
             or (path.startswith("/etc/redis/") and re.fullmatch(r"redis-[a-z0-9-]+\.conf", name))
+            or path in (SERVER_CERT, SERVER_KEY)
         ):
             out[name] = content
-    if "pg_hba.conf" not in out or "init.sql" not in out or len(out) < 2 + len(r.plan.instances):
+    if "pg_hba.conf" not in out or "init.sql" not in out or len(out) < 5 + len(r.plan.instances):
         unavailable(
             "the shared host's user-data has no generated PostgreSQL/Redis configuration yet "
             f"(found {sorted(out)}): the shared-host sections must land first"
@@ -294,6 +310,7 @@ def start_shared(fleet: Fleet, config: dict[str, str], workdir: Path) -> None:
     test_dir.mkdir()
     for name, content in config.items():
         (test_dir / name).write_text(content)
+    (test_dir / ca_target.CA_FILE).write_bytes(fleet.rendered.files[ca_target.CA_FILE])
     (test_dir / "start.sh").write_text(SHARED_START)
     (test_dir / "doubles.py").write_text(DOUBLES)
     key = test_dir / "qdrant-api-key"
@@ -322,9 +339,13 @@ def place_bundle(fleet: Fleet, inst: InstancePlan, workdir: Path, suffix: str) -
     data_dir = workdir / "data" / inst.name
     data_dir.mkdir(parents=True)
     running = Running(inst, f"owuitest-{inst.name}-{suffix}", bundle_dir, free_port())
+    ca = workdir / "bundles" / ca_target.CA_FILE
+    ca.write_bytes(fleet.rendered.files[ca_target.CA_FILE])
     service: dict[str, Any] = {
         "networks": {"fleet": {"ipv4_address": str(inst.host.address)}},
         "ports": [f"127.0.0.1:{running.port}:8080"],
+        # The fleet CA from this machine's copy, at the target the bundle mounts it on.
+        "volumes": [{"type": "bind", "source": str(ca), "target": FLEET_CA, "read_only": True}],
     }
     generated = yaml.safe_load((bundle_dir / bundle.COMPOSE_FILE).read_text())
     health = generated["services"][bundle.SERVICE]["healthcheck"]
@@ -521,6 +542,26 @@ def test_each_instance_has_its_own_database(fleet: Fleet) -> None:
         "postgres", "select count(*) from information_schema.tables where table_schema = 'public'"
     )
     assert int(public_tables) == 0
+
+
+def test_instances_reach_postgres_over_verified_tls_only(fleet: Fleet) -> None:
+    """Every session of each instance's role is encrypted (pg_stat_ssl); a plain-text one
+    from the instance's own host is refused by pg_hba."""
+    admins(fleet)
+    for name, running in fleet.instances.items():
+        role = running.inst.db_role
+        sessions = fleet.psql(
+            "postgres",
+            "select s.ssl, s.version from pg_stat_ssl s join pg_stat_activity a using (pid) "
+            f"where a.usename = '{role}'",
+        ).split()
+        assert sessions, f"{name}: no session of its role"
+        assert all(re.fullmatch(r"t\|TLSv1\.[23]", s) for s in sessions), (name, sessions)
+    # Redis has no plain-text port at all: the instances' keys and their Socket.IO
+    # subscriptions (the tests below) all came over TLS.
+    for name, running in fleet.instances.items():
+        conf = fleet.in_shared("cat", f"/test/redis-{name}.conf")
+        assert "\nport 0\n" in conf and f"\ntls-port {running.inst.redis_port}\n" in conf
 
 
 def test_redis_keys_carry_the_prefix_and_stay_in_their_own_redis(fleet: Fleet) -> None:

@@ -6,8 +6,12 @@ the generated image reference and started by the generated compose file and unit
 the env file its bundle gives it. It answers ``/health`` with 200 only once it has, with those
 values and nothing else:
 
-* logged into PostgreSQL (SCRAM-SHA-256) as ``DATABASE_URL`` says;
-* authenticated to its Redis with ``REDIS_URL`` and published on ``socketio``;
+* logged into PostgreSQL (SCRAM-SHA-256) as ``DATABASE_URL`` says, over TLS when its
+  ``sslmode`` asks for it (verified with ``sslrootcert``; ``verify-full`` also checks that the
+  certificate names the URL's host, as libpq does);
+* authenticated to its Redis with ``REDIS_URL`` and published on ``socketio``, over TLS for a
+  ``rediss://`` URL (verified with ``ssl_ca_certs`` and, as redis-py does by default, the
+  URL's host);
 * listed Qdrant's collections with ``QDRANT_API_KEY`` at ``QDRANT_URI``;
 * fetched ``/api/tags`` from every Ollama URL (``OLLAMA_BASE_URLS`` or ``OLLAMA_BASE_URL``).
 
@@ -22,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
+import ssl
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import probes  # owuibuild.probes, copied beside this file
 
@@ -52,8 +57,69 @@ def _secrets() -> tuple[str, ...]:
     return tuple(v for v in values if v)
 
 
+@dataclass(frozen=True)
+class Tls:
+    """How a URL asks to verify its server: the CA file to trust (and only it), and whether
+    the certificate must name the URL's host."""
+
+    cafile: str
+    check_hostname: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        context = probes.tls_context(cafile=self.cafile)
+        context.check_hostname = self.check_hostname
+        return context
+
+
+def _query(url: str) -> dict[str, str]:
+    """The URL's query parameters, the last of each name winning."""
+    return {k: v[-1] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
+
+
+# libpq's sslmodes that may speak plain text; the double does then (no opportunistic TLS).
+PG_PLAIN_MODES = ("disable", "allow", "prefer")
+
+
+def postgres_tls(url: str) -> Tls | None:
+    """TLS as ``DATABASE_URL``'s ``sslmode`` and ``sslrootcert`` ask (None: plain text).
+
+    verify-full checks the certificate's chain and name, verify-ca its chain only, and require
+    with a root certificate is verify-ca (libpq's rule). The double verifies every TLS
+    connection, so a TLS mode without ``sslrootcert`` is a ValueError.
+    """
+    query = _query(url)
+    mode = query.get("sslmode", "prefer")
+    if mode in PG_PLAIN_MODES:
+        return None
+    if mode not in ("require", "verify-ca", "verify-full"):
+        raise ValueError(f"DATABASE_URL: unknown sslmode={mode}")
+    cafile = query.get("sslrootcert", "")
+    if not cafile:
+        raise ValueError(f"DATABASE_URL: sslmode={mode} without sslrootcert")
+    return Tls(cafile, check_hostname=mode == "verify-full")
+
+
+def redis_tls(url: str) -> Tls | None:
+    """TLS for a ``rediss://`` URL, with its ``ssl_ca_certs`` (None: ``redis://``, plain)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "redis":
+        return None
+    if scheme != "rediss":
+        raise ValueError(f"REDIS_URL: unsupported scheme {scheme}://")
+    query = _query(url)
+    cafile = query.get("ssl_ca_certs", "")
+    if not cafile:
+        raise ValueError("REDIS_URL: rediss:// without ssl_ca_certs")
+    if query.get("ssl_cert_reqs", "required").lower() not in ("required", "cert_required"):
+        raise ValueError("REDIS_URL: the double verifies every certificate (ssl_cert_reqs)")
+    check_hostname = query.get("ssl_check_hostname", "true").lower() not in ("false", "0", "no")
+    return Tls(cafile, check_hostname=check_hostname)
+
+
 def check_postgres() -> tuple[bool, str]:
-    url = urlsplit(os.environ["DATABASE_URL"])
+    raw = os.environ["DATABASE_URL"]
+    url = urlsplit(raw)
+    tls = postgres_tls(raw)
     outcome = probes.pg_login(
         url.hostname or "",
         url.port or 5432,
@@ -61,22 +127,38 @@ def check_postgres() -> tuple[bool, str]:
         unquote(url.path.lstrip("/")),
         unquote(url.password or ""),
         TIMEOUT,
+        tls=tls.context() if tls else None,
+        server_name=url.hostname,
     )
     return outcome.state is probes.State.OK, outcome.detail
 
 
 def check_redis() -> tuple[bool, str]:
-    url = urlsplit(os.environ["REDIS_URL"])
-    deadline = probes.Deadline(TIMEOUT)
-    with socket.create_connection((url.hostname or "", url.port or 6379), timeout=TIMEOUT) as sock:
-        for command in (
-            ("AUTH", unquote(url.username or "default"), unquote(url.password or "")),
-            ("PUBLISH", "socketio", "owuibuild test double: hello"),
-        ):
-            reply = probes._resp_call(sock, deadline, *command)
-            if isinstance(reply, probes.RespError):
-                return False, f"{command[0]}: {reply}"
-    return True, "AUTH and PUBLISH socketio"
+    raw = os.environ["REDIS_URL"]
+    url = urlsplit(raw)
+    tls = redis_tls(raw)
+    password = unquote(url.password or "")
+
+    def probe() -> probes.Outcome:
+        deadline = probes.Deadline(TIMEOUT)
+        with probes.connect(
+            url.hostname or "",
+            url.port or 6379,
+            deadline,
+            tls=tls.context() if tls else None,
+            server_name=url.hostname,
+        ) as sock:
+            for command in (
+                ("AUTH", unquote(url.username or "default"), password),
+                ("PUBLISH", "socketio", "owuibuild test double: hello"),
+            ):
+                reply = probes._resp_call(sock, deadline, *command)
+                if isinstance(reply, probes.RespError):
+                    return probes.Outcome(probes.State.DOWN, f"{command[0]}: {reply}")
+        return probes.Outcome(probes.State.OK, "AUTH and PUBLISH socketio")
+
+    outcome = probes.guarded(probe, (password,))
+    return outcome.state is probes.State.OK, outcome.detail
 
 
 def check_qdrant() -> tuple[bool, str]:

@@ -5,16 +5,21 @@ The test blueprint's addresses never touch the host network: ADDRESS_MAP rewrite
 loopback aliases (all of 127.0.0.0/8 is loopback on Linux) in the generated files, and
 clients reach the server through a small relay that binds the source address of the host a
 connection must seem to come from (libpq cannot choose its source address).
-Only three settings are overridden, in lines appended after the generated ones (later lines
-win): the paths of this temp cluster, a free port, and ssl off (the distribution's
-self-signed certificate that the generated file names is not on a test machine).
+Only paths and the port are overridden, in lines appended after the generated ones (later
+lines win): the paths of this temp cluster (the certificate and key files included: the
+generated host certificate and key are copied there, as the setup script copies them on a
+host) and a free port. TLS stays on, as generated. Clients verify the server as the instances
+do (sslmode=verify-full against the fleet CA, for the blueprint's address), while libpq's
+`hostaddr` sends them to the relay: the blueprint's address is only a name here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Rendered, compile_path, unavailable
+from conftest import Rendered, compile_path, require_tool, unavailable
+from owuibuild import pki
 from owuibuild.hostconfig import postgres
 from owuibuild.secrets import Secrets
 
@@ -57,6 +63,8 @@ instances:
 # Blueprint address -> loopback alias standing in for it in this test.
 ADDRESS_MAP = {"10.9.0.10": "127.0.0.10", "10.9.0.20": "127.0.0.20", "10.9.0.21": "127.0.0.21"}
 SHARED = ADDRESS_MAP["10.9.0.10"]
+# The name clients verify the server's certificate for: the blueprint's address, never dialled.
+SHARED_NAME = "10.9.0.10"
 # gamma_local runs on the database host itself: its connections come from its own Docker
 # subnet (the third /28 of container_pool, 127.64.0.32/28, loopback here), not the host address.
 HOST_OF = {"alpha": "127.0.0.20", "beta": "127.0.0.21", "gamma_local": "127.64.0.33"}
@@ -172,11 +180,23 @@ class Server:
             cwd="/",
         )
 
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "fleet-ca.crt"
+
     def connect(
-        self, role: str, database: str, password: str, source: str, sql: str = "SELECT current_user"
+        self,
+        role: str,
+        database: str,
+        password: str,
+        source: str,
+        sql: str = "SELECT current_user",
+        tls: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """psql as ``role`` to ``database``, arriving from ``source``."""
+        """psql as ``role`` to ``database``, arriving from ``source``; over TLS verified as
+        the instances verify it unless ``tls`` gives other libpq settings."""
         relay = Relay(source, (SHARED, self.port))
+        tls = tls or f"sslmode=verify-full sslrootcert={self.ca_file}"
         try:
             return subprocess.run(
                 [
@@ -185,8 +205,8 @@ class Server:
                     "-At",
                     "-c",
                     sql,
-                    f"host=127.0.0.1 port={relay.port} user={role} dbname={database} "
-                    "sslmode=disable connect_timeout=10",
+                    f"host={SHARED_NAME} hostaddr=127.0.0.1 port={relay.port} user={role} "
+                    f"dbname={database} {tls} connect_timeout=10",
                 ],
                 capture_output=True,
                 text=True,
@@ -246,18 +266,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     conf = map_addresses(postgres.postgresql_conf(plan))  # type: ignore[arg-type]
     hba = map_addresses(postgres.pg_hba_conf(plan))  # type: ignore[arg-type]
     overrides = (
-        "\n# test overrides: this temp cluster's paths, a free port, no certificate here\n"
+        "\n# test overrides: this temp cluster's paths and a free port\n"
         f"data_directory = '{data}'\nhba_file = '{root}/pg_hba.conf'\n"
         f"ident_file = '{root}/pg_ident.conf'\nexternal_pid_file = '{root}/pg.pid'\n"
-        f"unix_socket_directories = '{root}'\nport = {port}\nssl = off\n"
+        f"unix_socket_directories = '{root}'\nport = {port}\n"
+        f"ssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n"
     )
+    issued = rendered.secrets.tls.hosts["ai-shared"]  # type: ignore[attr-defined]
     for name, text in (
         ("postgresql.conf", conf + overrides),
         ("pg_hba.conf", hba),
         ("pg_ident.conf", ""),
+        ("server.crt", issued.cert),
+        ("server.key", issued.key),
+        ("fleet-ca.crt", rendered.secrets.tls.ca_cert),  # type: ignore[attr-defined]
     ):
         (root / name).write_text(text)
         shutil.chown(root / name, "postgres", "postgres")
+    os.chmod(root / "server.key", 0o600)
     subprocess.run(
         [
             "runuser",
@@ -424,3 +450,57 @@ def test_init_sql_is_idempotent_and_realigns_passwords(server: Server) -> None:
     assert server.superuser("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha'") == "1"
     # Leave the server as the fixture made it for any test that runs later.
     assert server.apply_sql(postgres.init_sql(plan, secrets)).returncode == 0  # type: ignore[arg-type]
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def s_client(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """openssl s_client through PostgreSQL's STARTTLS, verifying as the instances do."""
+    return subprocess.run(
+        ["openssl", "s_client", "-starttls", "postgres", "-connect", f"{SHARED}:{server.port}",
+         "-verify_return_error", "-brief", *args],
+        input="", capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_tls_1_2_or_later_with_the_host_certificate(server: Server) -> None:
+    require_tool("openssl")
+    ok = s_client(server, "-CAfile", str(server.ca_file), "-verify_ip", SHARED_NAME)
+    assert ok.returncode == 0, ok.stderr
+    assert "Verification: OK" in ok.stderr
+    assert "Peer certificate: CN = ai-shared" in ok.stderr
+    assert re.search(r"Protocol version: TLSv1\.[23]\b", ok.stderr), ok.stderr
+    for old in ("-tls1", "-tls1_1"):
+        refused = s_client(server, "-CAfile", str(server.ca_file), old)
+        assert refused.returncode != 0, old
+
+
+def test_plain_text_and_unverified_clients_are_refused(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    role = "alpha"
+    plain = server.connect(role, role, password(server, role), HOST_OF[role], tls="sslmode=disable")
+    assert plain.returncode != 0 and "no encryption" in plain.stderr, plain.stderr
+    # A client that trusts another CA refuses the server (and so never sends the password).
+    other = tmp_path_factory.mktemp("other-ca") / "ca.crt"
+    other.write_text(pki.issue_ca("another", datetime.date.today()).cert)
+    wrong_ca = server.connect(role, role, password(server, role), HOST_OF[role],
+                              tls=f"sslmode=verify-full sslrootcert={other}")  # fmt: skip
+    assert wrong_ca.returncode != 0 and "certificate verify failed" in wrong_ca.stderr
+    # verify-full also checks the name: the certificate is the shared host's alone.
+    relay = Relay(HOST_OF[role], (SHARED, server.port))
+    try:
+        wrong_name = subprocess.run(
+            [str(PG_BIN / "psql"), "--no-psqlrc", "-At", "-c", "SELECT 1",
+             f"host=10.9.0.99 hostaddr=127.0.0.1 port={relay.port} user={role} dbname={role} "
+             f"sslmode=verify-full sslrootcert={server.ca_file} connect_timeout=10"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PGPASSWORD": password(server, role)},
+        )  # fmt: skip
+    finally:
+        relay.close()
+    assert wrong_name.returncode != 0 and "does not match host name" in wrong_name.stderr
+    # The right CA and name work (the other tests connect this way).
+    right = server.connect(role, role, password(server, role), HOST_OF[role])
+    assert right.returncode == 0 and right.stdout.strip() == role, right.stderr

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 from conftest import Rendered, compile_path, unavailable
 from infra.trixie_tools import trixie_tools, unavailable_reason
-from owuibuild.hostconfig import datavolume, postgres
+from owuibuild.hostconfig import datavolume, postgres, tls
 from owuibuild.plan import DATA_MOUNT, POSTGRES_DATA_ROOT, Plan
 from owuibuild.secrets import Secrets
 
@@ -296,8 +296,9 @@ def install_postgres_files(host: Host, plan: Plan, secrets: Secrets) -> None:
     shared = next(h for h in plan.hosts if "postgres" in h.services)
     part = postgres.part(plan, shared, secrets)
     volume_part = datavolume.part(plan, shared, secrets)
-    assert part is not None
-    for f in (*part.files, *volume_part.files):
+    tls_part = tls.part(plan, shared, secrets)  # the host certificate and key it installs
+    assert part is not None and tls_part is not None
+    for f in (*part.files, *volume_part.files, *tls_part.files):
         host.install(f.path, f.content, f.permissions, f.owner)
     # The seed's runcmd reloads systemd once before its configuration steps.
     reloaded = host.run("systemctl", "daemon-reload")

@@ -2,14 +2,18 @@
 
 The blueprint and the address mapping are test_postgres's: ADDRESS_MAP rewrites the shared
 host's address to a loopback alias in the generated configuration. Besides that, only the
-paths (dir, pidfile) and the ports (free ones, in case a Redis already runs here) change:
-the data directory is rewritten in place, the rest appended (redis.conf's last line wins).
+paths (dir, pidfile, the host certificate and key) and the TLS ports (free ones, in case a
+Redis already runs here) change: the data directory is rewritten in place, the rest appended
+(redis.conf's last line wins). Every client speaks TLS and trusts only the fleet CA.
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Rendered, require_tool
+from owuibuild import pki
 from owuibuild.hostconfig import redis
 from test_postgres import SHARED, free_port, map_addresses, render_blueprint
 
@@ -42,8 +47,21 @@ class Fleet:
         return value
 
 
-def cli(port: int, *args: str, user: str | None = None, password: str | None = None) -> str:
+# The fleet CA's certificate of the server on each port (each fixture renders its own fleet,
+# with its own CA), written when the server starts; redis-cli trusts only it.
+CA_OF_PORT: dict[int, Path] = {}
+
+
+def cli(
+    port: int,
+    *args: str,
+    user: str | None = None,
+    password: str | None = None,
+    tls: bool = True,
+) -> str:
     command = ["redis-cli", "-h", SHARED, "-p", str(port), "--no-auth-warning"]
+    if tls:
+        command += ["--tls", "--cacert", str(CA_OF_PORT[port])]
     if user is not None:
         command += ["--user", user, "--pass", password or ""]
     result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
@@ -54,15 +72,27 @@ def start(rendered: Rendered, root: Path) -> Iterator[Fleet]:
     plan = rendered.plan
     processes = []
     servers = []
+    tls = rendered.secrets.tls  # type: ignore[attr-defined]
+    for name, text in (
+        ("server.crt", tls.hosts["ai-shared"].cert),
+        ("server.key", tls.hosts["ai-shared"].key),
+        ("fleet-ca.crt", tls.ca_cert),
+    ):
+        (root / name).write_text(text)
+        (root / name).chmod(0o600)
     try:
         for server in plan.redis_servers:  # type: ignore[attr-defined]
             port = free_port()
+            CA_OF_PORT[port] = root / "fleet-ca.crt"
             data = root / server.name
             data.mkdir()
             conf = map_addresses(redis.redis_conf(plan, server, rendered.secrets))  # type: ignore[arg-type]
             # redis changes into `dir` while it reads the file, so that line is rewritten.
             conf = conf.replace(f'dir "{redis.data_dir(server)}"', f'dir "{data}"')
-            conf += f"\n# test overrides\npidfile {data}/redis.pid\nport {port}\nsupervised no\n"
+            conf += (
+                f"\n# test overrides\npidfile {data}/redis.pid\ntls-port {port}\nsupervised no\n"
+                f"tls-cert-file {root}/server.crt\ntls-key-file {root}/server.key\n"
+            )
             path = root / f"redis-{server.name}.conf"
             path.write_text(conf)
             processes.append(
@@ -228,3 +258,61 @@ def test_shared_mode_leaks_what_its_warning_says(shared: Fleet) -> None:
         server.port, "SCAN", "0", "COUNT", "1000", user=user, password=secret
     )
     assert int(cli(server.port, "DBSIZE", user=user, password=secret)) >= 1
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+# The name clients verify the server's certificate for: the blueprint's address, never dialled.
+SHARED_NAME = "10.9.0.10"
+
+
+def test_tls_1_2_or_later_with_the_host_certificate(per_instance: Fleet) -> None:
+    require_tool("openssl")
+    s = per_instance.servers[0]
+
+    def s_client(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", "s_client", "-connect", f"{SHARED}:{s.port}", "-verify_return_error",
+             "-brief", "-CAfile", str(CA_OF_PORT[s.port]), *args],
+            input="", capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    ok = s_client("-verify_ip", SHARED_NAME)
+    assert ok.returncode == 0, ok.stderr
+    assert "Verification: OK" in ok.stderr and "Peer certificate: CN = ai-shared" in ok.stderr
+    assert re.search(r"Protocol version: TLSv1\.[23]\b", ok.stderr), ok.stderr
+    for old in ("-tls1", "-tls1_1"):
+        assert s_client(old).returncode != 0, old
+    # The certificate names the shared host's address: any other name fails verification.
+    assert s_client("-verify_ip", "10.9.0.99").returncode != 0
+
+
+def test_plain_text_and_unverified_clients_are_refused(
+    per_instance: Fleet, tmp_path: Path
+) -> None:
+    s = per_instance.servers[0]
+    secret = per_instance.password(s.name)
+    # No plain-text port: a client without TLS gets no answer at all.
+    plain = cli(s.port, "PING", user=s.name, password=secret, tls=False)
+    assert "PONG" not in plain and "NOPERM" not in plain, plain
+    # A client that trusts another CA refuses the server before it sends the password.
+    other = tmp_path / "other-ca.crt"
+    other.write_text(pki.issue_ca("another", datetime.date.today()).cert)
+    context = ssl.create_default_context(cafile=str(other))
+    with (
+        socket.create_connection((SHARED, s.port), timeout=10) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname=SHARED_NAME)
+    # As Open WebUI's client connects: the fleet CA and the address as the name; then AUTH.
+    context = ssl.create_default_context(cafile=str(CA_OF_PORT[s.port]))
+    with (
+        socket.create_connection((SHARED, s.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=SHARED_NAME) as conn,
+    ):
+        assert conn.version() in ("TLSv1.2", "TLSv1.3")
+        conn.sendall(f"AUTH {s.name} {secret}\r\nPING\r\n".encode())
+        answer = b""
+        while answer.count(b"\r\n") < 2:
+            answer += conn.recv(100)
+        assert answer == b"+OK\r\n+PONG\r\n"

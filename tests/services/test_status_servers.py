@@ -11,14 +11,24 @@ the real Open WebUI.
 The test fleet lives on loopback addresses (127.77.N.0/24: the shared host at .24, Docker hosts
 at .30 and .31; all of 127.0.0.0/8 is loopback on Linux), so every probe dials loopback only.
 The roles, databases and ACL users get the passwords from the secrets file the render created.
+
+PostgreSQL and Redis speak TLS only, as generated: their TLS settings are the generated
+configuration's (postgresql.conf's ssl lines, redis.conf's port and tls- lines), with the
+shared host's certificate and key from the render's CA file written to temp files and the
+generated paths overridden to those (the last line wins in both). pg_hba has hostssl lines
+only, like the generated one. The certificate names the blueprint's address of the shared host,
+which is here the very loopback address the probes dial.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,9 +43,13 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from conftest import require_tool, unavailable
+from owuibuild import pki as fleet_pki
 from owuibuild import secrets as store
-from owuibuild.pipeline import compile_blueprint
-from owuibuild.probes import State, pg_login, redis_ping
+from owuibuild.hostconfig import postgres as postgres_section
+from owuibuild.hostconfig import redis as redis_section
+from owuibuild.pipeline import Compiled, compile_blueprint
+from owuibuild.pki import FleetPKI
+from owuibuild.probes import Outcome, State, pg_login, redis_ping, tls_context
 
 pytestmark = pytest.mark.services
 
@@ -94,10 +108,33 @@ class Fleet:
     dir: Path
     blueprint: Path
     secrets: dict[str, str]
+    compiled: Compiled
 
     @property
     def shared(self) -> str:
         return f"{self.net}.24"
+
+    @property
+    def tls(self) -> FleetPKI:
+        assert self.compiled.secrets is not None
+        return self.compiled.secrets.tls
+
+    def context(self) -> ssl.SSLContext:
+        """What a client of the fleet trusts: its CA alone."""
+        return tls_context(ca_pem=self.tls.ca_cert)
+
+    def write_server_tls(self, where: Path) -> tuple[Path, Path]:
+        """The shared host's certificate and key (mode 0600) as files in ``where``."""
+        issued = self.tls.hosts["ai-shared"]
+        cert, key = where / "server.crt", where / "server.key"
+        cert.write_text(issued.cert)
+        key.write_text(issued.key)
+        key.chmod(0o600)
+        return cert, key
+
+    def copy_tls(self, blueprint: Path) -> None:
+        """The fleet's CA file beside another blueprint of the same fleet (mode kept)."""
+        shutil.copy2(fleet_pki.tls_path(self.blueprint), fleet_pki.tls_path(blueprint))
 
     def host(self, name: str) -> str:
         return f"{self.net}.30" if name == "web-a" else f"{self.net}.31"
@@ -109,6 +146,7 @@ class Fleet:
         path = where / "fleet.yml"
         path.write_text(blueprint_text(self.net, **kwargs))
         store.write(store.secrets_path(path), {**self.secrets, **(secrets or {})}, path.name)
+        self.copy_tls(path)
         return path
 
 
@@ -130,7 +168,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     assert compiled.ok, [d.as_dict() for d in compiled.diagnostics]
     values, problems = store.read(store.secrets_path(blueprint))
     assert values is not None, problems
-    return Fleet(net, where, blueprint, values)
+    fleet = Fleet(net, where, blueprint, values, compiled)
+    assert fleet.tls.hosts["ai-shared"].names == ("ai-shared", fleet.shared)
+    return fleet
+
+
+def generated_lines(text: str, pattern: str) -> str:
+    """The lines of a generated configuration file that match ``pattern`` (from the start)."""
+    lines = [line for line in text.splitlines() if re.match(pattern, line)]
+    assert lines, f"no line matches {pattern!r} in the generated configuration"
+    return "\n".join(lines) + "\n"
 
 
 # -- PostgreSQL 15 --------------------------------------------------------------------------------
@@ -154,14 +201,25 @@ def postgres(fleet: Fleet) -> Iterator[None]:
         _as_postgres(
             [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--no-sync"]
         )
+        cert, key = fleet.write_server_tls(base)
+        if os.geteuid() == 0:
+            for path in (cert, key):
+                shutil.chown(path, "postgres", "postgres")
+        assert fleet.compiled.plan is not None
+        generated = postgres_section.postgresql_conf(fleet.compiled.plan)
+        # The generated TLS settings (ssl = on, the minimum version), then this cluster's paths.
+        tls = generated_lines(generated, r"ssl\w* *=")
+        assert re.search(r"^ssl = on$", tls, re.M), tls
         conf = (
             f"listen_addresses = '{fleet.shared}'\nport = 5432\n"
             f"unix_socket_directories = '{base}'\npassword_encryption = 'scram-sha-256'\n"
-            "fsync = off\n"
+            f"fsync = off\n{tls}ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
         )
+        # hostssl only, as generated: a connection without TLS matches no line but the last.
         hba = ["local all postgres trust"]
-        hba += [f"host {n} {n} 127.0.0.0/8 scram-sha-256" for n, _, _ in INSTANCES]
-        hba += ["host legacy legacy 127.0.0.0/8 password"]  # cleartext: must not be answered
+        hba += [f"hostssl {n} {n} 127.0.0.0/8 scram-sha-256" for n, _, _ in INSTANCES]
+        hba += ["hostssl legacy legacy 127.0.0.0/8 password"]  # cleartext: must not be answered
+        hba += ["host all all 0.0.0.0/0 reject"]
         # No line for 'stranger': pg_hba turns it away (28000).
         with (data / "postgresql.conf").open("a") as fh:
             fh.write(conf)
@@ -213,14 +271,24 @@ def _wait_for_port(address: str, port: int, seconds: float = 10) -> None:
 def redis(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     require_tool("redis-server")
     where = tmp_path_factory.mktemp("redis")
+    cert, key = fleet.write_server_tls(where)
+    plan = fleet.compiled.plan
+    assert plan is not None and fleet.compiled.secrets is not None
     servers: list[subprocess.Popen[bytes]] = []
     try:
         for index, (name, _, _) in enumerate(INSTANCES):
             password = fleet.secrets[f"instances.{name}.redis_password"]
+            (server,) = [s for s in plan.redis_servers if s.name == name]
+            generated = redis_section.redis_conf(plan, server, fleet.compiled.secrets)
+            # The generated TLS settings (port 0, the tls-port, protocols, no client
+            # certificates), then the certificate and key written here.
+            tls = generated_lines(generated, r"(port|tls-[a-z-]+) ")
+            assert f"\nport 0\ntls-port {REDIS_BASE + index}\n" in f"\n{tls}", tls
             conf = where / f"{name}.conf"
             conf.write_text(
-                f"bind {fleet.shared}\nport {REDIS_BASE + index}\ndir {where}\n"
+                f"bind {fleet.shared}\ndir {where}\n"
                 'save ""\nappendonly no\nprotected-mode yes\n'
+                f"{tls}tls-cert-file {cert}\ntls-key-file {key}\n"
                 "user default off\n"
                 f"user {name} on >{password} ~{name}:* &* +@all -@dangerous\n"
             )
@@ -545,6 +613,7 @@ def test_a_postgresql_that_does_not_listen_is_refused_with_the_guard_hint(fleet:
     path = where / "fleet.yml"
     path.write_text(blueprint_text(net))
     store.write(store.secrets_path(path), fleet.secrets, path.name)
+    fleet.copy_tls(path)
     text, js = (
         status(path, "--only", "postgresql"),
         status(path, "--only", "postgresql", "--format", "json"),
@@ -568,15 +637,29 @@ def test_a_postgresql_that_does_not_listen_is_refused_with_the_guard_hint(fleet:
 
 def test_pg_login_refused_by_pg_hba(running: Fleet) -> None:
     outcome = pg_login(
-        running.shared, 5432, "stranger", "postgres", "stranger-password-000000000", TIMEOUT
+        running.shared,
+        5432,
+        "stranger",
+        "postgres",
+        "stranger-password-000000000",
+        TIMEOUT,
+        tls=running.context(),
     )
+    # No line admits 'stranger'; the last one, as generated, rejects all the rest.
     assert outcome.state is State.REFUSED
-    assert outcome.detail.startswith("SQLSTATE 28000: no pg_hba.conf entry")
+    assert outcome.detail.startswith("SQLSTATE 28000: pg_hba.conf rejects connection"), outcome
+    assert outcome.detail.endswith("SSL encryption")  # it came over TLS
 
 
 def test_pg_login_never_answers_a_cleartext_request(running: Fleet) -> None:
     outcome = pg_login(
-        running.shared, 5432, "legacy", "legacy", "legacy-password-0000000000", TIMEOUT
+        running.shared,
+        5432,
+        "legacy",
+        "legacy",
+        "legacy-password-0000000000",
+        TIMEOUT,
+        tls=running.context(),
     )
     assert outcome.state is State.AUTH_FAILED
     assert "cleartext" in outcome.detail
@@ -584,17 +667,92 @@ def test_pg_login_never_answers_a_cleartext_request(running: Fleet) -> None:
 
 def test_pg_login_of_a_role_to_a_database_it_may_not_reach(running: Fleet) -> None:
     password = running.secrets["instances.webui1.db_password"]
-    outcome = pg_login(running.shared, 5432, "webui1", "webui2", password, TIMEOUT)
+    outcome = pg_login(
+        running.shared, 5432, "webui1", "webui2", password, TIMEOUT, tls=running.context()
+    )
     assert outcome.state is State.REFUSED  # pg_hba has no webui2/webui1 line
 
 
+def test_pg_login_over_tls_with_the_fleet_ca(running: Fleet) -> None:
+    password = running.secrets["instances.webui1.db_password"]
+    for name in (None, running.shared, "ai-shared"):  # the certificate names both
+        outcome = pg_login(
+            running.shared,
+            5432,
+            "webui1",
+            "webui1",
+            password,
+            TIMEOUT,
+            tls=running.context(),
+            server_name=name,
+        )
+        assert (outcome.state, outcome.detail) == (State.OK, "webui1@webui1: SELECT 1"), name
+
+
+def test_pg_login_in_plain_text_is_refused(running: Fleet) -> None:
+    """hostssl only: the right password without TLS matches no line that admits it."""
+    password = running.secrets["instances.webui1.db_password"]
+    outcome = pg_login(running.shared, 5432, "webui1", "webui1", password, TIMEOUT)
+    assert outcome.state is State.REFUSED
+    assert outcome.detail.startswith("SQLSTATE 28000: pg_hba.conf rejects connection"), outcome
+    assert "no encryption" in outcome.detail
+
+
+def another_fleets_ca() -> ssl.SSLContext:
+    other = fleet_pki.issue_ca("otherfleet", datetime.datetime.now(datetime.UTC).date())
+    return tls_context(ca_pem=other.cert)
+
+
 @pytest.mark.parametrize("kind", ["postgresql", "redis"])
-def test_probes_time_out_on_a_silent_server(running: Fleet, kind: str) -> None:
+def test_a_certificate_the_client_does_not_trust_is_down(running: Fleet, kind: str) -> None:
+    """Another fleet's CA, or a name the certificate does not carry: no login is tried."""
+    if kind == "postgresql":
+        password = running.secrets["instances.webui1.db_password"]
+
+        def probe(**tls: Any) -> Any:
+            return pg_login(running.shared, 5432, "webui1", "webui1", password, TIMEOUT, **tls)
+
+    else:
+        password = running.secrets["instances.webui1.redis_password"]
+
+        def probe(**tls: Any) -> Any:
+            return redis_ping(running.shared, REDIS_BASE, "webui1", password, TIMEOUT, **tls)
+
+    stranger = probe(tls=another_fleets_ca())
+    assert stranger.state is State.DOWN
+    assert stranger.detail.startswith("TLS: certificate verify failed: "), stranger
+    elsewhere = probe(tls=running.context(), server_name=f"{running.net}.25")
+    assert elsewhere.state is State.DOWN
+    assert "IP address mismatch" in elsewhere.detail, elsewhere
+    for outcome in (stranger, elsewhere):
+        assert password not in outcome.detail
+
+
+def test_redis_ping_over_tls_with_the_fleet_ca(running: Fleet) -> None:
+    for index, (name, _, _) in enumerate(INSTANCES):
+        password = running.secrets[f"instances.{name}.redis_password"]
+        outcome = redis_ping(
+            running.shared, REDIS_BASE + index, name, password, TIMEOUT, tls=running.context()
+        )
+        assert outcome == Outcome(State.OK, f"user {name}: PONG")
+
+
+def test_redis_has_no_plain_text_port(running: Fleet) -> None:
+    password = running.secrets["instances.webui1.redis_password"]
+    outcome = redis_ping(running.shared, REDIS_BASE, "webui1", password, TIMEOUT)
+    assert outcome.state is State.DOWN  # the TLS port hangs up on plain text
+    assert password not in outcome.detail
+
+
+@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_probes_time_out_on_a_silent_server(running: Fleet, kind: str, tls: bool) -> None:
     address = running.host("web-b")
+    context = running.context() if tls else None
     start = time.monotonic()
     if kind == "postgresql":
-        outcome = pg_login(address, SILENT_PORT, "webui1", "webui1", "x" * 30, 0.5)
+        outcome = pg_login(address, SILENT_PORT, "webui1", "webui1", "x" * 30, 0.5, tls=context)
     else:
-        outcome = redis_ping(address, SILENT_PORT, "webui1", "x" * 30, 0.5)
+        outcome = redis_ping(address, SILENT_PORT, "webui1", "x" * 30, 0.5, tls=context)
     assert outcome.state is State.TIMEOUT
     assert 0.4 < time.monotonic() - start < 1.5

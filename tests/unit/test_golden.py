@@ -1,7 +1,8 @@
 """Golden files: whole renders of every example blueprint, compared byte for byte.
 
 Each example renders with a fixed, obviously fake secrets file, tests/golden/<example>.secrets.yml,
-so the output is stable. Text files are stored verbatim under tests/golden/<example>/; binary
+and a fixed CA file, tests/golden/<example>.tls.secrets.yml (a CA and host keys made for these
+tests only), so the output is stable. Text files are stored verbatim under tests/golden/<example>/; binary
 files (seed.iso) as <path>.sha256, since their bytes are covered by the manifest and by the
 text files they are made of. Any output change makes this test fail: regenerate with
 `make golden` (pytest --update-golden) and review the diff before committing it.
@@ -9,13 +10,14 @@ text files they are made of. Any output change makes this test fail: regenerate 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-from owuibuild import bundle, yamldump
+from owuibuild import bundle, pki, yamldump
 from owuibuild import secrets as store
 from owuibuild.pipeline import compile_blueprint
 from owuibuild.plan import make_plan
@@ -27,6 +29,10 @@ GOLDEN = REPO / "tests" / "golden"
 EXAMPLES = sorted(
     p.name for p in (REPO / "blueprints").glob("*.yml") if not p.name.endswith(".secrets.yml")
 )
+
+
+# The day the golden certificates are checked against: the goldens do not age with the clock.
+GOLDEN_TODAY = datetime.date(2026, 12, 1)
 
 
 def fake_secret(name: str) -> str:
@@ -72,7 +78,15 @@ def render(example: str, tmp_path: Path, update: bool) -> dict[str, bytes]:
     assert golden_secrets.is_file(), f"{golden_secrets} is missing: run make golden"
     shutil.copy(golden_secrets, secrets_file)
     secrets_file.chmod(0o600)
-    compiled = compile_blueprint(blueprint, write_secrets=False)
+    golden_tls, tls_file = GOLDEN / f"{stem}.tls.secrets.yml", pki.tls_path(blueprint)
+    if golden_tls.is_file():
+        shutil.copy(golden_tls, tls_file)
+        tls_file.chmod(0o600)
+    if update:  # issue what is missing (real keys, for tests only), and keep it
+        compile_blueprint(blueprint, write_secrets=True, today=GOLDEN_TODAY)
+        shutil.copy(tls_file, golden_tls)
+    assert golden_tls.is_file(), f"{golden_tls} is missing: run make golden"
+    compiled = compile_blueprint(blueprint, write_secrets=False, today=GOLDEN_TODAY)
     assert compiled.ok, [d.as_dict() for d in compiled.diagnostics]
     assert not compiled.secrets_changed, (
         f"the plan needs secrets {golden_secrets.name} lacks: run make golden and review"
@@ -149,7 +163,7 @@ def test_pyyaml_representer_gives_the_golden_bytes(
 def test_golden_secrets_are_fake() -> None:
     import yaml
 
-    found = sorted(GOLDEN.glob("*.secrets.yml"))
+    found = sorted(p for p in GOLDEN.glob("*.secrets.yml") if ".tls." not in p.name)
     assert [p.name.removesuffix(".secrets.yml") for p in found] == [
         e.removesuffix(".yml") for e in EXAMPLES
     ]

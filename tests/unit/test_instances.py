@@ -16,7 +16,7 @@ from owuibuild import bundle, hostconfig
 from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.hostconfig import postgres
-from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, Plan
+from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, FLEET_CA, Plan
 from owuibuild.quoting import QuotingError
 
 pytestmark = pytest.mark.unit
@@ -145,8 +145,10 @@ def test_public_instance_is_published_on_all_addresses(rendered: Rendered) -> No
 
 def test_data_dir_is_a_named_volume_on_the_data_mount(rendered: Rendered) -> None:
     doc = compose(rendered, "three")
-    (mount,) = doc["services"][bundle.SERVICE]["volumes"]
+    mount, ca = doc["services"][bundle.SERVICE]["volumes"]
     assert mount == {"type": "volume", "source": bundle.VOLUME, "target": CONTAINER_DATA_DIR}
+    # The fleet CA, read-only, at the path the URLs name.
+    assert ca == {"type": "bind", "source": FLEET_CA, "target": FLEET_CA, "read_only": True}
     opts = doc["volumes"][bundle.VOLUME]["driver_opts"]
     assert opts == {"type": "none", "o": "bind", "device": f"{DATA_MOUNT}/instances/three"}
     assert env_lines(rendered, "three")["DATA_DIR"] == CONTAINER_DATA_DIR
@@ -157,12 +159,13 @@ def test_environment_from_the_plan(rendered: Rendered) -> None:
     inst = {i.name: i for i in plan.instances}
     env = env_lines(rendered, "three")
     assert env["DATABASE_URL"].startswith("postgresql+psycopg://three:")
-    assert env["DATABASE_URL"].endswith("@10.9.0.10:5432/three")
+    tls = f"sslmode=verify-full&sslrootcert={FLEET_CA}"
+    assert env["DATABASE_URL"].endswith(f"@10.9.0.10:5432/three?{tls}")
     assert env["DATABASE_POOL_SIZE"] == str(inst["three"].db_pool_size)
     assert env["DATABASE_POOL_MAX_OVERFLOW"] == str(inst["three"].db_max_overflow)
     port = inst["three"].redis_port
-    assert env["REDIS_URL"].endswith(f"@10.9.0.10:{port}/0")
-    assert env["REDIS_URL"].startswith("redis://three:")
+    assert env["REDIS_URL"].endswith(f"@10.9.0.10:{port}/0?ssl_ca_certs={FLEET_CA}")
+    assert env["REDIS_URL"].startswith("rediss://three:")
     assert env["WEBSOCKET_REDIS_URL"] == env["REDIS_URL"]
     assert env["WEBSOCKET_MANAGER"] == "redis"
     assert env["REDIS_KEY_PREFIX"] == "three"
@@ -557,7 +560,7 @@ def test_env_follows_service_placement(render_text: Callable[[str], Rendered]) -
     )
     r = render_text(text)
     env = env_lines(r, "one")
-    assert env["DATABASE_URL"].endswith("@10.9.0.21:5432/one")
+    assert env["DATABASE_URL"].split("?")[0].endswith("@10.9.0.21:5432/one")
     assert env["OLLAMA_BASE_URL"] == "http://10.9.0.10:11434"
     assert env["OLLAMA_BASE_URLS"] == '"http://10.9.0.10:11434;http://10.9.0.21:11434"'
 

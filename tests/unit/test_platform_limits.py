@@ -11,13 +11,22 @@ from owuibuild.pipeline import compile_blueprint
 
 pytestmark = pytest.mark.unit
 
+KEEP = 8
+
 
 def blueprint(tmp_path: Path, platform: str) -> Path:
+    """The multi-host example on ``platform`` with its first KEEP instances: the shared host's
+    user-data (with its TLS key and certificate, random and so incompressible) is then over
+    16 KiB raw and under it gzipped."""
     text = (
         (BLUEPRINTS / "multi-host.yml")
         .read_text()
         .replace("platform: openstack", f"platform: {platform}")
     )
+    head, instances = text.split("\ninstances:\n")
+    entries = instances.split("\n  - ")
+    rest = entries[-1].split("\nimages:", 1)[1]
+    text = f"{head}\ninstances:\n" + "\n  - ".join(entries[:KEEP]) + "\nimages:" + rest
     path = tmp_path / "fleet.yml"
     path.write_text(text)
     return path

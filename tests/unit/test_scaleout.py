@@ -86,9 +86,9 @@ def test_firewall_follows_the_placement(scale: Rendered) -> None:
 
 def test_pg_hba_on_the_database_host_admits_each_role_from_its_host(scale: Rendered) -> None:
     hba = written(scale, "db-1")["/etc/owuibuild/postgresql/pg_hba.conf"]
-    lines = [line.split() for line in hba.splitlines() if line.startswith("host ")]
-    assert ["host", '"sales"', '"sales"', "10.30.0.50/32", "scram-sha-256"] in lines
-    assert ["host", '"research"', '"research"', "10.30.0.51/32", "scram-sha-256"] in lines
+    lines = [line.split() for line in hba.splitlines() if line.startswith("host")]
+    assert ["hostssl", '"sales"', '"sales"', "10.30.0.50/32", "scram-sha-256"] in lines
+    assert ["hostssl", '"research"', '"research"', "10.30.0.51/32", "scram-sha-256"] in lines
 
 
 def test_instances_balance_across_every_ollama_node(scale: Rendered) -> None:

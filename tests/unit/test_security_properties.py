@@ -6,7 +6,7 @@ example blueprint (not by comparing with golden files, which come from the code 
   known by its password's SHA-256 only; no later rule gives any command back. The services
   tier runs the same files on redis-server.
 - pg_hba: each instance role reaches only its own database, only from its instance host's
-  address, with scram-sha-256; everything else ends in reject. init.sql takes CONNECT away from
+  address, only over TLS, with scram-sha-256; everything else ends in reject. init.sql takes CONNECT away from
   PUBLIC on every instance database and gives it back to that instance's role only.
 - nftables: every host drops input by default, and every accepted port names the sources the
   plan gives it (SSH from admin.allow_from, services from the hosts that use them).
@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import BLUEPRINTS, EXAMPLES, Rendered
+from owuibuild import pki
 from owuibuild.plan import Plan
 
 pytestmark = pytest.mark.unit
@@ -129,11 +130,15 @@ def hba_lines(conf: str) -> list[list[str]]:
     return [shlex.split(line) for line in conf.splitlines() if line and not line.startswith("#")]
 
 
-def hba_decision(lines: list[list[str]], database: str, role: str, source: str) -> str:
-    """The method of the first `host` line matching a TCP connection, as PostgreSQL picks it."""
+def hba_decision(
+    lines: list[list[str]], database: str, role: str, source: str, tls: bool = True
+) -> str:
+    """The method of the first line matching a TCP connection (over TLS or not), as
+    PostgreSQL picks it."""
     address = IPv4Network(f"{source}/32")
+    kinds = {"host", "hostssl" if tls else "hostnossl"}
     for words in lines:
-        if words[0] != "host":
+        if words[0] not in kinds:
             continue
         db, user, net, method = words[1:5]
         if db not in ("all", database) or user not in ("all", role):
@@ -173,6 +178,8 @@ def test_pg_hba_admits_each_role_only_to_its_database_from_its_host(
         source = i.source_network(plan.postgres_host)
         own = str(next(iter(source.hosts())) if source.prefixlen < 32 else source.network_address)
         assert hba_decision(lines, i.db_name, i.db_role, own) == "scram-sha-256", i.name
+        # Without TLS, even the instance's own connection is refused.
+        assert hba_decision(lines, i.db_name, i.db_role, own, tls=False) == "reject", i.name
         assert hba_decision(lines, i.db_name, i.db_role, "192.0.2.7") == "reject", i.name
         assert hba_decision(lines, "postgres", i.db_role, own) == "reject", i.name
         for other in plan.instances:
@@ -294,6 +301,9 @@ def test_secret_bearing_files_are_0600_everywhere_and_secrets_nowhere_else(
     assert isinstance(r.plan, Plan)
     values = list(r.secrets.all_values())  # type: ignore[attr-defined]
     assert len(values) == len(r.plan.secrets)  # every secret the plan names has a value
+    # Private keys of the fleet CA and the service hosts count as secrets too (a line of each
+    # PEM body stands for it).
+    values += [pki.key_fingerprint(k) for k in r.secrets.tls.private_keys()]  # type: ignore[attr-defined]
     # out/: user-data, seed.iso and env files carry secrets and are the secret artifacts
     for path, data in r.files.items():
         name = path.rsplit("/", 1)[-1]

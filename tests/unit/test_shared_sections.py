@@ -16,7 +16,7 @@ from conftest import Rendered
 from owuibuild import hostconfig, quoting
 from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import firewall, ollama, postgres, qdrant, redis
-from owuibuild.plan import DATA_MOUNT, FirewallRule
+from owuibuild.plan import DATA_MOUNT, SERVER_CERT, SERVER_KEY, FirewallRule
 from owuibuild.targets import hosts
 
 pytestmark = pytest.mark.unit
@@ -207,10 +207,15 @@ def test_postgres_is_derived_from_the_plan(seed: Rendered) -> None:
     assert "listen_addresses = '10.0.5.24,localhost'" in conf
     assert "max_connections = 200" in conf
     assert f"data_directory = '{DATA_MOUNT}/postgresql/17/main'" in conf
+    # TLS with the host's certificate, as installed by the setup script, and nothing older.
+    assert "\nssl = on\n" in conf
+    assert "ssl_cert_file = '/etc/postgresql/17/main/server.crt'" in conf
+    assert "ssl_key_file = '/etc/postgresql/17/main/server.key'" in conf
+    assert "ssl_min_protocol_version = 'TLSv1.2'" in conf
     hba = postgres.pg_hba_conf(plan)  # type: ignore[arg-type]
     lines = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
     assert lines[0] == ["local", "all", "postgres", "peer"]
-    assert ["host", '"webui3"', '"webui3"', "10.0.5.30/32", "scram-sha-256"] in lines
+    assert ["hostssl", '"webui3"', '"webui3"', "10.0.5.30/32", "scram-sha-256"] in lines
     assert lines[-3:] == [
         ["local", "all", "all", "reject"],
         ["host", "all", "all", "0.0.0.0/0", "reject"],
@@ -222,13 +227,24 @@ def test_redis_servers_per_instance_and_shared(
     seed: Rendered, render_text: Callable[[str], Rendered]
 ) -> None:
     d = doc(seed, "ai-shared")
-    confs = {p: f for p, f in files(d).items() if p.startswith("/etc/redis/")}
+    confs = {p: f for p, f in files(d).items() if p.startswith("/etc/redis/redis-")}
     assert sorted(confs) == [f"/etc/redis/redis-webui{n}.conf" for n in range(1, 6)]
     text = confs["/etc/redis/redis-webui2.conf"]["content"]
-    assert "port 6380\n" in text and 'bind "10.0.5.24"' in text and "user default off" in text
+    # TLS only: the plain-text port is off.
+    assert "\nport 0\ntls-port 6380\n" in text and "\ntls-auth-clients no\n" in text
+    assert 'bind "10.0.5.24"' in text and "user default off" in text
+    assert f'tls-cert-file "{SERVER_CERT}"' in text
+    assert f'tls-key-file "{redis.TLS_KEY}"' in text
+    key = files(d)[SERVER_KEY]
+    assert (key["permissions"], key["owner"]) == ("0600", "root:root")
+    assert key["content"] == seed.secrets.tls.hosts["ai-shared"].key  # type: ignore[attr-defined]
+    # The setup script gives redis its own copy, before it starts the servers.
+    script = files(d)[redis.SETUP_SCRIPT]["content"]
+    copy = f"install -o redis -g redis -m 0600 {SERVER_KEY} {redis.TLS_KEY}"
+    assert copy in script and script.index(copy) < script.index("systemctl enable")
     assert '"~*"' in text
     shared = doc(render_text(REPO_BLUEPRINT.replace("per-instance", "shared")), "ai-shared")
-    (conf,) = [f["content"] for p, f in files(shared).items() if p.startswith("/etc/redis/")]
+    (conf,) = [f["content"] for p, f in files(shared).items() if p.startswith("/etc/redis/redis-")]
     assert '"~webui1:*"' in conf and '"~webui5:*"' in conf and "-@dangerous" in conf
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from owuibuild import pki as fleet_pki
 from owuibuild import status
 from owuibuild.cli import cli
 from owuibuild.pipeline import compile_blueprint
@@ -46,7 +48,9 @@ def check(name: str, run: Callable[[float], Outcome], service: str = "redis") ->
 def test_every_service_and_instance_gets_its_probes(render_example: Callable[[str], Any]) -> None:
     rendered = render_example("multi-host.yml")
     plan = rendered.plan
-    checks = status.plan_checks(plan, rendered.secrets.values, Path("x.secrets.yml"))
+    checks = status.plan_checks(
+        plan, rendered.secrets.values, Path("x.secrets.yml"), fleet_ca=rendered.secrets.tls.ca_cert
+    )
     assert len(checks) == 2 + 4 * len(plan.instances)
     assert [c.service for c in checks[:2]] == ["ollama", "qdrant"]
     by_key = {(c.service, c.instance): c for c in checks}
@@ -63,14 +67,21 @@ def test_every_service_and_instance_gets_its_probes(render_example: Callable[[st
 
 def test_a_check_never_shows_its_secret(render_example: Callable[[str], Any]) -> None:
     rendered = render_example("multi-host.yml")
-    checks = status.plan_checks(rendered.plan, rendered.secrets.values, Path("x.secrets.yml"))
+    checks = status.plan_checks(
+        rendered.plan,
+        rendered.secrets.values,
+        Path("x.secrets.yml"),
+        fleet_ca=rendered.secrets.tls.ca_cert,
+    )
     text = " ".join(repr(c) for c in checks)
     assert not any(secret in text for secret in rendered.secrets.all_values())
 
 
 def test_a_missing_secret_is_reported_not_guessed(render_example: Callable[[str], Any]) -> None:
     rendered = render_example("multi-host.yml")
-    checks = status.plan_checks(rendered.plan, {}, Path("campus.secrets.yml"))
+    checks = status.plan_checks(
+        rendered.plan, {}, Path("campus.secrets.yml"), fleet_ca=rendered.secrets.tls.ca_cert
+    )
     results = status.run_checks(
         [c for c in checks if c.service in ("postgresql", "redis", "qdrant")], 1.0
     )
@@ -82,7 +93,9 @@ def test_a_missing_secret_is_reported_not_guessed(render_example: Callable[[str]
 
 def test_only_selects_services_and_instances(render_example: Callable[[str], Any]) -> None:
     rendered = render_example("multi-host.yml")
-    checks = status.plan_checks(rendered.plan, rendered.secrets.values, Path("s.yml"))
+    checks = status.plan_checks(
+        rendered.plan, rendered.secrets.values, Path("s.yml"), fleet_ca=rendered.secrets.tls.ca_cert
+    )
     assert {c.service for c in status.select(checks, ["redis"])} == {"redis"}
     chosen = status.select(checks, ["math", "ollama"])
     assert [(c.service, c.instance) for c in chosen] == [
@@ -92,6 +105,77 @@ def test_only_selects_services_and_instances(render_example: Callable[[str], Any
         ("openwebui", "math"),
         ("openwebui-db", "math"),
     ]
+
+
+def test_postgresql_and_redis_are_probed_over_tls_with_the_fleet_ca(
+    render_example: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each database and Redis probe gets a context that trusts the fleet CA alone, checks
+    names, wants TLS 1.2 or later, and the planned address to verify."""
+    rendered = render_example("multi-host.yml")
+    ca_cert = rendered.secrets.tls.ca_cert
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def recorder(kind: str) -> Callable[..., Outcome]:
+        def probe(address: str, *args: Any, **kwargs: Any) -> Outcome:
+            calls.append((kind, address, kwargs))
+            return Outcome(State.OK, kind)
+
+        return probe
+
+    monkeypatch.setattr(status, "pg_login", recorder("postgresql"))
+    monkeypatch.setattr(status, "redis_ping", recorder("redis"))
+    checks = status.plan_checks(
+        rendered.plan, rendered.secrets.values, Path("s.yml"), fleet_ca=ca_cert
+    )
+    chosen = status.select(checks, ["postgresql", "redis"])
+    results = status.run_checks(chosen, 1.0)
+    assert {r.state for r in results} == {State.OK}
+    assert len(calls) == 2 * len(rendered.plan.instances)
+    for kind, address, kwargs in calls:
+        assert kwargs["server_name"] == address == "10.20.1.10", kind
+        context = kwargs["tls"]
+        assert isinstance(context, ssl.SSLContext)
+        assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+        assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+        assert context.get_ca_certs(binary_form=True) == [ssl.PEM_cert_to_DER_cert(ca_cert)]
+    # the address is one the fleet's certificate for that host names
+    (host_cert,) = [
+        issued
+        for name, issued in rendered.secrets.tls.hosts.items()
+        if name == rendered.plan.postgres_host.name
+    ]
+    assert "10.20.1.10" in host_cert.names
+
+
+@pytest.mark.parametrize(
+    ("fleet_ca", "detail"),
+    [
+        (None, "no fleet CA: render the blueprint first"),
+        (
+            "-----BEGIN CERTIFICATE-----\nnot a certificate\n",
+            "the fleet CA cannot be loaded: restore the CA file from backup",
+        ),
+    ],
+)
+def test_without_a_usable_fleet_ca_nothing_is_dialled_in_plain_text(
+    render_example: Callable[[str], Any],
+    monkeypatch: pytest.MonkeyPatch,
+    fleet_ca: str | None,
+    detail: str,
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> Outcome:
+        raise AssertionError("dialled without TLS")
+
+    monkeypatch.setattr(status, "pg_login", never)
+    monkeypatch.setattr(status, "redis_ping", never)
+    rendered = render_example("multi-host.yml")
+    checks = status.plan_checks(
+        rendered.plan, rendered.secrets.values, Path("s.yml"), fleet_ca=fleet_ca
+    )
+    results = status.run_checks(status.select(checks, ["postgresql", "redis"]), 1.0)
+    assert len(results) == 2 * len(rendered.plan.instances)
+    assert {(r.state, r.detail) for r in results} == {(State.AUTH_FAILED, detail)}
 
 
 # -- judging HTTP answers ---------------------------------------------------------------------------
@@ -298,6 +382,25 @@ def campus_secrets(campus: Path) -> Path:
 
 def test_a_readable_secrets_file_is_refused(campus: Path, campus_secrets: Path) -> None:
     campus_secrets.chmod(0o644)
+    result = CliRunner().invoke(cli, ["status", str(campus)])
+    assert result.exit_code == 2
+    assert "readable by others" in result.stderr
+
+
+def test_a_missing_ca_file_is_a_usage_error_that_says_where(
+    campus: Path, campus_secrets: Path
+) -> None:
+    tls_file = fleet_pki.tls_path(campus)
+    assert tls_file == campus.with_name("campus.tls.secrets.yml")
+    tls_file.unlink()
+    result = CliRunner().invoke(cli, ["status", str(campus)])
+    assert result.exit_code == 2
+    assert f"no CA file at {tls_file}" in result.stderr
+    assert "owuibuild render" in result.stderr
+
+
+def test_a_readable_ca_file_is_refused(campus: Path, campus_secrets: Path) -> None:
+    fleet_pki.tls_path(campus).chmod(0o644)
     result = CliRunner().invoke(cli, ["status", str(campus)])
     assert result.exit_code == 2
     assert "readable by others" in result.stderr

@@ -199,7 +199,7 @@ def test_a_target_failing_midway_leaves_the_previous_output(
     assert result.exit_code != 0
     assert isinstance(result.exception, RuntimeError)
     assert files(out) == before
-    assert siblings(out) == sorted(["fleet.yml", "fleet.secrets.yml"])
+    assert siblings(out) == sorted(["fleet.yml", "fleet.secrets.yml", "fleet.tls.secrets.yml"])
 
 
 def test_a_failing_write_during_render_leaves_the_previous_output(
@@ -220,7 +220,7 @@ def test_a_failing_write_during_render_leaves_the_previous_output(
         result.stderr.splitlines()[0] == f"owuibuild: cannot write {out}: No space left on device"
     )
     assert files(out) == before
-    assert siblings(out) == sorted(["fleet.yml", "fleet.secrets.yml"])
+    assert siblings(out) == sorted(["fleet.yml", "fleet.secrets.yml", "fleet.tls.secrets.yml"])
 
 
 # -- render --check ---------------------------------------------------------------------------------
