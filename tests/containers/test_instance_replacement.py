@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from owuibuild.plan import FLEET_CA
 from test_instances_live import Fleet, Running, http, live_fleet, run, sign_in_as_admin
 
 pytestmark = pytest.mark.containers
@@ -141,8 +142,10 @@ def test_replaced_instance_keeps_its_users_chats_and_files(fleet: Fleet) -> None
     assert len(second_container) == 1 and second_container != first_container
     assert len(volumes(running)) == 1
     mounts = run("docker", "inspect", "-f", "{{json .Mounts}}", second_container[0]).stdout
-    (mount,) = json.loads(mounts)
-    assert mount["Destination"] == "/app/backend/data"
+    # The data directory, and the fleet CA (read-only).
+    destinations = {m["Destination"]: m for m in json.loads(mounts)}
+    assert set(destinations) == {"/app/backend/data", FLEET_CA}
+    assert destinations[FLEET_CA]["RW"] is False
 
     # The same credentials still sign in, and the chat and the file are still there.
     status, again = sign_in_as_admin(fleet, running)
