@@ -516,6 +516,35 @@ def pg_login(
     return guarded(probe, (password,))
 
 
+def served_certificate(
+    address: str,
+    port: int,
+    timeout: float,
+    *,
+    tls: ssl.SSLContext,
+    server_name: str | None = None,
+    postgres: bool = False,
+) -> bytes:
+    """The certificate (DER) a TLS service serves, after verifying it as ``tls`` does:
+    PostgreSQL's after its SSLRequest (``postgres``), any other's from the first byte.
+    Raises ProbeFailure or OSError; callers run it under `guarded`."""
+    deadline = Deadline(timeout)
+    name = server_name or address
+    if postgres:
+        with (
+            _connect(address, port, deadline) as plain,
+            _pg_start_tls(plain, tls, name, deadline) as secure,
+        ):
+            der = secure.getpeercert(binary_form=True)
+    else:
+        with connect(address, port, deadline, tls=tls, server_name=name) as secure:
+            assert isinstance(secure, ssl.SSLSocket)
+            der = secure.getpeercert(binary_form=True)
+    if not der:
+        raise ProbeFailure(State.DOWN, "TLS: the server sent no certificate")
+    return der
+
+
 # -- Redis RESP2 ------------------------------------------------------------------------------------
 
 

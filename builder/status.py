@@ -26,6 +26,7 @@ import click
 
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
 from .hostconfig import postgres as postgres_section
+from .pki import FleetPKI, Issued
 from .plan import OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT, InstancePlan, Plan, SecretRef
 from .probes import (
     REFUSED_DETAIL,
@@ -37,11 +38,14 @@ from .probes import (
     pg_login,
     redis_ping,
     scrub,
+    served_certificate,
     tls_context,
 )
 
 # Every service `status` probes, in table order. `--only` takes these or instance names.
-SERVICES = ("ollama", "qdrant", "postgresql", "redis", "openwebui", "openwebui-db")
+SERVICES = ("ollama", "qdrant", "postgresql", "redis", "openwebui", "openwebui-db", "certificate")
+# A certificate this close to its end is reported degraded.
+CERTIFICATE_WARN_DAYS = 14
 DEFAULT_TIMEOUT = 5.0
 # Probes keep their own deadline; this is only the backstop for one that does not return.
 BACKSTOP_SECONDS = 2.0
@@ -67,7 +71,7 @@ class Check:
 
     @property
     def target(self) -> str:
-        return f"{self.address}:{self.port}"
+        return f"{self.address}:{self.port}" if self.port else self.address
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,50 @@ def fleet_tls(fleet_ca: str | None) -> tuple[ssl.SSLContext | None, str]:
         return None, "the fleet CA cannot be loaded: restore the CA file from backup"
 
 
+def expiry_outcome(not_after: datetime.date, today: datetime.date, renew: str) -> Outcome:
+    """Ok while more than CERTIFICATE_WARN_DAYS are left; ``renew`` says what to do."""
+    days = (not_after - today).days
+    if days < 0:
+        return Outcome(State.DOWN, f"expired on {not_after.isoformat()}: {renew}")
+    if days < CERTIFICATE_WARN_DAYS:
+        return Outcome(
+            State.DEGRADED, f"expires on {not_after.isoformat()}, in {days} days: {renew}"
+        )
+    return Outcome(State.OK, f"valid until {not_after.isoformat()} ({days} days)")
+
+
+def certificate_probe(
+    host: str,
+    address: str,
+    port: int,
+    issued: Issued,
+    today: datetime.date,
+    tls: ssl.SSLContext | None,
+    *,
+    postgres: bool,
+) -> Probe:
+    """The certificate ``host`` serves at ``address:port`` (not dialled when ``port`` is 0):
+    the one the CA file holds for it, and how long it has left."""
+    renew = f"render (it issues a new one), then replace {host}"
+
+    def run(timeout: float) -> Outcome:
+        if port:
+            if tls is None:
+                return Outcome(State.AUTH_FAILED, "no fleet CA: render the blueprint first")
+            served = served_certificate(
+                address, port, timeout, tls=tls, server_name=address, postgres=postgres
+            )
+            if served != ssl.PEM_cert_to_DER_cert(issued.cert):
+                return Outcome(
+                    State.DEGRADED,
+                    f"serves another certificate than the CA file holds: replace {host} "
+                    "to put the one from the last render in service",
+                )
+        return expiry_outcome(issued.not_after, today, renew)
+
+    return run
+
+
 # -- the probes a plan implies ----------------------------------------------------------------------
 
 
@@ -206,13 +254,20 @@ def postgres_refused_hint(plan: Plan) -> str:
 
 
 def plan_checks(
-    plan: Plan, secrets: Mapping[str, str], secrets_file: Path, *, fleet_ca: str | None
+    plan: Plan,
+    secrets: Mapping[str, str],
+    secrets_file: Path,
+    *,
+    fleet_ca: str | None,
+    pki: FleetPKI | None = None,
+    today: datetime.date | None = None,
 ) -> list[Check]:
     """Every probe for the fleet, in table order: shared services, then each instance's.
 
     ``fleet_ca`` is the fleet CA's certificate (PEM), the only one PostgreSQL's and Redis's
     certificates are verified with; without it (or with one that cannot be loaded) their rows
-    say so and nothing is dialled.
+    say so and nothing is dialled. With ``pki`` (the CA file) the certificate rows come last:
+    each one's end date against ``today``.
     """
     tls, no_tls = fleet_tls(fleet_ca)
 
@@ -304,6 +359,43 @@ def plan_checks(
     checks += [redis(i) for i in plan.instances]
     checks += [webui(i, "openwebui", "/health") for i in plan.instances]
     checks += [webui(i, "openwebui-db", "/health/db") for i in plan.instances]
+    if pki is not None:
+        checks += certificate_checks(plan, pki, today or datetime.date.today(), tls)
+    return checks
+
+
+def certificate_checks(
+    plan: Plan, pki: FleetPKI, today: datetime.date, tls: ssl.SSLContext | None
+) -> list[Check]:
+    """The fleet CA's expiry, and each service host's certificate as it serves it: where
+    PostgreSQL runs, through its STARTTLS; else on its first Redis server. A host that serves
+    no TLS service is checked in the CA file only."""
+    first_redis = {plan.redis_host.name: plan.redis_servers[0].port} if plan.redis_servers else {}
+    checks = [
+        Check(
+            "certificate",
+            "fleet CA",
+            "-",
+            "-",
+            0,
+            lambda t: expiry_outcome(
+                pki.ca.not_after,
+                today,
+                "make a new CA (delete the CA file), render, then replace every host",
+            ),
+        )
+    ]
+    for host in plan.hosts:
+        issued = pki.hosts.get(host.name)
+        if issued is None or not host.services:
+            continue
+        address = str(host.host.address)
+        on_postgres = "postgres" in host.services
+        port = POSTGRES_PORT if on_postgres else first_redis.get(host.name, 0)
+        probe = certificate_probe(
+            host.name, address, port, issued, today, tls, postgres=on_postgres
+        )
+        checks.append(Check("certificate", None, host.name, address, port, probe))
     return checks
 
 
@@ -448,7 +540,9 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
     """Probe every service of BLUEPRINT's running fleet at once and print one table: Ollama's
     models, Qdrant's collections with the API key, a PostgreSQL login of each instance's role
     to its own database, each instance's Redis PING as its ACL user (both over TLS, verified
-    with the fleet CA), and each instance's /health and /health/db.
+    with the fleet CA), each instance's /health and /health/db, and the certificate each
+    service host serves with its end date (degraded under 14 days, or when it is not the one
+    the CA file holds) and the fleet CA's.
 
     States: ok, down, refused, auth-failed, timeout, degraded. Exit 0 when every probe is ok,
     1 otherwise. Where nothing listens, a hint after the table (JSON: "hint") says what may
@@ -493,7 +587,8 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
         )
 
     tls_file = pki.tls_path(blueprint)
-    stored, tls_problems = pki.read(tls_file, datetime.datetime.now(datetime.UTC).date())
+    today = datetime.datetime.now(datetime.UTC).date()
+    stored, tls_problems = pki.read(tls_file, today)
     if tls_problems:
         report(tls_problems, "text", [])
         sys.exit(EXIT_USAGE)
@@ -515,7 +610,12 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
             f"choose from: {', '.join([*SERVICES, *(i.name for i in plan.instances)])}",
         )
 
-    checks = select(plan_checks(plan, values, secrets_file, fleet_ca=secrets.tls.ca_cert), only)
+    checks = select(
+        plan_checks(
+            plan, values, secrets_file, fleet_ca=secrets.tls.ca_cert, pki=secrets.tls, today=today
+        ),
+        only,
+    )
     results = run_checks(checks, timeout, frozenset(values.values()))
     if fmt == "json":
         click.echo(format_json(plan.fleet.name, timeout, results))

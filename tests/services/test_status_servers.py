@@ -49,7 +49,8 @@ from owuibuild.hostconfig import postgres as postgres_section
 from owuibuild.hostconfig import redis as redis_section
 from owuibuild.pipeline import Compiled, compile_blueprint
 from owuibuild.pki import FleetPKI
-from owuibuild.probes import Outcome, State, pg_login, redis_ping, tls_context
+from owuibuild.probes import Outcome, State, guarded, pg_login, redis_ping, tls_context
+from owuibuild.status import certificate_checks
 
 pytestmark = pytest.mark.services
 
@@ -473,11 +474,15 @@ def states(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return {(r["service"], r["instance"] or "-"): r["state"] for r in rows}
 
 
-ALL_ROWS = {("ollama", "-"), ("qdrant", "-")} | {
-    (service, name)
-    for name, _, _ in INSTANCES
-    for service in ("postgresql", "redis", "openwebui", "openwebui-db")
-}
+ALL_ROWS = (
+    {("ollama", "-"), ("qdrant", "-")}
+    | {
+        (service, name)
+        for name, _, _ in INSTANCES
+        for service in ("postgresql", "redis", "openwebui", "openwebui-db")
+    }
+    | {("certificate", "fleet CA"), ("certificate", "-")}
+)
 
 
 def test_a_healthy_fleet_is_all_ok(running: Fleet) -> None:
@@ -490,7 +495,15 @@ def test_a_healthy_fleet_is_all_ok(running: Fleet) -> None:
     assert rows[("postgresql", "webui3")]["detail"] == "webui3@webui3: SELECT 1"
     assert rows[("redis", "webui2")]["target"] == f"{running.shared}:{REDIS_BASE + 1}"
     assert rows[("openwebui", "webui3")]["target"] == f"{running.net}.31:3001"
-    assert all(r["target"].startswith("127.77.") for r in run.rows())
+    dialled = [r for r in run.rows() if r["instance"] != "fleet CA"]
+    assert all(r["target"].startswith("127.77.") for r in dialled)
+    # The shared host's certificate, as PostgreSQL serves it, with its end date.
+    cert = rows[("certificate", "-")]
+    assert cert["target"] == f"{running.shared}:5432" and cert["host"] == "ai-shared"
+    assert cert["detail"].startswith(f"valid until {running.tls.hosts['ai-shared'].not_after}")
+    assert rows[("certificate", "fleet CA")]["detail"].startswith(
+        f"valid until {running.tls.ca.not_after}"
+    )
 
 
 def wrong(secret: str) -> str:
@@ -756,3 +769,35 @@ def test_probes_time_out_on_a_silent_server(running: Fleet, kind: str, tls: bool
         outcome = redis_ping(address, SILENT_PORT, "webui1", "x" * 30, 0.5, tls=context)
     assert outcome.state is State.TIMEOUT
     assert 0.4 < time.monotonic() - start < 1.5
+
+
+def certificate_rows(running: Fleet, pki: FleetPKI, today: datetime.date) -> dict[str, Outcome]:
+    """The certificate checks against the running servers, on ``today``."""
+    plan = running.compiled.plan
+    assert plan is not None
+    checks = certificate_checks(plan, pki, today, running.context())
+    return {c.instance or c.host: guarded(lambda c=c: c.run(TIMEOUT)) for c in checks}
+
+
+def test_a_certificate_near_its_end_is_degraded_and_an_expired_one_down(running: Fleet) -> None:
+    end = running.tls.hosts["ai-shared"].not_after
+    soon = certificate_rows(running, running.tls, end - datetime.timedelta(days=13))
+    assert soon["ai-shared"].state is State.DEGRADED, soon
+    assert soon["ai-shared"].detail == (
+        f"expires on {end}, in 13 days: render (it issues a new one), then replace ai-shared"
+    )
+    assert soon["fleet CA"].state is State.OK
+    fine = certificate_rows(running, running.tls, end - datetime.timedelta(days=14))
+    assert fine["ai-shared"].state is State.OK, fine
+    late = certificate_rows(running, running.tls, end + datetime.timedelta(days=1))
+    assert late["ai-shared"].state is State.DOWN and "expired on" in late["ai-shared"].detail
+
+
+def test_a_host_serving_another_certificate_than_the_ca_file_is_degraded(running: Fleet) -> None:
+    """After a render renewed a certificate, the host serves the old one until replaced."""
+    today = datetime.date.today()
+    renewed = fleet_pki.issue_host(running.tls.ca, "ai-shared", running.shared, today)
+    pki = FleetPKI(running.tls.ca, {**running.tls.hosts, "ai-shared": renewed})
+    rows = certificate_rows(running, pki, today)
+    assert rows["ai-shared"].state is State.DEGRADED
+    assert "serves another certificate than the CA file holds" in rows["ai-shared"].detail

@@ -7,6 +7,7 @@ run on paths that stop before probing. Real servers are in tests/services/test_s
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import ssl
@@ -430,3 +431,42 @@ def test_help_has_an_example() -> None:
     assert "Example:" in result.stdout
     assert "owuibuild status fleet.yml" in result.stdout
     assert "status" in CliRunner().invoke(cli, ["--help"]).stdout
+
+
+# -- certificates ---------------------------------------------------------------------------------
+
+
+def test_certificate_rows_dial_the_first_tls_service_of_each_service_host(
+    render_example: Callable[[str], Any],
+) -> None:
+    r = render_example("scale-out.yml")
+    plan, tls = r.plan, r.secrets.tls
+    today = datetime.date(2026, 12, 1)
+    checks = status.certificate_checks(plan, tls, today, None)
+    rows = {c.instance or c.host: c for c in checks}
+    assert set(rows) == {"fleet CA", *plan.certificate_hosts}
+    assert rows["fleet CA"].port == 0 and rows["fleet CA"].target == "-"
+    db = plan.postgres_host.name
+    assert (rows[db].address, rows[db].port) == (str(plan.postgres_host.address), 5432)
+    redis_host = plan.redis_host.name
+    if redis_host != db:
+        assert rows[redis_host].port == plan.redis_servers[0].port
+    # Hosts that serve no TLS service yet are checked in the CA file alone: never dialled.
+    for name, check in rows.items():
+        services = next((h.services for h in plan.hosts if h.name == name), frozenset())
+        if name != "fleet CA" and not services & {"postgres", "redis"}:
+            assert check.port == 0
+            outcome = check.run(1.0)
+            assert outcome.state is State.OK and outcome.detail.startswith("valid until")
+
+
+@pytest.mark.parametrize(
+    ("days", "state"),
+    [(-1, State.DOWN), (0, State.DEGRADED), (13, State.DEGRADED), (14, State.OK), (700, State.OK)],
+)
+def test_certificate_expiry_thresholds(days: int, state: State) -> None:
+    today = datetime.date(2026, 12, 1)
+    outcome = status.expiry_outcome(today + datetime.timedelta(days=days), today, "renew it")
+    assert outcome.state is state
+    if state is not State.OK:
+        assert outcome.detail.endswith(": renew it")
