@@ -183,6 +183,8 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
             # healthy seconds after it first answers, not up to an interval later.
             **({"start_interval": START_INTERVAL} if _has_start_interval(plan) else {}),
         },
+        # A fixed address: a service on the same host admits exactly this one.
+        "networks": {"default": {"ipv4_address": str(inst.container_address)}},
         "logging": {
             "driver": "json-file",
             "options": {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILE)},

@@ -136,16 +136,18 @@ class InstancePlan:
     webui_secret_key: SecretRef
     admin_password: SecretRef  # of the admin account Open WebUI creates at first start
     docker_subnet: IPv4Network  # the instance's own Docker network
+    container_address: IPv4Address  # its container's fixed address on that network
 
     @property
     def name(self) -> str:
         return self.instance.name
 
     def source_network(self, service_host: Host) -> IPv4Network:
-        """Where this instance's connections to ``service_host`` come from: its containers'
-        own subnet when the service runs on the same host (no NAT), else its host's address."""
+        """Where this instance's connections to ``service_host`` come from: its container's
+        fixed address when the service runs on the same host (no NAT; not the whole subnet,
+        whose gateway address any local process could bind), else its host's address."""
         if service_host == self.host:
-            return self.docker_subnet
+            return IPv4Network((self.container_address, 32))
         return IPv4Network((self.host.address, 32))
 
 
@@ -267,6 +269,11 @@ def docker_subnet(pool: IPv4Network, index: int) -> IPv4Network:
     return IPv4Network(f"{pool.network_address + index * size}/{SUBNET_PREFIX}")
 
 
+def container_address(subnet: IPv4Network) -> IPv4Address:
+    """The instance container's address: the one after the bridge's gateway (the first)."""
+    return subnet.network_address + 2
+
+
 def _instance_id(fleet: Fleet, host: Host) -> str:
     return f"{fleet.name}-{host.name}"
 
@@ -315,6 +322,9 @@ def make_plan(fleet: Fleet) -> Plan:
                 webui_secret_key=SecretRef(f"instances.{inst.name}.webui_secret_key"),
                 admin_password=SecretRef(f"instances.{inst.name}.admin_password"),
                 docker_subnet=docker_subnet(fleet.network.container_pool, index),
+                container_address=container_address(
+                    docker_subnet(fleet.network.container_pool, index)
+                ),
             )
         )
     all_instances = tuple(instances)

@@ -65,9 +65,12 @@ ADDRESS_MAP = {"10.9.0.10": "127.0.0.10", "10.9.0.20": "127.0.0.20", "10.9.0.21"
 SHARED = ADDRESS_MAP["10.9.0.10"]
 # The name clients verify the server's certificate for: the blueprint's address, never dialled.
 SHARED_NAME = "10.9.0.10"
-# gamma_local runs on the database host itself: its connections come from its own Docker
-# subnet (the third /28 of container_pool, 127.64.0.32/28, loopback here), not the host address.
-HOST_OF = {"alpha": "127.0.0.20", "beta": "127.0.0.21", "gamma_local": "127.64.0.33"}
+# gamma_local runs on the database host itself: its connections come from its container's fixed
+# address on its own Docker network (the third /28 of container_pool, 127.64.0.32/28, loopback
+# here: .33 is the bridge's gateway, .34 the container), not the host address.
+HOST_OF = {"alpha": "127.0.0.20", "beta": "127.0.0.21", "gamma_local": "127.64.0.34"}
+# Any process on the database host can bind the bridge's gateway address: it must not pass.
+GAMMA_GATEWAY = "127.64.0.33"
 
 
 def map_addresses(text: str) -> str:
@@ -504,3 +507,13 @@ def test_plain_text_and_unverified_clients_are_refused(
     # The right CA and name work (the other tests connect this way).
     right = server.connect(role, role, password(server, role), HOST_OF[role])
     assert right.returncode == 0 and right.stdout.strip() == role, right.stderr
+
+
+def test_the_bridge_gateway_of_a_local_instance_is_not_that_instance(server: Server) -> None:
+    """pg_hba admits gamma_local's container address alone, not its Docker network: a local
+    process bound to the bridge's gateway address gets no login with gamma_local's password."""
+    role = "gamma_local"
+    own = server.connect(role, role, password(server, role), HOST_OF[role])
+    assert own.returncode == 0, own.stderr
+    gateway = server.connect(role, role, password(server, role), GAMMA_GATEWAY)
+    assert gateway.returncode != 0 and "pg_hba.conf rejects connection" in gateway.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -567,3 +568,15 @@ def test_env_follows_service_placement(render_text: Callable[[str], Rendered]) -
 
 def test_single_ollama_node_gets_no_url_list(rendered: Rendered) -> None:
     assert "OLLAMA_BASE_URLS" not in env_lines(rendered, "one")
+
+
+def test_each_container_has_a_fixed_address_on_its_own_network(rendered: Rendered) -> None:
+    plan = plan_of(rendered)
+    for inst in plan.instances:
+        doc = compose(rendered, inst.name)
+        networks = doc["services"][bundle.SERVICE]["networks"]
+        assert networks == {"default": {"ipv4_address": str(inst.container_address)}}
+        (subnet,) = doc["networks"]["default"]["ipam"]["config"]
+        assert inst.container_address in IPv4Network(subnet["subnet"])
+        # Not the bridge's gateway (the first address), which the host itself holds.
+        assert inst.container_address != next(IPv4Network(subnet["subnet"]).hosts())

@@ -244,6 +244,9 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
     assert isinstance(plan, Plan)
     fleet_hosts = {IPv4Network(f"{h.host.address}/32") for h in plan.hosts}
     subnets = {i.docker_subnet for i in plan.instances}
+    containers = {IPv4Network((i.container_address, 32)) for i in plan.instances}
+    assert all(IPv4Network((i.container_address, 32)).subnet_of(i.docker_subnet)
+               for i in plan.instances)  # fmt: skip
     for host in plan.hosts:
         name = host.host.name
         (entry,) = [
@@ -278,9 +281,9 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
                 assert saddr == (None if inst.instance.public else {plan.fleet.network.cidr}), line
             else:
                 # a shared service: only fleet hosts (instance hosts, backup and cluster peers)
-                # or an instance's own Docker subnet on this host, never a wider network
+                # or an instance container's own address on this host, never a wider network
                 assert saddr, (name, line)
-                assert saddr <= fleet_hosts | subnets, (name, line)
+                assert saddr <= fleet_hosts | containers, (name, line)
             if service.startswith("redis-"):
                 server = next(s for s in plan.redis_servers if service == f"redis-{s.name}")
                 assert saddr == {i.source_network(host.host) for i in server.instances}, line
