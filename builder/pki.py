@@ -16,7 +16,6 @@ the `cryptography` library is imported only to issue.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from .diagnostics import Diagnostic, error
+from .secrets import write_private
 
 CA_DAYS = 3650
 HOST_DAYS = 730
@@ -225,20 +225,7 @@ def issue_ca(fleet: str, today: datetime.date) -> Issued:
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -268,20 +255,7 @@ def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Iss
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
@@ -296,6 +270,22 @@ def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Iss
         .sign(ca_key, hashes.SHA256())
     )
     return _issued_from(cert, key, _names(host, address))
+
+
+def _key_usage(*, signs_certificates: bool) -> Any:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _validity(today: datetime.date, days: int) -> tuple[datetime.datetime, datetime.datetime]:
@@ -371,19 +361,7 @@ def write(path: Path, pki: FleetPKI, blueprint_name: str) -> None:
 
     Dumper.add_representer(str, text)
     body = yaml.dump(doc, Dumper=Dumper, sort_keys=True, default_flow_style=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(HEADER.format(blueprint=blueprint_name) + body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(path, HEADER.format(blueprint=blueprint_name) + body)
 
 
 def load_or_create(

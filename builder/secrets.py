@@ -267,6 +267,11 @@ def write(path: Path, values: Mapping[str, str], blueprint_name: str) -> None:
     text = HEADER.format(blueprint=blueprint_name) + yaml.safe_dump(
         _nest(values), sort_keys=True, default_flow_style=False
     )
+    write_private(path, text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, mode 0600 from its first byte."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)  # a stale file from a crashed run may have another mode
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -353,6 +353,13 @@ def login(port: int) -> Outcome:
     return pg_login("127.0.0.1", port, "webui1", "webui1", PASSWORD, 2.0)
 
 
+def tls_login(port: int, tls: ssl.SSLContext, server_name: str | None = None) -> Outcome:
+    """webui1's probe login over TLS to the scripted server on ``port``."""
+    return pg_login(
+        "127.0.0.1", port, "webui1", "webui1", PASSWORD, 2.0, tls=tls, server_name=server_name
+    )
+
+
 def test_pg_refuses_to_send_a_cleartext_password() -> None:
     def script(conn: socket.socket) -> None:
         read_startup(conn)
@@ -581,15 +588,7 @@ def test_pg_logs_in_over_tls_after_an_ssl_request(tmp_path: Path) -> None:
     with scripted_server(
         scram_login_script(PASSWORD), tls=pki.server_context(tmp_path), ssl_request=b"S"
     ) as (port, received):
-        outcome = pg_login(
-            "127.0.0.1",
-            port,
-            "webui1",
-            "webui1",
-            PASSWORD,
-            2.0,
-            tls=tls_context(ca_pem=pki.ca_cert),
-        )
+        outcome = tls_login(port, tls_context(ca_pem=pki.ca_cert))
     assert outcome == Outcome(State.OK, "webui1@webui1: SELECT 1")
     assert received == []
 
@@ -602,9 +601,7 @@ def test_pg_scram_server_double_rejects_a_wrong_password(tmp_path: Path) -> None
         tls=pki.server_context(tmp_path),
         ssl_request=b"S",
     ) as (port, _):
-        outcome = pg_login(
-            "127.0.0.1", port, "webui1", "webui1", PASSWORD, 2.0, tls=tls_context(pki.ca_cert)
-        )
+        outcome = tls_login(port, tls_context(pki.ca_cert))
     assert outcome.state is State.AUTH_FAILED
     assert outcome.detail.startswith("SQLSTATE 28P01: password authentication failed")
 
@@ -617,16 +614,7 @@ def test_pg_verifies_the_name_it_is_given(tmp_path: Path) -> None:
     for name, ok in (("10.20.1.10", True), ("ai-shared", True), ("10.20.1.11", False)):
         script = scram_login_script(PASSWORD) if ok else (lambda conn: None)
         with scripted_server(script, tls=context, ssl_request=b"S") as (port, _):
-            outcome = pg_login(
-                "127.0.0.1",
-                port,
-                "webui1",
-                "webui1",
-                PASSWORD,
-                2.0,
-                tls=tls_context(pki.ca_cert),
-                server_name=name,
-            )
+            outcome = tls_login(port, tls_context(pki.ca_cert), server_name=name)
         if ok:
             assert outcome.state is State.OK, (name, outcome)
         else:
@@ -634,24 +622,14 @@ def test_pg_verifies_the_name_it_is_given(tmp_path: Path) -> None:
             assert outcome.detail.startswith("TLS: certificate verify failed: IP address mismatch")
     # ... and by default the address it dials, which this certificate does not name
     with scripted_server(lambda conn: None, tls=context, ssl_request=b"S") as (port, _):
-        outcome = pg_login(
-            "127.0.0.1", port, "webui1", "webui1", PASSWORD, 2.0, tls=tls_context(pki.ca_cert)
-        )
+        outcome = tls_login(port, tls_context(pki.ca_cert))
     assert outcome.state is State.DOWN
     assert "mismatch" in outcome.detail
 
 
 def test_pg_server_that_refuses_tls_is_down_and_hears_nothing_more() -> None:
     with scripted_server(lambda conn: None, ssl_request=b"N") as (port, received):
-        outcome = pg_login(
-            "127.0.0.1",
-            port,
-            "webui1",
-            "webui1",
-            PASSWORD,
-            2.0,
-            tls=tls_context(make_pki().ca_cert),
-        )
+        outcome = tls_login(port, tls_context(make_pki().ca_cert))
     assert outcome == Outcome(State.DOWN, "the server refused TLS")
     assert received == []  # no StartupMessage, no user name in the clear
 
@@ -661,15 +639,7 @@ def test_pg_certificate_from_another_ca_fails_verification(tmp_path: Path) -> No
     with scripted_server(
         lambda conn: None, tls=stranger.server_context(tmp_path), ssl_request=b"S"
     ) as (port, received):
-        outcome = pg_login(
-            "127.0.0.1",
-            port,
-            "webui1",
-            "webui1",
-            PASSWORD,
-            2.0,
-            tls=tls_context(make_pki().ca_cert),
-        )
+        outcome = tls_login(port, tls_context(make_pki().ca_cert))
     assert outcome.state is State.DOWN
     assert outcome.detail.startswith("TLS: certificate verify failed: ")
     assert "local issuer" in outcome.detail
@@ -682,15 +652,7 @@ def test_pg_server_that_says_s_but_speaks_plain_text_is_down() -> None:
         conn.sendall(b"S" + pg_msg(b"R", struct.pack("!I", 3)))  # not a TLS ServerHello
 
     with scripted_server(plain_after_s) as (port, _):
-        outcome = pg_login(
-            "127.0.0.1",
-            port,
-            "webui1",
-            "webui1",
-            PASSWORD,
-            2.0,
-            tls=tls_context(make_pki().ca_cert),
-        )
+        outcome = tls_login(port, tls_context(make_pki().ca_cert))
     assert outcome.state is State.DOWN
     assert outcome.detail.startswith("TLS handshake failed: ")
 
@@ -701,15 +663,7 @@ def test_pg_server_that_ignores_the_ssl_request_is_down() -> None:
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     with scripted_server(not_postgres) as (port, _):
-        outcome = pg_login(
-            "127.0.0.1",
-            port,
-            "webui1",
-            "webui1",
-            PASSWORD,
-            2.0,
-            tls=tls_context(make_pki().ca_cert),
-        )
+        outcome = tls_login(port, tls_context(make_pki().ca_cert))
     assert outcome == Outcome(State.DOWN, "not a PostgreSQL server (no answer to SSLRequest)")
 
 
