@@ -94,12 +94,12 @@ def installed_packages(status: str) -> set[str]:
 def test_baked_image(baked: Any, rootfs: RootFs) -> None:
     print(f"{'from cache' if baked.cached else 'baked'} in {baked.seconds:.0f} s: {baked.disk}")
     compiled = compile_blueprint(baked.blueprint, write_secrets=False)
-    assert compiled.ok and compiled.plan is not None
+    assert compiled.ok and compiled.plan is not None and compiled.secrets is not None
     plan = compiled.plan
     values, _ = store.read(baked.secrets_file)
-    assert values
+    assert values == compiled.secrets.values
     image = next(i for i in images(plan) if i.name == baked.image)
-    steps = install_steps(parts_for(plan, image.host, store.Secrets(values)))
+    steps = install_steps(parts_for(plan, image.host, compiled.secrets))
 
     # The software: every package of the install steps, and the files they wrote.
     status = rootfs.cat("/var/lib/dpkg/status")
