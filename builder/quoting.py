@@ -130,10 +130,17 @@ def systemd_path(value: object) -> Quoted:
     return Quoted(text)
 
 
+# Characters that stand for themselves inside a double-quoted redis.conf argument.
+_REDIS_PLAIN = re.compile(r'[^\\"\x00-\x1f\x7f]*')
+
+
 def redis(value: object) -> Quoted:
     """A redis.conf argument: double-quoted, with the escapes redis's sdssplitargs knows."""
+    text = str(value)
+    if _REDIS_PLAIN.fullmatch(text):  # the common case, without a loop over the characters
+        return Quoted(f'"{text}"')
     out = []
-    for ch in str(value):
+    for ch in text:
         if ch == "\\":
             out.append("\\\\")
         elif ch == '"':

@@ -135,8 +135,10 @@ def verify(
                 )
         if never_secret(a.path) and a.secret:
             problems.append(error(where, f"{a.path} must never hold secrets but is marked secret"))
-        leaked = values and leaked_secrets(a.data, values, lengths)
-        if not a.secret and (leaked or any(line in a.data for line in key_lines)):
+        if not a.secret and (
+            (values and leaked_secrets(a.data, values, lengths))
+            or any(line in a.data for line in key_lines)
+        ):
             problems.append(
                 error(
                     where,
