@@ -121,8 +121,11 @@ def render(
     """Compile BLUEPRINT into OUTPUT: seeds for every host, a bundle for every instance, Packer
     templates, a runbook and manifest.json.
 
-    Secrets are generated on the first render into <blueprint>.secrets.yml (mode 0600) and
-    reused afterwards, so the same blueprint and secrets always give byte-identical output.
+    Secrets are generated on the first render into <blueprint>.secrets.yml, and the fleet CA
+    with a certificate for each service host into <blueprint>.tls.secrets.yml (both mode
+    0600); both are reused afterwards, so the same blueprint and secrets always give
+    byte-identical output. A certificate within 30 days of its end is issued again, and
+    render says so.
     The output directory is swapped in atomically: a failed render leaves it untouched.
 
     \b
