@@ -138,9 +138,7 @@ def _issued(
     return Issued(values["cert"], values["key"], not_after, names), []
 
 
-def read(
-    path: Path, today: datetime.date
-) -> tuple[tuple[Issued, dict[str, Issued]] | None, list[Diagnostic]]:
+def read(path: Path, today: datetime.date) -> tuple[FleetPKI | None, list[Diagnostic]]:
     """The stored CA and host certificates (None when there is no file). Nothing is written."""
     name = str(path)
     try:
@@ -192,7 +190,7 @@ def read(
         )
     if problems or ca is None:
         return None, problems
-    return (ca, hosts), []
+    return FleetPKI(ca, hosts), []
 
 
 # -- issuing --------------------------------------------------------------------------------------
@@ -312,7 +310,7 @@ def _issued_from(cert: Any, key: Any, names: tuple[str, ...]) -> Issued:
 
 
 def complete(
-    stored: tuple[Issued, dict[str, Issued]] | None,
+    stored: FleetPKI | None,
     fleet: str,
     wanted: Mapping[str, str],
     today: datetime.date,
@@ -321,8 +319,8 @@ def complete(
     reused, missing, renamed or expiring ones issued. Returns (pki, changed, notices)."""
     notices: list[str] = []
     changed = stored is None
-    ca = stored[0] if stored is not None else issue_ca(fleet, today)
-    old_hosts = stored[1] if stored is not None else {}
+    ca = stored.ca if stored is not None else issue_ca(fleet, today)
+    old_hosts = stored.hosts if stored is not None else {}
     hosts: dict[str, Issued] = {}
     renew_from = today + datetime.timedelta(days=RENEW_DAYS)
     for host in sorted(wanted):

@@ -360,7 +360,9 @@ def plan_checks(
     checks += [webui(i, "openwebui", "/health") for i in plan.instances]
     checks += [webui(i, "openwebui-db", "/health/db") for i in plan.instances]
     if pki is not None:
-        checks += certificate_checks(plan, pki, today or datetime.date.today(), tls)
+        checks += certificate_checks(
+            plan, pki, today or datetime.datetime.now(datetime.UTC).date(), tls
+        )
     return checks
 
 
@@ -386,10 +388,10 @@ def certificate_checks(
         )
     ]
     for host in plan.hosts:
-        issued = pki.hosts.get(host.name)
-        if issued is None or not host.services:
+        if host.name not in plan.certificate_hosts:
             continue
-        address = str(host.host.address)
+        issued = pki.hosts[host.name]
+        address = plan.certificate_hosts[host.name]
         on_postgres = "postgres" in host.services
         port = POSTGRES_PORT if on_postgres else first_redis.get(host.name, 0)
         probe = certificate_probe(
@@ -599,7 +601,7 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
             f"status verifies PostgreSQL and Redis with the fleet CA that 'owuibuild render "
             f"{blueprint}' made; keep that file next to the blueprint",
         )
-    secrets = secret_store.Secrets(values, pki=pki.FleetPKI(*stored))
+    secrets = secret_store.Secrets(values, pki=stored)
 
     names = {*SERVICES, *(i.name for i in plan.instances)}
     unknown = sorted(set(only) - names)

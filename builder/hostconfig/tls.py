@@ -17,7 +17,7 @@ ORDER = 20
 
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     files = [File(FLEET_CA, secrets.tls.ca_cert)] if host.runs_docker else []
-    issued = secrets.tls.hosts.get(host.name) if host.services else None
-    if issued is not None:
+    if host.name in plan.certificate_hosts:
+        issued = secrets.tls.hosts[host.name]
         files += [File(SERVER_CERT, issued.cert), File(SERVER_KEY, issued.key, "0600")]
     return Part(name="tls", files=tuple(files)) if files else None
