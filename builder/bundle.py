@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from . import yamldump
 from .plan import (
+    CA_BUNDLE,
     CONTAINER_DATA_DIR,
     FLEET_CA,
     OPENWEBUI_CONTAINER_PORT,
@@ -85,12 +86,19 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("WEBSOCKET_MANAGER", "redis"),
         ("WEBSOCKET_REDIS_URL", redis),
         ("VECTOR_DB", "qdrant"),
+        # Five fixed collections per prefix (its default; the prefix keeps instances apart).
+        ("ENABLE_QDRANT_MULTITENANCY_MODE", "true"),
         ("QDRANT_URI", plan.qdrant_url),
         ("QDRANT_API_KEY", secrets[plan.qdrant_api_key.name]),
         ("QDRANT_COLLECTION_PREFIX", inst.qdrant_collection_prefix),
         *ollama,
         ("RAG_EMBEDDING_ENGINE", "ollama"),
         ("RAG_EMBEDDING_MODEL", plan.fleet.shared.ollama.embedding_model),
+        # Qdrant and Ollama speak HTTPS with certificates from the fleet CA. Their clients
+        # (httpx, aiohttp) and requests take one CA bundle, which replaces their own: the
+        # host's bundle, the system's CAs plus the fleet CA, so public HTTPS still verifies.
+        ("SSL_CERT_FILE", CA_BUNDLE),
+        ("REQUESTS_CA_BUNDLE", CA_BUNDLE),
         ("WEBUI_SECRET_KEY", secrets[inst.webui_secret_key.name]),
         # The admin is created at first start, before the port answers, so nobody can claim
         # the instance by signing up first; later starts find users and leave them alone.
@@ -167,8 +175,10 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
         ],
         "volumes": [
             {"type": "volume", "source": VOLUME, "target": CONTAINER_DATA_DIR},
-            # The fleet CA, which the instance verifies every shared service with.
+            # The fleet CA, which the instance verifies PostgreSQL and Redis with, and the
+            # host's CA bundle (with the fleet CA) for its HTTPS clients.
             {"type": "bind", "source": FLEET_CA, "target": FLEET_CA, "read_only": True},
+            {"type": "bind", "source": CA_BUNDLE, "target": CA_BUNDLE, "read_only": True},
         ],
         "healthcheck": {
             "test": ["CMD", "curl", "--fail", "--silent", "--show-error", health_url],

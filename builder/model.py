@@ -85,13 +85,7 @@ class Ollama:
     keep_alive: str
     num_parallel: int
     max_loaded_models: int
-
-
-@dataclass(frozen=True)
-class QdrantTLS:
-    ca_cert: str
-    cert: str
-    key: str
+    allow_model_management: bool
 
 
 @dataclass(frozen=True)
@@ -99,7 +93,6 @@ class Qdrant:
     version: str
     sha256: str | None
     replication_factor: int
-    tls: QdrantTLS | None
 
 
 @dataclass(frozen=True)
@@ -262,12 +255,12 @@ class Fleet:
                     o["keep_alive"],
                     o["num_parallel"],
                     o["max_loaded_models"],
+                    o["allow_model_management"],
                 ),
                 qdrant=Qdrant(
                     q["version"],
                     q.get("sha256"),
                     q["replication_factor"],
-                    QdrantTLS(**q["tls"]) if "tls" in q else None,
                 ),
                 postgres=Postgres(p.get("version", release.postgres_major), p["max_connections"]),
                 redis=Redis(r["mode"], r["maxmemory_mb"], r["base_port"]),

@@ -19,7 +19,10 @@ RESERVED_CONNECTIONS = 10
 # One instance's database pool never grows past this many connections (pool + overflow).
 MAX_CONNECTIONS_PER_INSTANCE = 20
 
-OLLAMA_PORT = 11434
+OLLAMA_PORT = 11434  # the TLS terminator's, on the private address
+# Ollama itself listens on loopback only, on the same port: it has no TLS and no
+# authentication, so only its terminator (and the host's own model pulls) reach it.
+OLLAMA_LOOPBACK = "127.0.0.1"
 QDRANT_PORT = 6333
 QDRANT_P2P_PORT = 6335  # Qdrant's cluster (Raft/peer) port
 POSTGRES_PORT = 5432
@@ -55,6 +58,11 @@ FLEET_CA = "/etc/owuibuild/tls/fleet-ca.crt"
 SERVER_CERT = "/etc/owuibuild/tls/server.crt"
 SERVER_KEY = "/etc/owuibuild/tls/server.key"
 TLS_MIN_VERSION = "TLSv1.2"
+# On a host that runs instances: the system's CA bundle plus the fleet CA, made at boot and
+# mounted read-only into each container, whose HTTPS clients (Qdrant's, Ollama's, and the
+# ones that reach public services) trust it instead of their own bundles.
+CA_BUNDLE = "/etc/owuibuild/tls/ca-bundle.crt"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 # -- pure helpers shared by validation and planning -------------------------------------------------
@@ -201,7 +209,7 @@ class QdrantCluster:
     bootstrap: Host  # the first node; the others join it
 
     def peer_url(self, host: Host) -> str:
-        return f"http://{host.address}:{self.p2p_port}"
+        return f"https://{host.address}:{self.p2p_port}"
 
 
 @dataclass(frozen=True)
@@ -421,8 +429,8 @@ def make_plan(fleet: Fleet) -> Plan:
         shared=shared,
         docker_hosts=docker_hosts,
         redis_servers=redis_servers,
-        ollama_url=f"http://{ollama_hosts[0].address}:{OLLAMA_PORT}",
-        qdrant_url=f"http://{qdrant_hosts[0].address}:{QDRANT_PORT}",
+        ollama_url=f"https://{ollama_hosts[0].address}:{OLLAMA_PORT}",
+        qdrant_url=f"https://{qdrant_hosts[0].address}:{QDRANT_PORT}",
         openwebui_image=image,
         openwebui_archive=(
             artifacts.openwebui_archive(ow.version, ow.archive_sha256)
@@ -436,7 +444,7 @@ def make_plan(fleet: Fleet) -> Plan:
         redis_host=redis_host,
         qdrant_hosts=qdrant_hosts,
         ollama_hosts=ollama_hosts,
-        ollama_urls=tuple(f"http://{h.address}:{OLLAMA_PORT}" for h in ollama_hosts),
+        ollama_urls=tuple(f"https://{h.address}:{OLLAMA_PORT}" for h in ollama_hosts),
         qdrant_cluster=cluster,
     )
 

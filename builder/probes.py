@@ -677,16 +677,27 @@ class HttpAnswer:
 
 
 def http_get(
-    address: str, port: int, path: str, timeout: float, headers: dict[str, str] | None = None
+    address: str,
+    port: int,
+    path: str,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> HttpAnswer:
-    """GET ``http://address:port/path`` within one timeout, directly.
+    """GET ``http://address:port/path`` within one timeout, directly; ``https://`` with
+    ``tls``, whose CA must have issued the certificate and which must name ``address``.
 
     http.client rather than urllib: urllib would honour *_proxy variables and could send
     the request, API key included, to a proxy instead of the host. Raises OSError or
     ProbeFailure; callers run it under `guarded`.
     """
     deadline = Deadline(timeout)
-    conn = http.client.HTTPConnection(address, port, timeout=deadline.remaining())
+    conn = (
+        http.client.HTTPSConnection(address, port, timeout=deadline.remaining(), context=tls)
+        if tls is not None
+        else http.client.HTTPConnection(address, port, timeout=deadline.remaining())
+    )
     try:
         conn.request("GET", path, headers={"Accept": "application/json", **(headers or {})})
         # getresponse() may hand the socket over to the response and drop conn.sock.

@@ -112,9 +112,13 @@ def _model_key(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-def ollama_probe(address: str, port: int, models: Sequence[str]) -> Probe:
+def ollama_probe(
+    address: str, port: int, models: Sequence[str], tls: ssl.SSLContext | None = None
+) -> Probe:
+    """Ollama's model list, through its TLS terminator when ``tls`` is given."""
+
     def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, "/api/tags", timeout)
+        answer = http_get(address, port, "/api/tags", timeout, tls=tls)
         if answer.status != 200:
             return Outcome(State.DOWN, f"GET /api/tags: HTTP {answer.status}")
         doc = _json_body(answer.body)
@@ -134,9 +138,11 @@ def ollama_probe(address: str, port: int, models: Sequence[str]) -> Probe:
     return run
 
 
-def qdrant_probe(address: str, port: int, api_key: str) -> Probe:
+def qdrant_probe(address: str, port: int, api_key: str, tls: ssl.SSLContext | None = None) -> Probe:
+    """Qdrant's collection list with the API key, over TLS when ``tls`` is given."""
+
     def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, "/collections", timeout, {"api-key": api_key})
+        answer = http_get(address, port, "/collections", timeout, {"api-key": api_key}, tls=tls)
         if answer.status in (401, 403):
             return Outcome(State.AUTH_FAILED, f"GET /collections: HTTP {answer.status}")
         if answer.status != 200:
@@ -288,7 +294,9 @@ def plan_checks(
             host.name,
             str(host.address),
             OLLAMA_PORT,
-            ollama_probe(str(host.address), OLLAMA_PORT, plan.ollama_models),
+            ollama_probe(str(host.address), OLLAMA_PORT, plan.ollama_models, tls)
+            if tls is not None
+            else no_fleet_ca(no_tls),
         )
         for host in plan.ollama_hosts
     ]
@@ -300,7 +308,10 @@ def plan_checks(
             host_name,
             address,
             QDRANT_PORT,
-            with_secret(plan.qdrant_api_key, lambda key: qdrant_probe(address, QDRANT_PORT, key)),
+            with_tls(
+                plan.qdrant_api_key,
+                lambda key, tls: qdrant_probe(address, QDRANT_PORT, key, tls),
+            ),
         )
 
     checks += [qdrant_check(str(h.address), h.name) for h in plan.qdrant_hosts]

@@ -43,6 +43,7 @@ OWNED_ENV = frozenset(
         "WEBSOCKET_MANAGER",
         "WEBSOCKET_REDIS_URL",
         "VECTOR_DB",
+        "ENABLE_QDRANT_MULTITENANCY_MODE",
         "QDRANT_URI",
         "QDRANT_API_KEY",
         "QDRANT_COLLECTION_PREFIX",
@@ -50,6 +51,8 @@ OWNED_ENV = frozenset(
         "OLLAMA_BASE_URLS",
         "RAG_EMBEDDING_ENGINE",
         "RAG_EMBEDDING_MODEL",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
         "WEBUI_SECRET_KEY",
         "WEBUI_ADMIN_EMAIL",
         "WEBUI_ADMIN_PASSWORD",
@@ -542,12 +545,13 @@ def check_placement(data: dict[str, Any]) -> Iterator[Located]:
             ),
             False,
         )
-    if count == 1 and "tls" in qdrant:
+    if "tls" in qdrant:
         yield (
             warning(
                 ("shared", "qdrant", "tls"),
-                "peer TLS applies only to a Qdrant cluster; with one node it is unused",
-                "place Qdrant on three or more hosts, or remove tls",
+                "is no longer used: every Qdrant host serves clients and cluster peers over "
+                "TLS with its certificate from the fleet CA",
+                "remove tls",
             ),
             True,
         )

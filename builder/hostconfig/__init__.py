@@ -154,13 +154,20 @@ def reload_if_stale(units: Iterable[str]) -> Command:
     return ("/bin/sh", "-c", RELOAD_IF_STALE, "owuibuild-reload", *units)
 
 
+def masks(f: File) -> bool:
+    """Whether ``f`` is an empty unit file, which masks its unit (systemd.unit(5)): nothing to
+    load, so nothing for the reload check to ask about."""
+    rest = f.path.removeprefix(f"{UNIT_DIR}/")
+    return rest != f.path and "/" not in rest and not f.content
+
+
 def written_units(parts: Iterable[Part]) -> tuple[str, ...]:
     """The units whose unit file or drop-in these parts write, in order; a template's drop-in
     stands for the instances its part names (Part.template_units)."""
     units: dict[str, None] = {}
     for p in parts:
         for f in p.files:
-            if not f.path.startswith(f"{UNIT_DIR}/"):
+            if not f.path.startswith(f"{UNIT_DIR}/") or masks(f):
                 continue
             name = f.path[len(UNIT_DIR) + 1 :].split("/")[0].removesuffix(".d")
             if "@." not in name:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ..plan import DATA_MOUNT, POSTGRES_PORT, SCRIPT_DIR, HostPlan, Plan
+from ..plan import DATA_MOUNT, FLEET_CA, POSTGRES_PORT, SCRIPT_DIR, HostPlan, Plan
 from ..quoting import Quoted, QuotingError, render_template
 from ..secrets import Secrets
 from . import File, Part
@@ -85,6 +85,7 @@ def script(plan: Plan, host: HostPlan) -> str:
         keep=plan.fleet.shared.backups.keep,
         pg_bin=pg_bin(plan),
         qdrant_url=plan.qdrant_url,
+        fleet_ca=FLEET_CA,
         credential=CREDENTIAL,
         databases=[i.db_name for i in plan.instances],
         mount=guarded_mount(plan, host),

@@ -27,6 +27,7 @@ from ..quoting import plain_words, render_template, shell_command
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
 from . import UNIT_DIR, Command, File, Part, start_packaged_units, start_units
+from .tls import BUNDLE_SCRIPT
 
 ORDER = 60
 
@@ -172,6 +173,8 @@ def instance_unit(inst: InstancePlan) -> str:
                         "ExecStartPre",
                         plain_words("/usr/bin/install", "-d", "-m", "0750", inst.data_dir),
                     ),
+                    # The CA bundle its compose file mounts, from the system's CAs of today.
+                    ("ExecStartPre", plain_words("/bin/sh", BUNDLE_SCRIPT)),
                     (
                         "ExecStart",
                         plain_words(*compose_argv(inst, "up", "--detach", "--remove-orphans")),

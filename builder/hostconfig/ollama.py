@@ -2,15 +2,15 @@
 
 The pinned release archive (bin/ollama and lib/ollama) from the blueprint's mirror or
 upstream, checksum verified before it is extracted; an `ollama` system user whose home and
-models are on the data volume; a hardened unit bound to the private address with the
-blueprint's tuning; and owui-ollama-models.service, a oneshot started without blocking that
+models are on the data volume; a hardened unit bound to loopback (instances reach it through
+its TLS terminator, see ollama_tls.py) with the blueprint's tuning; and owui-ollama-models.service, a oneshot started without blocking that
 pulls the models with retries (models already present, e.g. baked into the image, are kept).
 """
 
 from __future__ import annotations
 
 from .. import artifacts
-from ..plan import DATA_MOUNT, OLLAMA_DATA, OLLAMA_PORT, SCRIPT_DIR, HostPlan, Plan
+from ..plan import DATA_MOUNT, OLLAMA_DATA, OLLAMA_LOOPBACK, OLLAMA_PORT, SCRIPT_DIR, HostPlan, Plan
 from ..quoting import render_template
 from ..secrets import Secrets
 from . import File, Part, start_units
@@ -39,7 +39,8 @@ def artifact(plan: Plan) -> artifacts.Artifact:
 
 
 def listen(host: HostPlan) -> str:
-    return f"{host.host.address}:{OLLAMA_PORT}"
+    del host  # every Ollama host listens on loopback: only its TLS terminator faces the network
+    return f"{OLLAMA_LOOPBACK}:{OLLAMA_PORT}"
 
 
 def environment(plan: Plan, host: HostPlan) -> list[str]:

@@ -3,8 +3,9 @@
 The pinned musl release (static, so it runs on Debian 12 and Ubuntu 24.04 alike) from the
 blueprint's mirror or upstream, checksum verified before it is extracted; a `qdrant` system
 user; a configuration with absolute storage and snapshot paths on the data volume, the
-private address, telemetry off and the API key from the secrets (so the file is 0600, owned
-by qdrant); and a hardened unit that restarts on failure.
+private address, HTTPS only with the host's certificate from the fleet CA (cluster peers too,
+verified against the fleet CA), telemetry off and the API key from the secrets (so the file is
+0600, owned by qdrant); and a hardened unit that restarts on failure.
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from .. import artifacts, yamldump
-from ..plan import DATA_MOUNT, QDRANT_DATA, QDRANT_PORT, HostPlan, Plan
+from ..plan import (
+    DATA_MOUNT,
+    FLEET_CA,
+    QDRANT_DATA,
+    QDRANT_PORT,
+    SERVER_CERT,
+    SERVER_KEY,
+    HostPlan,
+    Plan,
+)
 from ..quoting import render_template
 from ..secrets import Secrets
-from . import File, Part, start_units
+from . import Command, File, Part, start_units
 from ._release import install, system_user
 from .datavolume import state_dir_command
 
@@ -26,6 +36,9 @@ CONFIG = "/etc/qdrant/config.yaml"
 UNIT = "/etc/systemd/system/qdrant.service"
 STORAGE = f"{QDRANT_DATA}/storage"
 SNAPSHOTS = f"{QDRANT_DATA}/snapshots"
+# The copy of the host's key that only qdrant reads (its certificate is SERVER_CERT).
+TLS_KEY_DIR = "/etc/qdrant/tls"
+TLS_KEY = f"{TLS_KEY_DIR}/server.key"
 
 
 def artifact(plan: Plan) -> artifacts.Artifact:
@@ -48,21 +61,29 @@ def config(plan: Plan, secrets: Secrets, host: HostPlan) -> dict[str, Any]:
             "grpc_port": None,  # gRPC off: Open WebUI uses HTTP, and the firewall opens only it
             "api_key": secrets[plan.qdrant_api_key.name],
             "enable_cors": False,
+            "enable_tls": True,
         },
+        # ca_cert verifies cluster peers; clients authenticate with the API key, not a certificate.
+        "tls": {"cert": SERVER_CERT, "key": TLS_KEY, "ca_cert": FLEET_CA},
         "telemetry_disabled": True,
     }
     cluster = plan.qdrant_cluster
     if cluster is not None:
         storage["collection"] = {"replication_factor": cluster.replication_factor}
-        tls = plan.fleet.shared.qdrant.tls
         doc["cluster"] = {
             "enabled": True,
-            "p2p": {"port": cluster.p2p_port, "enable_tls": tls is not None},
+            "p2p": {"port": cluster.p2p_port, "enable_tls": True},
             "consensus": {"tick_period_ms": 100},
         }
-        if tls is not None:
-            doc["tls"] = {"cert": tls.cert, "key": tls.key, "ca_cert": tls.ca_cert}
     return doc
+
+
+def key_commands() -> tuple[Command, ...]:
+    """The host's key, copied for qdrant alone."""
+    return (
+        ("install", "-d", "-o", "root", "-g", "qdrant", "-m", "0750", TLS_KEY_DIR),
+        ("install", "-o", "qdrant", "-g", "qdrant", "-m", "0600", SERVER_KEY, TLS_KEY),
+    )
 
 
 def peer_args(plan: Plan, host: HostPlan) -> list[str]:
@@ -112,6 +133,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         install=(install_command,),
         configure=(
             state_dir_command("qdrant", "0750", QDRANT_DATA, STORAGE, SNAPSHOTS),
+            *key_commands(),
             start_units("qdrant.service", wait=False),
         ),
         awaited=("qdrant.service",),

@@ -401,14 +401,29 @@ class SilentServer:
             conn.close()
 
 
+def https_server(
+    fleet: Fleet, port: int, handler: type[BaseHTTPRequestHandler], where: Path
+) -> ThreadingHTTPServer:
+    """A double on the shared address that speaks TLS with the shared host's certificate, as
+    Qdrant and Ollama's terminator do."""
+    server = ThreadingHTTPServer((fleet.shared, port), handler)
+    cert, key = fleet.write_server_tls(where)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
 @pytest.fixture(scope="module")
-def doubles(fleet: Fleet) -> Iterator[None]:
+def doubles(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     qdrant = type(
         "BoundQdrantDouble", (QdrantDouble,), {"api_key": fleet.secrets["qdrant.api_key"]}
     )
+    where = tmp_path_factory.mktemp("double-tls")
     servers = [
-        ThreadingHTTPServer((fleet.shared, 11434), OllamaDouble),
-        ThreadingHTTPServer((fleet.shared, 6333), qdrant),
+        https_server(fleet, 11434, OllamaDouble, where),
+        https_server(fleet, 6333, qdrant, where),
     ]
     servers += [
         ThreadingHTTPServer((fleet.host(host), port), OpenWebUIDouble)

@@ -17,7 +17,7 @@ from owuibuild import bundle, hostconfig
 from owuibuild.hostconfig import _first_boot as first_boot
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.hostconfig import postgres
-from owuibuild.plan import CONTAINER_DATA_DIR, DATA_MOUNT, FLEET_CA, Plan
+from owuibuild.plan import CA_BUNDLE, CONTAINER_DATA_DIR, DATA_MOUNT, FLEET_CA, Plan
 from owuibuild.quoting import QuotingError
 
 pytestmark = pytest.mark.unit
@@ -146,10 +146,13 @@ def test_public_instance_is_published_on_all_addresses(rendered: Rendered) -> No
 
 def test_data_dir_is_a_named_volume_on_the_data_mount(rendered: Rendered) -> None:
     doc = compose(rendered, "three")
-    mount, ca = doc["services"][bundle.SERVICE]["volumes"]
+    mount, ca, cas = doc["services"][bundle.SERVICE]["volumes"]
     assert mount == {"type": "volume", "source": bundle.VOLUME, "target": CONTAINER_DATA_DIR}
-    # The fleet CA, read-only, at the path the URLs name.
+    # The fleet CA, read-only, at the path the URLs name; the CA bundle SSL_CERT_FILE names.
     assert ca == {"type": "bind", "source": FLEET_CA, "target": FLEET_CA, "read_only": True}
+    assert cas == {"type": "bind", "source": CA_BUNDLE, "target": CA_BUNDLE, "read_only": True}
+    env = env_lines(rendered, "three")
+    assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == CA_BUNDLE
     opts = doc["volumes"][bundle.VOLUME]["driver_opts"]
     assert opts == {"type": "none", "o": "bind", "device": f"{DATA_MOUNT}/instances/three"}
     assert env_lines(rendered, "three")["DATA_DIR"] == CONTAINER_DATA_DIR
@@ -562,8 +565,8 @@ def test_env_follows_service_placement(render_text: Callable[[str], Rendered]) -
     r = render_text(text)
     env = env_lines(r, "one")
     assert env["DATABASE_URL"].split("?")[0].endswith("@10.9.0.21:5432/one")
-    assert env["OLLAMA_BASE_URL"] == "http://10.9.0.10:11434"
-    assert env["OLLAMA_BASE_URLS"] == '"http://10.9.0.10:11434;http://10.9.0.21:11434"'
+    assert env["OLLAMA_BASE_URL"] == "https://10.9.0.10:11434"
+    assert env["OLLAMA_BASE_URLS"] == '"https://10.9.0.10:11434;https://10.9.0.21:11434"'
 
 
 def test_single_ollama_node_gets_no_url_list(rendered: Rendered) -> None:

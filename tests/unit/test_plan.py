@@ -197,8 +197,8 @@ def test_image_models_urls_and_secrets() -> None:
     plan = plan_of(text)
     assert plan.openwebui_image == f"ghcr.io/open-webui/open-webui:v0.6.5@sha256:{'a' * 64}"
     assert plan.ollama_models == ("llama3.2:3b", "bge-m3")
-    assert plan.ollama_url == f"http://10.0.5.10:{OLLAMA_PORT}"
-    assert plan.qdrant_url == f"http://10.0.5.10:{QDRANT_PORT}"
+    assert plan.ollama_url == f"https://10.0.5.10:{OLLAMA_PORT}"
+    assert plan.qdrant_url == f"https://10.0.5.10:{QDRANT_PORT}"
     names = [s.name for s in plan.secrets]
     assert names[0] == "qdrant.api_key"
     assert len(names) == len(set(names)) == 1 + 4 * len(plan.instances)

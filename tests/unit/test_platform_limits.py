@@ -11,7 +11,9 @@ from owuibuild.pipeline import compile_blueprint
 
 pytestmark = pytest.mark.unit
 
-KEEP = 8
+# The shared host of the multi-host example carries every service, its certificate and key,
+# and a Caddy configuration: with more instances than this it no longer fits 16 KiB gzipped.
+KEEP = 4
 
 
 def blueprint(tmp_path: Path, platform: str) -> Path:

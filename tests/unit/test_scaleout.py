@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest import Rendered
 from fleetdoc import BASE, diagnose, edit, one, where
+from owuibuild.hostconfig import qdrant
+from owuibuild.plan import FLEET_CA, SERVER_CERT
 
 pytestmark = pytest.mark.unit
 
@@ -93,9 +95,9 @@ def test_pg_hba_on_the_database_host_admits_each_role_from_its_host(scale: Rende
 
 def test_instances_balance_across_every_ollama_node(scale: Rendered) -> None:
     env = scale.text("instances/sales/sales.env")
-    assert 'OLLAMA_BASE_URLS="http://10.30.0.31:11434;http://10.30.0.32:11434"' in env
+    assert 'OLLAMA_BASE_URLS="https://10.30.0.31:11434;https://10.30.0.32:11434"' in env
     assert "@10.30.0.20:5432/sales" in env  # the database host
-    assert "QDRANT_URI=http://10.30.0.41:6333" in env
+    assert "QDRANT_URI=https://10.30.0.41:6333" in env
     assert "@10.30.0.10:6379/0" in env  # Redis stays on ai-shared
 
 
@@ -112,6 +114,7 @@ QDRANT_DOCUMENTED_KEYS = {
     "service.grpc_port",
     "service.api_key",
     "service.enable_cors",
+    "service.enable_tls",
     "cluster.enabled",
     "cluster.p2p.port",
     "cluster.p2p.enable_tls",
@@ -142,10 +145,11 @@ def test_qdrant_cluster_config_uses_documented_keys(scale: Rendered) -> None:
         assert config["cluster"]["p2p"] == {"port": 6335, "enable_tls": True}
         assert config["storage"]["collection"]["replication_factor"] == 2
         assert config["tls"] == {
-            "cert": "/etc/qdrant/tls/cert.pem",
-            "key": "/etc/qdrant/tls/key.pem",
-            "ca_cert": "/etc/qdrant/tls/ca.pem",
+            "cert": SERVER_CERT,
+            "key": qdrant.TLS_KEY,
+            "ca_cert": FLEET_CA,
         }
+        assert config["service"]["enable_tls"] is True
     # one API key for the whole cluster
     assert len({c["service"]["api_key"] for c in configs.values()}) == 1
 
@@ -156,12 +160,14 @@ def test_the_first_qdrant_node_bootstraps_the_others(scale: Rendered) -> None:
         (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
         return line
 
-    assert exec_start("vec-1").endswith('"--uri" "http://10.30.0.41:6335"')
-    assert '"--bootstrap" "http://10.30.0.41:6335" "--uri" "http://10.30.0.42:6335"' in exec_start(
-        "vec-2"
+    assert exec_start("vec-1").endswith('"--uri" "https://10.30.0.41:6335"')
+    assert (
+        '"--bootstrap" "https://10.30.0.41:6335" "--uri" "https://10.30.0.42:6335"'
+        in exec_start("vec-2")
     )
-    assert '"--bootstrap" "http://10.30.0.41:6335" "--uri" "http://10.30.0.43:6335"' in exec_start(
-        "vec-3"
+    assert (
+        '"--bootstrap" "https://10.30.0.41:6335" "--uri" "https://10.30.0.43:6335"'
+        in exec_start("vec-3")
     )
 
 

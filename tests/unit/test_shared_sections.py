@@ -15,7 +15,7 @@ import pytest
 from conftest import Rendered
 from owuibuild import hostconfig, quoting
 from owuibuild.hostconfig import _first_boot as first_boot
-from owuibuild.hostconfig import firewall, ollama, postgres, qdrant, redis
+from owuibuild.hostconfig import firewall, ollama, ollama_tls, postgres, qdrant, redis
 from owuibuild.plan import DATA_MOUNT, SERVER_CERT, SERVER_KEY, FirewallRule
 from owuibuild.targets import hosts
 
@@ -252,7 +252,8 @@ def test_ollama_unit_and_models(seed: Rendered) -> None:
     plan = seed.plan
     host = plan.shared  # type: ignore[attr-defined]
     unit = ollama.unit(plan, host)  # type: ignore[arg-type]
-    assert 'Environment="OLLAMA_HOST=10.0.5.24:11434"' in unit
+    # loopback only: the instances reach Ollama through its TLS terminator
+    assert 'Environment="OLLAMA_HOST=127.0.0.1:11434"' in unit
     assert f'Environment="OLLAMA_MODELS={DATA_MOUNT}/ollama/models"' in unit
     assert 'Environment="OLLAMA_KEEP_ALIVE=5m"' in unit
     assert f"RequiresMountsFor={DATA_MOUNT}" in unit
@@ -284,6 +285,8 @@ def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
                 continue  # a timer only starts its service, which requires the mount
             if path == first_boot.UNIT:
                 continue  # it only queues starts; its PostgreSQL step checks the mount itself
+            if path in (ollama_tls.UNIT, ollama_tls.PACKAGED_UNIT):
+                continue  # the terminator keeps no state; the packaged unit is masked
             assert f"RequiresMountsFor={DATA_MOUNT}" in f["content"], path
 
 
@@ -384,7 +387,7 @@ def test_the_reload_check_asks_about_every_unit_the_seed_writes(
         written = {
             f["path"].split("/")[4].removesuffix(".d")
             for f in d["write_files"]
-            if f["path"].startswith("/etc/systemd/system/")
+            if f["path"].startswith("/etc/systemd/system/") and f["content"]
         }
         assert written, host.name
         for name in written:
@@ -448,7 +451,8 @@ def test_shared_services_start_beside_the_postgres_setup_and_are_awaited(
     assert "systemctl enable --no-reload --now --no-block redis-server@" in redis_script
     servers = [f"redis-server@{s.name}.service" for s in rendered.plan.redis_servers]  # type: ignore[attr-defined]
     assert runcmd[-1] == [
-        "systemctl", "start", *servers, "qdrant.service", "ollama.service", "owui-backup.timer"
+        "systemctl", "start", *servers, "qdrant.service", "ollama.service",
+        ollama_tls.UNIT_NAME, "owui-backup.timer",
     ]  # fmt: skip
     assert setup == len(runcmd) - 2
 

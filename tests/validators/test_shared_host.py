@@ -159,6 +159,7 @@ def test_units_pass_systemd_analyze_verify(
         stubs = tmp_path / host / "bin"
         stubs.mkdir(parents=True)
         names: list[str] = []
+        masked: list[str] = []  # empty unit files: a package's unit that must never start
         for f in doc.get("write_files", []):
             path = f["path"]
             if not path.startswith(UNIT_DIR):
@@ -167,7 +168,7 @@ def test_units_pass_systemd_analyze_verify(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(f["content"])
             if "/" not in path[len(UNIT_DIR) :]:
-                names.append(target.name)
+                (names if f["content"] else masked).append(target.name)
             for line in f["content"].splitlines():
                 key, _, command = line.partition("=")
                 binary = command.split(" ", 1)[0].lstrip("-@+!")
@@ -201,6 +202,12 @@ def test_units_pass_systemd_analyze_verify(
         )
         output = (result.stdout + result.stderr).strip()
         assert result.returncode == 0 and not output, f"{host}: {output}"
+        for name in masked:  # systemd loads the empty file as a mask, and refuses the unit
+            result = subprocess.run(
+                ["unshare", "-m", "sh", "-c", script, "sh", name], capture_output=True, text=True
+            )
+            assert result.returncode != 0, f"{host}: {name} is not masked"
+            assert f"Unit {name} is masked." in result.stderr, result.stderr
 
 
 def test_systemd_check_sees_a_bad_key(tmp_path: Path) -> None:
