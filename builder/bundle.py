@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
-from . import yamldump
+from . import qdrant_access, yamldump
 from .plan import (
     CA_BUNDLE,
     CONTAINER_DATA_DIR,
@@ -69,6 +69,10 @@ def redis_url(inst: InstancePlan, secrets: Secrets) -> str:
     return f"rediss://{auth}@{inst.redis_address}:{inst.redis_port}/0?ssl_ca_certs={FLEET_CA}"
 
 
+def qdrant_token(plan: Plan, inst: InstancePlan, secrets: Secrets) -> str:
+    return qdrant_access.token(secrets[plan.qdrant_api_key.name], inst.qdrant_collections)
+
+
 def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple[str, str], ...]:
     """The instance's environment, in file order: what owuibuild owns, then the blueprint's env."""
     redis = redis_url(inst, secrets)
@@ -89,7 +93,8 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         # Five fixed collections per prefix (its default; the prefix keeps instances apart).
         ("ENABLE_QDRANT_MULTITENANCY_MODE", "true"),
         ("QDRANT_URI", plan.qdrant_url),
-        ("QDRANT_API_KEY", secrets[plan.qdrant_api_key.name]),
+        # Its own token, limited to its own collections; Qdrant's API key stays on its hosts.
+        ("QDRANT_API_KEY", qdrant_token(plan, inst, secrets)),
         ("QDRANT_COLLECTION_PREFIX", inst.qdrant_collection_prefix),
         *ollama,
         ("RAG_EMBEDDING_ENGINE", "ollama"),

@@ -81,6 +81,7 @@ class Ollama:
     sha256: str | None
     models: tuple[str, ...]
     embedding_model: str
+    embedding_dimensions: int | None
     gpu: str
     keep_alive: str
     num_parallel: int
@@ -251,6 +252,7 @@ class Fleet:
                     o.get("sha256"),
                     tuple(o["models"]),
                     o["embedding_model"],
+                    o.get("embedding_dimensions"),
                     o["gpu"],
                     o["keep_alive"],
                     o["num_parallel"],

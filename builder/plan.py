@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from . import artifacts
+from . import artifacts, qdrant_access
 from .artifacts import Artifact
 from .model import Fleet, Host, Instance
 
@@ -150,6 +150,11 @@ class InstancePlan:
     def name(self) -> str:
         return self.instance.name
 
+    @property
+    def qdrant_collections(self) -> tuple[str, ...]:
+        """The instance's own Qdrant collections, the only ones its token may use."""
+        return qdrant_access.collections(self.qdrant_collection_prefix)
+
     def source_network(self, service_host: Host) -> IPv4Network:
         """Where this instance's connections to ``service_host`` come from: its container's
         fixed address when the service runs on the same host (no NAT; not the whole subnet,
@@ -232,6 +237,8 @@ class Plan:
     ollama_hosts: tuple[Host, ...]
     ollama_urls: tuple[str, ...]  # every Ollama node; instances balance across them
     qdrant_cluster: QdrantCluster | None
+    # The embedding model's vector length, which each instance's collections are made with.
+    embedding_dimensions: int
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
@@ -446,7 +453,16 @@ def make_plan(fleet: Fleet) -> Plan:
         ollama_hosts=ollama_hosts,
         ollama_urls=tuple(f"https://{h.address}:{OLLAMA_PORT}" for h in ollama_hosts),
         qdrant_cluster=cluster,
+        embedding_dimensions=embedding_dimensions(fleet),
     )
+
+
+def embedding_dimensions(fleet: Fleet) -> int:
+    o = fleet.shared.ollama
+    found = o.embedding_dimensions or qdrant_access.known_dimensions(o.embedding_model)
+    if found is None:  # validation reports this; a plan cannot be made without it
+        raise ValueError(f"no vector length for embedding model {o.embedding_model}")
+    return found
 
 
 def estimated_memory_mb(

@@ -122,6 +122,16 @@ def systemd(value: object) -> Quoted:
     return Quoted(f'"{text}"')
 
 
+_SYSTEMD_WORD = re.compile(r"[A-Za-z0-9:_.@-]+")
+
+
+def systemd_word(value: str) -> Quoted:
+    """A unit or credential name: plain characters only, so it needs no quoting."""
+    if not _SYSTEMD_WORD.fullmatch(value):
+        raise QuotingError(f"systemd: {value!r} is not a plain unit or credential name")
+    return Quoted(value)
+
+
 def systemd_path(value: object) -> Quoted:
     """A path in a systemd directive that takes paths (no quoting there: refuse odd ones)."""
     text = str(value)

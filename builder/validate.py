@@ -15,6 +15,7 @@ from importlib import resources
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from . import qdrant_access
 from .diagnostics import Diagnostic, JsonPath, error, has_errors, warning
 from .model import Fleet
 from .plan import (
@@ -671,6 +672,22 @@ def check_versions(data: dict[str, Any]) -> Iterator[Located]:
                 ("shared", "ollama", "embedding_model"),
                 f"embedding model '{ollama['embedding_model']}' is not in shared.ollama.models; it is pulled as well",
                 "list it under models to make that explicit",
+            ),
+            False,
+        )
+    model = ollama.get("embedding_model")
+    if (
+        isinstance(model, str)
+        and "embedding_dimensions" not in ollama
+        and qdrant_access.known_dimensions(model) is None
+    ):
+        yield (
+            error(
+                ("shared", "ollama", "embedding_model"),
+                f"owuibuild does not know the vector length of embedding model '{model}'; "
+                "the Qdrant host makes each instance's collections with it",
+                "set shared.ollama.embedding_dimensions to the length of its vectors "
+                "(the embedding array's length in the answer of Ollama's /api/embed)",
             ),
             False,
         )

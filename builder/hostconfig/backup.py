@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..plan import DATA_MOUNT, FLEET_CA, POSTGRES_PORT, SCRIPT_DIR, HostPlan, Plan
-from ..quoting import Quoted, QuotingError, render_template
+from ..quoting import Quoted, QuotingError, render_template, systemd_word
 from ..secrets import Secrets
 from . import File, Part
 from . import qdrant as qdrant_section
@@ -33,20 +33,12 @@ KEY_FILE = "/etc/owuibuild/backup/qdrant-api-key.header"
 CREDENTIAL = "qdrant-api-key.header"
 
 _CALENDAR = re.compile(r"[A-Za-z0-9*:,./~-]+(?: [A-Za-z0-9*:,./~-]+)*")
-_SYSTEMD_WORD = re.compile(r"[A-Za-z0-9:_.@-]+")
 
 
 def calendar(value: str) -> Quoted:
     """An OnCalendar= value. It is not quoted in a unit, so only the schema's characters pass."""
     if len(value) > 64 or not _CALENDAR.fullmatch(value):
         raise QuotingError(f"systemd: {value!r} is not an OnCalendar expression owuibuild writes")
-    return Quoted(value)
-
-
-def systemd_word(value: str) -> Quoted:
-    """A unit or credential name: plain characters only, so it needs no quoting."""
-    if not _SYSTEMD_WORD.fullmatch(value):
-        raise QuotingError(f"systemd: {value!r} is not a plain unit or credential name")
     return Quoted(value)
 
 
@@ -112,13 +104,6 @@ def timer_unit(plan: Plan) -> str:
     )
 
 
-def key_header(plan: Plan, secrets: Secrets) -> str:
-    key = secrets[plan.qdrant_api_key.name]
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise QuotingError("the Qdrant API key holds a control character; it cannot be a header")
-    return f"api-key: {key}\n"
-
-
 def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     # pg_dump uses the local socket: backups run where PostgreSQL runs
     if "postgres" not in host.services or not plan.fleet.shared.backups.enabled:
@@ -127,7 +112,9 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         name="backup",
         packages=("curl",),
         files=(
-            File(KEY_FILE, key_header(plan, secrets), permissions="0600", defer=True),
+            File(
+                KEY_FILE, qdrant_section.key_header(plan, secrets), permissions="0600", defer=True
+            ),
             File(SCRIPT, script(plan, host), permissions="0755"),
             File(SERVICE, service_unit(plan)),
             File(TIMER, timer_unit(plan)),

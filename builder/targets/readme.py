@@ -262,8 +262,9 @@ from `user-data` (stored by cloud-init with mode 0600):
 {_secret_locations(plan, secrets)}
 
 Each instance's env file (`{first.bundle_dir}/` on its host and `instances/<name>/` here) holds
-its database and Redis passwords, the Qdrant API key, its `WEBUI_SECRET_KEY` and its admin's
-first password. PostgreSQL gets the role passwords only as SCRAM-SHA-256 verifiers, in
+its database and Redis passwords, its own Qdrant token (signed with the Qdrant API key, good
+for its own collections only), its `WEBUI_SECRET_KEY` and its admin's first password. The
+Qdrant API key itself is only on the Qdrant hosts (and, for the backups, the PostgreSQL host). PostgreSQL gets the role passwords only as SCRAM-SHA-256 verifiers, in
 `{INIT_SQL}` (0600, postgres) on `{plan.postgres_host.name}`; no superuser password exists (the
 postgres user logs in by peer authentication only). Redis gets each instance's password only
 as its SHA-256, in its `/etc/redis/redis-<name>.conf` (0600, redis).

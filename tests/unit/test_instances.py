@@ -110,7 +110,9 @@ def test_env_file_holds_the_instance_secrets(rendered: Rendered) -> None:
     env = env_lines(rendered, "one")
     values = rendered.secrets.values  # type: ignore[attr-defined]
     assert env["WEBUI_SECRET_KEY"] == values["instances.one.webui_secret_key"]
-    assert env["QDRANT_API_KEY"] == values["qdrant.api_key"]
+    # its own Qdrant token (test_qdrant_access decodes it), never the server's key
+    assert env["QDRANT_API_KEY"].count(".") == 2
+    assert values["qdrant.api_key"] not in rendered.text("instances/one/one.env")
     assert values["instances.one.db_password"] in env["DATABASE_URL"]
     assert values["instances.one.redis_password"] in env["REDIS_URL"]
     assert values["instances.two.db_password"] not in rendered.text("instances/one/one.env")

@@ -115,6 +115,7 @@ QDRANT_DOCUMENTED_KEYS = {
     "service.api_key",
     "service.enable_cors",
     "service.enable_tls",
+    "service.jwt_rbac",
     "cluster.enabled",
     "cluster.p2p.port",
     "cluster.p2p.enable_tls",

@@ -285,8 +285,8 @@ def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
                 continue  # a timer only starts its service, which requires the mount
             if path == first_boot.UNIT:
                 continue  # it only queues starts; its PostgreSQL step checks the mount itself
-            if path in (ollama_tls.UNIT, ollama_tls.PACKAGED_UNIT):
-                continue  # the terminator keeps no state; the packaged unit is masked
+            if path in (ollama_tls.UNIT, ollama_tls.PACKAGED_UNIT, qdrant.COLLECTIONS_UNIT):
+                continue  # no state of their own (they ask services that require it); masked
             assert f"RequiresMountsFor={DATA_MOUNT}" in f["content"], path
 
 
@@ -451,8 +451,8 @@ def test_shared_services_start_beside_the_postgres_setup_and_are_awaited(
     assert "systemctl enable --no-reload --now --no-block redis-server@" in redis_script
     servers = [f"redis-server@{s.name}.service" for s in rendered.plan.redis_servers]  # type: ignore[attr-defined]
     assert runcmd[-1] == [
-        "systemctl", "start", *servers, "qdrant.service", "ollama.service",
-        ollama_tls.UNIT_NAME, "owui-backup.timer",
+        "systemctl", "start", *servers, "qdrant.service", qdrant.COLLECTIONS_UNIT_NAME,
+        "ollama.service", ollama_tls.UNIT_NAME, "owui-backup.timer",
     ]  # fmt: skip
     assert setup == len(runcmd) - 2
 
