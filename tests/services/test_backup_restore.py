@@ -20,6 +20,7 @@ namespace. The PostgreSQL socket is a file, so it is reachable from inside the n
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 import pytest
 from conftest import Rendered, compile_path, require_tool
 from owuibuild.hostconfig import backup
+from owuibuild.plan import FLEET_CA, SERVER_CERT, SERVER_KEY
 from test_postgres import BLUEPRINT, HOST_OF, PG_BIN, Server, password, server
 
 pytestmark = pytest.mark.services
@@ -42,15 +44,17 @@ KEEP = 2
 
 QDRANT_DOUBLE = r'''
 """TEST DOUBLE of Qdrant's snapshot API (NOT Qdrant): POST /snapshots makes a small file in
-SNAPSHOTS and names it; GET/DELETE /snapshots/<name> serve and remove it. Every request needs
-the api-key header to equal the key in KEY_FILE; each request is logged (never the key).
-Usage: qdrant-double ADDRESS PORT KEY_FILE SNAPSHOTS LOG READY [fail-create]"""
-import json, sys, time
+SNAPSHOTS and names it; GET/DELETE /snapshots/<name> serve and remove it. It speaks HTTPS only,
+with the shared host's generated certificate and key, as Qdrant configured by the generator does.
+Every request needs the api-key header to equal the key in KEY_FILE; each request is logged
+with its TLS version (never the key).
+Usage: qdrant-double ADDRESS PORT KEY_FILE SNAPSHOTS LOG READY CERT KEY [fail-create]"""
+import json, ssl, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-address, port, key_file, snapshots, log, ready = sys.argv[1:7]
-fail_create = sys.argv[7:] == ["fail-create"]
+address, port, key_file, snapshots, log, ready, cert, tls_key = sys.argv[1:9]
+fail_create = sys.argv[9:] == ["fail-create"]
 key = Path(key_file).read_text().strip()
 snapshots = Path(snapshots)
 counter = iter(range(1, 10**6))
@@ -66,7 +70,8 @@ class Handler(BaseHTTPRequestHandler):
     def handle_any(self):
         ok = self.headers.get("api-key") == key
         with open(log, "a") as fh:
-            fh.write(json.dumps({"method": self.command, "path": self.path, "key_ok": ok}) + "\n")
+            fh.write(json.dumps({"method": self.command, "path": self.path, "key_ok": ok,
+                                 "tls": self.connection.version()}) + "\n")
         if not ok:
             return self.reply(401, {"status": {"error": "Invalid api-key"}})
         path = self.path.split("?")[0]
@@ -94,17 +99,25 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 server = ThreadingHTTPServer((address, int(port)), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.minimum_version = ssl.TLSVersion.TLSv1_2
+context.load_cert_chain(cert, tls_key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
 Path(ready).touch()
 server.serve_forever()
 '''
 
-# Runs in a fresh network namespace: the shared address on its loopback, the Qdrant double on
-# it, then the generated script exactly as written.
+# Runs in fresh network and mount namespaces: the shared address on its loopback, the fleet CA
+# at its generated path (in a throwaway overlay of /etc that only this namespace sees), the
+# Qdrant double on the address, then the generated script exactly as written.
 IN_NAMESPACE = """\
 set -eu
 ip link set lo up
 ip addr add "$QDRANT_ADDRESS/32" dev lo
-"$PYTHON" "$DOUBLE" "$QDRANT_ADDRESS" "$QDRANT_PORT" "$KEY" "$SNAPSHOTS" "$LOG" "$READY" $DOUBLE_MODE &
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$OVERLAY/upper,workdir=$OVERLAY/work" /etc
+install -D -m 0644 "$CA_COPY" "$FLEET_CA"
+"$PYTHON" "$DOUBLE" "$QDRANT_ADDRESS" "$QDRANT_PORT" "$KEY" "$SNAPSHOTS" "$LOG" "$READY" \\
+    "$TLS_CERT" "$TLS_KEY" $DOUBLE_MODE &
 double=$!
 tries=0
 until [ -e "$READY" ]; do
@@ -170,7 +183,7 @@ def run_backup(
     server: Server, setup: Setup, double_mode: str = "", header_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The generated script, as owui-backup.service would run it (see the module docstring)."""
-    require_tool("unshare", "ip", "curl")
+    require_tool("unshare", "ip", "curl", "mount")
     work = setup.work
     script = work / "backup.sh"
     script.write_text(setup.generated(backup.SCRIPT))
@@ -184,7 +197,15 @@ def run_backup(
     snapshots = work / "qdrant-snapshots"
     snapshots.mkdir(exist_ok=True)
     (work / "ready").unlink(missing_ok=True)
-    address, port = setup.plan.qdrant_url.removeprefix("http://").rsplit(":", 1)
+    address, port = setup.plan.qdrant_url.removeprefix("https://").rsplit(":", 1)
+    assert FLEET_CA.startswith("/etc/"), FLEET_CA
+    for name, path in (("ca.crt", FLEET_CA), ("server.crt", SERVER_CERT), ("server.key", SERVER_KEY)):
+        (work / name).write_text(setup.generated(path))
+        (work / name).chmod(0o600)
+    overlay = work / "etc-overlay"
+    shutil.rmtree(overlay, ignore_errors=True)
+    (overlay / "upper").mkdir(parents=True)
+    (overlay / "work").mkdir()
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "PGHOST": str(server.root),
@@ -195,9 +216,11 @@ def run_backup(
         "DOUBLE": str(work / "double.py"), "KEY": str(work / "expected-key"),
         "SNAPSHOTS": str(snapshots), "LOG": str(work / "qdrant-requests.log"),
         "READY": str(work / "ready"), "SCRIPT": str(script), "DOUBLE_MODE": double_mode,
+        "OVERLAY": str(overlay), "CA_COPY": str(work / "ca.crt"), "FLEET_CA": FLEET_CA,
+        "TLS_CERT": str(work / "server.crt"), "TLS_KEY": str(work / "server.key"),
     }  # fmt: skip
     return subprocess.run(
-        ["unshare", "-n", "sh", "-c", IN_NAMESPACE], env=env, capture_output=True, text=True,
+        ["unshare", "-n", "-m", "sh", "-c", IN_NAMESPACE], env=env, capture_output=True, text=True,
         cwd="/", timeout=300,
     )  # fmt: skip
 
@@ -291,6 +314,7 @@ def test_qdrant_snapshot_is_copied_with_the_key_from_the_credential(
     requests = setup.requests()
     assert [r["method"] for r in requests] == ["POST", "GET", "DELETE"]
     assert all(r["key_ok"] for r in requests), requests
+    assert all(r["tls"] in ("TLSv1.2", "TLSv1.3") for r in requests), requests
     assert requests[0]["path"] == "/snapshots?wait=true"
     # Qdrant's own copy is gone: only the backup directory holds snapshots.
     assert not list((setup.work / "qdrant-snapshots").iterdir())
