@@ -11,10 +11,13 @@ of a new host), sign in with the same credentials, and find the chat and the fil
 
 Everything else is the fleet of tests/containers/test_instances_live.py, imported rather than
 copied: REAL PostgreSQL and Redis from the generated shared-host configuration in a "shared
-host" container, TEST DOUBLES of Ollama and Qdrant, the Open WebUI image, and a compose
-override that only attaches the container to the test network, publishes it on 127.0.0.1 and
-points the data volume at a temporary directory. This module uses its own subnet and one
-instance, so it can run beside that module.
+host" container, TEST DOUBLES of Ollama (behind the real Caddy as its TLS terminator) and
+Qdrant (over HTTPS, with the fleet's server key or a collection-scoped token; the generated
+qdrant-collections.sh makes the instance's collections before it starts), the Open WebUI
+image, and a compose override that only attaches the container to the test network,
+publishes it on 127.0.0.1, points the data volume at a temporary directory and binds the
+test's fleet CA and CA bundle. This module uses its own subnet and one instance, so it can run
+beside that module.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from owuibuild.plan import FLEET_CA
+from owuibuild.plan import CA_BUNDLE, FLEET_CA
 from test_instances_live import Fleet, Running, http, live_fleet, run, sign_in_as_admin
 
 pytestmark = pytest.mark.containers
@@ -142,10 +145,11 @@ def test_replaced_instance_keeps_its_users_chats_and_files(fleet: Fleet) -> None
     assert len(second_container) == 1 and second_container != first_container
     assert len(volumes(running)) == 1
     mounts = run("docker", "inspect", "-f", "{{json .Mounts}}", second_container[0]).stdout
-    # The data directory, and the fleet CA (read-only).
+    # The data directory, the fleet CA and the CA bundle (both read-only).
     destinations = {m["Destination"]: m for m in json.loads(mounts)}
-    assert set(destinations) == {"/app/backend/data", FLEET_CA}
+    assert set(destinations) == {"/app/backend/data", FLEET_CA, CA_BUNDLE}
     assert destinations[FLEET_CA]["RW"] is False
+    assert destinations[CA_BUNDLE]["RW"] is False
 
     # The same credentials still sign in, and the chat and the file are still there.
     status, again = sign_in_as_admin(fleet, running)
