@@ -95,6 +95,8 @@ def config(plan: Plan, host: HostPlan) -> dict[str, Any]:
                 "servers": {
                     "ollama": {
                         "listen": [f"{address}:{OLLAMA_PORT}"],
+                        # TCP only: no HTTP/3 listener on UDP, which the firewall keeps shut.
+                        "protocols": ["h1", "h2"],
                         # Certificates come from the fleet CA, never from ACME; no port 80.
                         "automatic_https": {"disable": True},
                         # Clients dial the address and send no SNI: the certificate naming it.
