@@ -10,8 +10,8 @@ Open WebUI 0.12.4 in its multitenancy mode keeps everything in five collections 
 (retrieval/vector/dbs/qdrant_multitenancy.py); since a read-write token cannot create them, the
 Qdrant host makes them ahead (hostconfig/qdrant.py), exactly as Open WebUI would.
 
-Pure: a token is a function of the key and the claims (no issue or expiry time), so renders
-stay byte-identical; rotating the key replaces every token.
+Pure: a token is a function of the key and the claims (no issue time, and one fixed expiry),
+so renders stay byte-identical; rotating the key replaces every token.
 """
 
 from __future__ import annotations
@@ -86,8 +86,14 @@ def _compact(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+# Every token expires at 2100-01-01T00:00:00Z: in effect never (rotating the key is how tokens
+# end), but present, because Qdrant's JWT parser treats a token without `exp` as no JWT at all
+# and refuses it (its own test_no_exp in src/common/auth/jwt_parser.rs).
+EXPIRY = 4102444800
+
+
 def claims(names: Sequence[str]) -> dict[str, Any]:
-    return {"access": [{"collection": name, "access": "rw"} for name in names]}
+    return {"access": [{"collection": name, "access": "rw"} for name in names], "exp": EXPIRY}
 
 
 def token(api_key: str, names: Sequence[str]) -> str:

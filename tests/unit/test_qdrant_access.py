@@ -59,7 +59,9 @@ def test_each_instance_holds_a_token_for_its_own_collections_only(fleet: Rendere
             "access": [
                 {"collection": f"{prefix}_{suffix}", "access": "rw"}
                 for suffix in ("memories", "knowledge", "files", "web-search", "hash-based")
-            ]
+            ],
+            # Qdrant refuses a token without an expiry; this one is 2100-01-01.
+            "exp": 4102444800,
         }
         tokens.add(token)
         with pytest.raises(AssertionError, match="bad signature"):
