@@ -8,8 +8,10 @@ Qdrant's double behaves like Qdrant configured by the generator (api_key, jwt_rb
 - HTTPS only (TLS 1.2 or later) on the shared address, port 6333, with the host's certificate;
 - /, /healthz, /readyz and /livez answer without a credential, as Qdrant's whitelist does;
 - any other request needs a credential in `api-key` (or `Authorization: Bearer`): the server
-  key (full access), or a JWT it verifies (HS256, signed with the server key; `exp` checked
-  when present). No credential, another key or a bad signature: 401;
+  key (full access), or a JWT it verifies (HS256, signed with the server key, with an `exp`
+  not yet past), checked by the same code as the Qdrant binary's double
+  (tests/doubles/qdrant_double.py, copied beside this file). No credential or another key: 401;
+  a bad signature or a past expiry: 403, as Qdrant's JWT parser answers;
 - a JWT whose `access` claim lists collections ({"collection": name, "access": "r"|"rw"}) may
   touch only /collections/<name>... of those names, `r` with reading requests only: anything
   else gets 403, before the collection's existence is looked at. As in Qdrant, making,
@@ -39,19 +41,19 @@ Usage: shared_doubles.py ADDRESS KEY_FILE CERT KEY DIMENSIONS VERSION LOG
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import math
 import ssl
 import struct
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# The Qdrant binary's test double, copied beside this file: its JWT and access checks are the
+# one implementation both doubles use.
+from qdrant_double import Access, Refused, authenticate
 
 QDRANT_PORT = 6333
 OLLAMA_ADDRESS = ("127.0.0.1", 11434)
@@ -101,57 +103,19 @@ def log(entry: dict[str, Any]) -> None:
         out.write(json.dumps(entry) + "\n")
 
 
-def unpadded(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+# -- Qdrant: who is asking, and may they: as tests/doubles/qdrant_double.py decides it -------
 
 
-# -- Qdrant: who is asking, and may they ------------------------------------------------------
-
-
-def credential(handler: BaseHTTPRequestHandler) -> str | None:
-    key = handler.headers.get("api-key")
-    if key is None:
-        bearer = handler.headers.get("Authorization") or ""
-        if bearer.startswith("Bearer "):
-            key = bearer[len("Bearer ") :]
-    return key
-
-
-def authenticate(key: str) -> tuple[str, dict[str, Any] | None]:
-    """("key", None) for the server key, ("jwt", claims) for a token it signed; else 401."""
-    server_key = ARGS["key"].encode()
-    if hmac.compare_digest(key.encode(), server_key):
-        return "key", None
+def access_of(
+    handler: BaseHTTPRequestHandler,
+) -> tuple[Access | None, dict[str, Any], Answer | None]:
+    """The caller's access (None when refused), what the log may say of the caller, and the
+    refusal to answer where Qdrant requires a credential."""
     try:
-        header_part, claims_part, signature_part = key.split(".")
-        header = json.loads(unpadded(header_part))
-        claims = json.loads(unpadded(claims_part))
-        signature = unpadded(signature_part)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise Answer(401, "Invalid API key or JWT") from exc
-    if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
-        raise Answer(401, "Invalid JWT: not an HS256 token")
-    signed = f"{header_part}.{claims_part}".encode()
-    if not hmac.compare_digest(hmac.new(server_key, signed, hashlib.sha256).digest(), signature):
-        raise Answer(401, "Invalid JWT: InvalidSignature")
-    expiry = claims.get("exp")
-    if expiry is not None and (not isinstance(expiry, int | float) or expiry < time.time()):
-        raise Answer(401, "Invalid JWT: ExpiredSignature")
-    return "jwt", claims
-
-
-def may(claims: dict[str, Any] | None, collection: str | None, need: str) -> bool:
-    """Whether ``claims`` (None: the server key) allow ``need`` ("r", "rw" or "m") on
-    ``collection`` (None: a global operation)."""
-    access = "m" if claims is None else claims.get("access", "m")
-    if isinstance(access, str):  # global access: "r" or "m"
-        return access == "m" or need == "r"
-    if need == "m" or collection is None or not isinstance(access, list):
-        return False
-    for entry in access:
-        if isinstance(entry, dict) and entry.get("collection") == collection:
-            return entry.get("access") == "rw" or (entry.get("access") == "r" and need == "r")
-    return False
+        access, note = authenticate({"api_key": ARGS["key"], "jwt_rbac": True}, handler.headers)
+    except Refused as refused:
+        return None, dict(refused.note or {}), Answer(refused.status, str(refused))
+    return access, dict(note), None
 
 
 # -- Qdrant: points and filters ----------------------------------------------------------------
@@ -347,7 +311,8 @@ class Qdrant(BaseHTTPRequestHandler):
     def serve(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = self.path.split("?", 1)[0]
-        key = credential(self)
+        # Checked (and logged) on every request, enforced where Qdrant enforces it.
+        access, note, failure = access_of(self)
         entry: dict[str, Any] = {
             "service": "qdrant",
             "source": self.client_address[0],
@@ -357,28 +322,18 @@ class Qdrant(BaseHTTPRequestHandler):
             if isinstance(self.connection, ssl.SSLSocket)
             else None,
             "agent": self.headers.get("User-Agent"),
-            "auth": None if key is None else "invalid",
-            "auth_ok": False,
-            "claims": None,
+            # "none", "invalid", "api-key" (the server key) or "jwt"
+            "auth": note.get("auth"),
+            "auth_ok": failure is None,
+            "claims": note.get("claims"),
         }
-        # Checked (and logged) on every request, enforced where Qdrant enforces it.
-        claims: dict[str, Any] | None = None
-        failure: Answer | None = None
-        if key is None:
-            failure = Answer(401, "Must provide an API key or an Authorization bearer token")
-        else:
-            try:
-                kind, claims = authenticate(key)
-                entry.update(auth=kind, auth_ok=True, claims=claims)
-            except Answer as refused:
-                failure = refused
         try:
             if path in OPEN_EXACT or path.startswith(OPEN_PREFIX):
                 status, body = 200, self.open_path(path)
-            elif failure is not None:
-                raise failure
+            elif failure is not None or access is None:
+                raise failure or Answer(401, "Unauthorized")
             else:
-                body = {"result": self.route(path, claims, raw), "status": "ok", "time": 0.0}
+                body = {"result": self.route(path, access, raw), "status": "ok", "time": 0.0}
                 status = 200
         except Answer as answer:
             status, body = answer.status, {"status": {"error": answer.message}, "time": 0.0}
@@ -394,7 +349,13 @@ class Qdrant(BaseHTTPRequestHandler):
             }
         return "all shards are ready" if path.startswith("/readyz") else "healthz check passed"
 
-    def route(self, path: str, claims: dict[str, Any] | None, raw: bytes) -> Any:
+    def route(self, path: str, access: Access, raw: bytes) -> Any:
+        try:
+            return self.checked_route(path, access, raw)
+        except Refused as refused:
+            raise Answer(refused.status, str(refused)) from None
+
+    def checked_route(self, path: str, access: Access, raw: bytes) -> Any:
         try:
             body = json.loads(raw) if raw else {}
         except ValueError as exc:
@@ -403,20 +364,18 @@ class Qdrant(BaseHTTPRequestHandler):
         method = self.command
         if parts == ("collections",) and method == "GET":
             with LOCK:
-                names = [n for n in sorted(COLLECTIONS) if may(claims, n, "r")]
+                names = [n for n in sorted(COLLECTIONS) if access.may_see(n)]
             return {"collections": [{"name": n} for n in names]}
         if len(parts) < 2 or parts[0] != "collections":
-            if not may(claims, None, "m"):
-                raise Answer(403, "Forbidden: Global access is required")
+            access.check_manage()
             raise Answer(404, f"the Qdrant test double does not serve {method} {path}")
         name, rest = parts[1], parts[2:]
         if rest == () and method in ("PUT", "PATCH", "DELETE"):
-            need = "m"
+            access.check_manage()  # making, changing or deleting a collection
+        elif method == "GET" or (method, rest) in READING:
+            access.check_read(name)
         else:
-            need = "r" if method == "GET" or (method, rest) in READING else "rw"
-        if not may(claims, name, need):
-            what = "Manage" if need == "m" else "Write" if need == "rw" else "Read"
-            raise Answer(403, f"Forbidden: {what} access to collection {name} is required")
+            access.check_write(name)
         with LOCK:
             return self.collection_call(name, rest, method, body)
 

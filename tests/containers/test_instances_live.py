@@ -192,6 +192,8 @@ for target in sys.argv[1:]:
 
 # TEST DOUBLES of Qdrant and Ollama (see that file's docstring), run in the shared container.
 DOUBLES = Path(__file__).with_name("shared_doubles.py")
+# The Qdrant binary's test double, whose JWT and access checks shared_doubles.py imports.
+QDRANT_BINARY_DOUBLE = Path(__file__).parents[1] / "doubles" / "qdrant_double.py"
 
 
 # Beyond the generated healthcheck's own verdict (start_period 600 s, then 5 retries 10 s
@@ -385,6 +387,7 @@ def start_shared(fleet: Fleet, config: dict[str, str], workdir: Path) -> None:
     (test_dir / ca_target.CA_FILE).write_bytes(fleet.rendered.files[ca_target.CA_FILE])
     (test_dir / "start.sh").write_text(SHARED_START)
     (test_dir / "doubles.py").write_text(DOUBLES.read_text())
+    (test_dir / "qdrant_double.py").write_text(QDRANT_BINARY_DOUBLE.read_text())
     key = test_dir / "qdrant-api-key"
     key.write_text(fleet.qdrant_key)
     key.chmod(0o600)
@@ -834,8 +837,8 @@ def qdrant_from_instance(
 
 
 def test_the_qdrant_double_checks_keys_and_tokens_as_qdrant_does(fleet: Fleet) -> None:
-    """The double is honest, as Qdrant with api_key and jwt_rbac: no credential, a wrong key or
-    a token signed with another key get 401; the server key may do anything; a collection
+    """The double is honest, as Qdrant with api_key and jwt_rbac: no credential or a wrong key
+    get 401, a token signed with another key 403; the server key may do anything; a collection
     token reads and writes its own collections (a read-only one only reads), lists only them,
     and gets 403 on any other collection, on making or deleting a collection and on anything
     global. Every probe verifies the certificate the fleet CA issued for the shared address.
@@ -845,7 +848,11 @@ def test_the_qdrant_double_checks_keys_and_tokens_as_qdrant_does(fleet: Fleet) -
     token = qdrant_access.token(fleet.qdrant_key, alpha.qdrant_collections)
     forged = qdrant_access.token("not-the-server-key", alpha.qdrant_collections)
     read_only = signed(
-        fleet.qdrant_key, {"access": [{"collection": alpha.qdrant_collections[0], "access": "r"}]}
+        fleet.qdrant_key,
+        {
+            "access": [{"collection": alpha.qdrant_collections[0], "access": "r"}],
+            "exp": qdrant_access.EXPIRY,
+        },
     )
 
     def probe(path: str, *headers: str) -> str:
@@ -856,8 +863,10 @@ def test_the_qdrant_double_checks_keys_and_tokens_as_qdrant_does(fleet: Fleet) -
     assert probe("/collections") == "401"
     assert probe("/readyz") == "200"  # whitelisted, as in Qdrant
     assert probe("/collections", f"Authorization: Bearer {token}") == "200"
-    for wrong in ("wrong", forged):
-        assert fleet.qdrant("GET", "/collections", key=wrong)[0] == 401
+    # A key that is no JWT: 401. A JWT signed with another key: 403, as Qdrant's JwtParser
+    # answers an invalid signature.
+    assert fleet.qdrant("GET", "/collections", key="wrong")[0] == 401
+    assert fleet.qdrant("GET", "/collections", key=forged)[0] == 403
     everyone = {c for r in fleet.instances.values() for c in r.inst.qdrant_collections}
     status, body = fleet.qdrant("GET", "/collections")
     assert status == 200 and {c["name"] for c in body["result"]["collections"]} == everyone
@@ -905,7 +914,7 @@ def test_the_generated_script_made_every_instances_collections(fleet: Fleet) -> 
     script = [e for e in qdrant_requests(fleet) if str(e["agent"]).startswith("curl/")]
     shared = str(fleet.plan.shared.host.address)
     assert script and all(e["source"] == shared and e["tls"] in TLS_VERSIONS for e in script)
-    assert all(e["auth"] == "key" for e in script if e["path"].startswith("/collections"))
+    assert all(e["auth"] == "api-key" for e in script if e["path"].startswith("/collections"))
     made_with = {(e["method"], e["path"].split("?")[0]) for e in script if e["method"] == "PUT"}
     assert made_with == {
         (method, f"/collections/{name}{rest}") for name in names for method, rest in (("PUT", ""), ("PUT", "/index"))
