@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.client import HTTPException, HTTPSConnection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,9 @@ from owuibuild.plan import (
 from owuibuild.targets.ca import CA_FILE
 from vm import FLEET_INTERFACE  # the fleet NIC of a guest with a fleet link
 
+# The vector length of the Ollama TEST DOUBLE's embeddings (tests/doubles/ollama_double.py
+# EMBEDDING): the fleet's Qdrant collections are made with it.
+EMBEDDING_DIMENSIONS = 4
 # The versions the boot conftest's mirror serves (and the golden image was baked with).
 OLLAMA_VERSION = "0.12.4"
 QDRANT_VERSION = "1.15.4"
@@ -138,6 +144,8 @@ shared:
     sha256: {mirror.sha256(ollama_filename(OLLAMA_VERSION))}
     models: [tinyllama]
     embedding_model: tinyllama
+    # Not a model owuibuild knows: the length of the Ollama double's /api/embed vectors.
+    embedding_dimensions: {EMBEDDING_DIMENSIONS}
   qdrant:
     version: "{QDRANT_VERSION}"
     sha256: {mirror.sha256(qdrant_filename(QDRANT_VERSION))}
@@ -307,10 +315,62 @@ def redis_call(vm: Any, fleet: Fleet, instance: str, *command: str) -> Any:
         return replies[1]
 
 
-def http(
+def plain_http(
     vm: Any, guest_port: int, path: str, headers: dict[str, str] | None = None
 ) -> probes.HttpAnswer:
+    """Plain HTTP to a guest port through its forward (Qdrant and Ollama's terminator refuse
+    it: they speak HTTPS only)."""
     return probes.http_get(LOOPBACK, vm.host_port(guest_port), path, 20, headers)
+
+
+class _ForwardedHTTPS(HTTPSConnection):
+    """HTTPS to a guest port through its 127.0.0.1 forward, the server's certificate verified
+    against the fleet CA for the name the guest's service has (its blueprint address), as an
+    instance host would dial it."""
+
+    def __init__(self, port: int, server_name: str, tls: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(LOOPBACK, port, timeout=timeout, context=tls)
+        self.server_name, self.tls = server_name, tls
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.server_name)
+
+
+def https(
+    vm: Any,
+    fleet: Fleet,
+    guest_port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+) -> probes.HttpAnswer:
+    """An HTTPS request to the shared host's Qdrant or Ollama (its TLS terminator), verified
+    with the fleet CA for the shared host's address. Raises ssl.SSLError or OSError."""
+    conn = _ForwardedHTTPS(vm.host_port(guest_port), fleet.shared_address, fleet.tls(), 20)
+    try:
+        conn.request(
+            method, path, body=body, headers={"Accept": "application/json", **(headers or {})}
+        )
+        response = conn.getresponse()
+        return probes.HttpAnswer(response.status, response.read())
+    finally:
+        conn.close()
+
+
+def tcp_listeners(vm: Any, port: int) -> dict[str, str]:
+    """The guest's TCP listeners on ``port``: local address -> the systemd unit of the process
+    that listens (from its cgroup), e.g. ``{"127.0.0.1:11434": "ollama.service"}``."""
+    shown = vm.ssh(f"sudo ss -Hltnp 'sport = :{port}'", check=True, timeout=60).stdout
+    found = {}
+    for line in shown.splitlines():
+        fields = line.split()
+        pid = re.search(r"pid=(\d+)", line)
+        assert pid, line
+        cgroup = vm.ssh(f"sudo cat /proc/{pid[1]}/cgroup", check=True, timeout=60).stdout
+        found[fields[3]] = cgroup.strip().rsplit("/", 1)[-1]
+    return found
 
 
 def psql(vm: Any, fleet: Fleet, user: str, sql: str) -> str:
@@ -342,14 +402,14 @@ def readiness(vm: Any, fleet: Fleet) -> dict[str, str]:
         if rd.state is not probes.State.OK:
             bad[f"redis {name}"] = str(rd)
     try:
-        answer = http(vm, QDRANT_PORT, "/readyz")
+        answer = https(vm, fleet, QDRANT_PORT, "/readyz")
         if answer.status != 200:
             bad["qdrant"] = f"HTTP {answer.status}"
-        answer = http(vm, OLLAMA_PORT, "/api/tags")
+        answer = https(vm, fleet, OLLAMA_PORT, "/api/tags")
         names = {m["name"].split(":")[0] for m in json.loads(answer.body).get("models", [])}
         if answer.status != 200 or not set(MODELS) <= names:
             bad["ollama"] = f"HTTP {answer.status}, models {sorted(names)}"
-    except (OSError, ValueError, probes.ProbeFailure) as exc:
+    except (OSError, ValueError, HTTPException, probes.ProbeFailure) as exc:
         bad["http"] = repr(exc)
     return bad
 

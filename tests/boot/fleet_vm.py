@@ -7,6 +7,10 @@ The network the tests build::
       |  ens16: user-mode uplink (ssh forward, Debian's mirror, the doubles' mirror)   |  ens16
 
 The fleet link carries only frames between the two guests; nothing on it leaves the machine.
+It is two UDP ports on the machine's loopback, one frame a datagram, so tcpdump on ``lo``
+records the whole wire between the hosts (tests/boot/fleet_capture.py). Every service on it
+speaks TLS with the fleet CA's certificates: PostgreSQL, Redis, Qdrant, and Ollama through its
+Caddy terminator (Ollama itself listens on the shared host's loopback only).
 Each guest's uplink is the QEMU user-mode network, configured by the test base image itself
 (tests/infra/vm-image.sh), so the seeds' own network-config drives the fleet NIC exactly as
 rendered. The host dials nothing but 127.0.0.1 forwards; every probe of a blueprint address
@@ -53,7 +57,8 @@ from fleet_blueprint import (
 )
 from infra.vm import VM, BaseImage, FleetLink, cloud_init_done_wait
 from owuibuild.hostconfig import docker as docker_section
-from owuibuild.plan import DATA_MOUNT, FLEET_CA
+from owuibuild.hostconfig import qdrant as qdrant_section
+from owuibuild.plan import DATA_MOUNT, FLEET_CA, OLLAMA_PORT
 from owuibuild.seed_iso import make_seed_iso
 from owuibuild.targets.hosts import unpack_user_data
 
@@ -106,7 +111,7 @@ def render(workdir: Path, mirror: Any, archive_sha256: str) -> Fleet:
 # Runs inside a guest with owuibuild's probes module next to it; its input (credentials
 # included) arrives on stdin, never on a command line.
 GUEST_PROBE = r"""
-import json, socket, sys
+import http.client, json, socket, ssl, sys
 sys.path.insert(0, "/tmp")
 import probes
 req = json.load(sys.stdin)
@@ -132,13 +137,53 @@ for name, (host, port) in req.get("tcp", {}).items():
         out[name] = "refused"
     except OSError as exc:
         out[name] = type(exc).__name__
-for name, (host, port, path) in req.get("http", {}).items():
+# HTTP requests: over HTTPS verified with the fleet CA ("tls": "fleet", the default), with the
+# system's CAs alone ("system": the fleet CA is not among them), or in plain text ("plain").
+# The answer's status, or what went wrong ("certificate-refused", an exception's name).
+for name, r in req.get("http", {}).items():
+    mode = r.get("tls", "fleet")
     try:
-        out[name] = probes.http_get(host, port, path, 10).status
+        if mode == "plain":
+            conn = http.client.HTTPConnection(r["host"], r["port"], timeout=20)
+        else:
+            context = tls if mode == "fleet" else ssl.create_default_context()
+            conn = http.client.HTTPSConnection(r["host"], r["port"], timeout=20, context=context)
+        body = r.get("body")
+        conn.request(r.get("method", "GET"), r["path"], body=None if body is None else body.encode(),
+                     headers=r.get("headers", {}))
+        response = conn.getresponse()
+        response.read()
+        out[name] = response.status
+    except ssl.SSLCertVerificationError:
+        out[name] = "certificate-refused"
     except Exception as exc:
         out[name] = type(exc).__name__
 print(json.dumps(out))
 """
+
+
+def web(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    tls: str = "fleet",
+    method: str = "GET",
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One HTTP request of a guest probe (its "http" requests): over HTTPS verified with the
+    fleet CA (``tls="fleet"``, the request's "cafile"), with the system's CAs alone
+    (``"system"``) or in plain text (``"plain"``)."""
+    return {
+        "host": host,
+        "port": port,
+        "path": path,
+        "tls": tls,
+        "method": method,
+        "body": body,
+        "headers": headers or {},
+    }
 
 
 def guest_probe(vm: VM, request: dict[str, Any]) -> dict[str, Any]:
@@ -463,6 +508,32 @@ CROSS_CREDENTIALS = {
     "redis-other-server": "auth-failed",
     "redis-plain": "down",
 }
+
+
+def ollama_pulls(shared: VM) -> int:
+    """The pulls the Ollama double served, asked on the shared host's loopback, where Ollama
+    itself listens (its TLS terminator on the private address answers 403 to this path)."""
+    answer = shared.ssh(
+        f"curl -sf http://127.0.0.1:{OLLAMA_PORT}/api/double/pulls", check=True, timeout=60
+    )
+    count: int = json.loads(answer.stdout)["count"]
+    return count
+
+
+def ollama_requests(shared: VM, path: str | None = None) -> list[dict[str, Any]]:
+    """The requests the Ollama double answered (method, path, host, status), those to ``path``
+    only when given; asked on the shared host's loopback, as ollama_pulls."""
+    answer = shared.ssh(
+        f"curl -sf http://127.0.0.1:{OLLAMA_PORT}/api/double/requests", check=True, timeout=60
+    )
+    found: list[dict[str, Any]] = json.loads(answer.stdout)["requests"]
+    return [r for r in found if path is None or r["path"] == path]
+
+
+# The Qdrant double's request log on the shared host (tests/doubles/qdrant_double.py), and the
+# paths it answers without a key.
+QDRANT_DOUBLE_LOG = f"{qdrant_section.STORAGE}/test-double-requests.log"
+HEALTH_PATHS = ("/readyz", "/healthz", "/livez")
 
 
 def standin_checks(dock: VM) -> dict[str, dict[str, bool]]:

@@ -9,6 +9,14 @@ One fleet boots once and every test of this module shares it, in order:
    an uplink that lets nothing out: cloud-init clean, nothing installed, fetched or pulled, the
    baked models copied onto the data volume, both instances healthy;
 2. instance isolation, both firewalls and the published-port filter, probed inside the guests;
+   every hop is TLS: Qdrant serves HTTPS only, Ollama listens on loopback behind its Caddy
+   terminator (HTTPS only, model management refused with 403); Qdrant's collections were made
+   at first boot with the configured vector size, and each instance used only its own
+   collections with its own token (the Qdrant double's log of decoded claims); a capture of
+   the fleet link (tcpdump on the loopback ports that carry it, from before the guests start
+   until both instances have started again and every credential and a test prompt sent
+   through an instance have crossed it) holds TLS handshakes on every hop and no secret,
+   token or prompt in clear text;
 3. a reboot of the Docker host brings every instance back (the shared host's reboot is the
    Debian 12 module's, opt-in: CI's budget holds one);
 4. the Docker host replaced by a new root disk (the golden image again, same seed, same data
@@ -29,8 +37,16 @@ import secrets as pysecrets
 from collections.abc import Iterator
 from typing import Any
 
+import fleet_capture as capture
 import pytest
-from fleet_blueprint import FLEET_INTERFACE, assert_cloud_init_clean, empty_disk
+from fleet_blueprint import (
+    EMBEDDING_DIMENSIONS,
+    FLEET_INTERFACE,
+    assert_cloud_init_clean,
+    bench_path,
+    empty_disk,
+    tcp_listeners,
+)
 from fleet_vm import (
     ADMIN,
     BOOT_TIMEOUT,
@@ -39,10 +55,12 @@ from fleet_vm import (
     DOCK,
     DOCK_ADDRESS,
     DOCK_MEMORY_MB,
+    HEALTH_PATHS,
     IN_USE,
     INSTANCES,
     MODELS_DIR,
     OUTSIDER,
+    QDRANT_DOUBLE_LOG,
     REAL_OPENWEBUI,
     SHARED,
     SHARED_ADDRESS,
@@ -55,16 +73,22 @@ from fleet_vm import (
     http_status,
     instance_health,
     instances_in_use,
+    ollama_pulls,
+    ollama_requests,
     pg_major,
+    pg_request,
+    redis_request,
     start_fleet,
     wait_fleet_ready,
     wait_instances_healthy,
+    web,
 )
 from infra.vm import VM, FleetLink
-from owuibuild import bundle
+from owuibuild import bundle, qdrant_access
 from owuibuild.hostconfig import _first_boot as first_boot
-from owuibuild.hostconfig import firewall, postgres
-from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT
+from owuibuild.hostconfig import firewall, ollama_tls, postgres
+from owuibuild.hostconfig import qdrant as qdrant_section
+from owuibuild.plan import DATA_MOUNT, FLEET_CA, OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT
 
 pytestmark = pytest.mark.boot
 
@@ -89,13 +113,27 @@ def booted(
     fetched = len(mirror.requests)
     # The real Open WebUI's boots are rows of their own, not the bench's golden rows.
     label = "golden-real-openwebui" if REAL_OPENWEBUI else "golden"
-    vms = start_fleet(fleet, images, disks, links, label, restrict=True)
-    state: dict[str, Any] = {"vms": vms, "disks": disks, "links": links, "images": images}
+    # The wire between the hosts is recorded from before either guest starts, so the capture
+    # holds the first boot's connections too (test_capture_between_the_hosts_...).
+    from conftest import require_tool
+
+    require_tool("tcpdump")
+    link_capture = capture.LinkCapture(
+        tmp_path_factory.mktemp("capture") / "fleet-link.pcap", (a.local_port, b.local_port)
+    ).start()
+    state: dict[str, Any] = {"disks": disks, "links": links, "images": images}
+    state["capture"] = link_capture
+    try:
+        state["vms"] = vms = start_fleet(fleet, images, disks, links, label, restrict=True)
+    except BaseException:
+        link_capture.stop()
+        raise
     try:
         state["statuses"] = wait_fleet_ready(vms, fleet, label)
         state["fetched"] = mirror.requests[fetched:]
         yield state
     finally:
+        link_capture.stop()
         for vm in state["vms"].values():
             vm.close()
 
@@ -151,12 +189,7 @@ def test_golden_hosts_install_fetch_and_pull_nothing(booted: dict[str, Any], fle
     )
     assert "tinyllama" in found.split(), found
     # ...copied, not pulled: the Ollama double counts the pulls it served.
-    pulls = (
-        vms[DOCK]
-        .ssh(f"curl -sf http://{SHARED_ADDRESS}:{OLLAMA_PORT}/api/double/pulls", check=True)
-        .stdout
-    )
-    assert json.loads(pulls)["count"] == 0, pulls
+    assert ollama_pulls(vms[SHARED]) == 0
 
 
 def started_at(vm: VM, unit: str, when: str = "ExecMainStartTimestampMonotonic") -> int:
@@ -241,6 +274,264 @@ def test_golden_shared_host_leaves_postgresqls_own_backup_units_off(
     assert ran == 0, "pg_receivewal started"
 
 
+def qdrant_log(shared: VM) -> list[dict[str, Any]]:
+    """The Qdrant double's request log (decoded claims, never a key or a token)."""
+    text = shared.ssh(f"sudo cat {QDRANT_DOUBLE_LOG}", check=True, timeout=60).stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def qdrant_admin(shared: VM, path: str) -> Any:
+    """GET ``path`` from Qdrant on the shared host with its API key, read by curl from the
+    collections unit's header file (the key on no command line); the answer's result."""
+    answer = shared.ssh(
+        f"sudo curl -sf --cacert {FLEET_CA} --header @{qdrant_section.KEY_FILE}"
+        f" https://{SHARED_ADDRESS}:{QDRANT_PORT}{path}",
+        check=True,
+        timeout=60,
+    )
+    return json.loads(answer.stdout)["result"]
+
+
+def test_qdrant_collections_are_made_at_first_boot_with_the_configured_size(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """The first Qdrant node's collections unit made every instance's five collections with
+    the blueprint's embedding_dimensions and Open WebUI's three payload indexes."""
+    shared = booted["vms"][SHARED]
+    unit = qdrant_section.COLLECTIONS_UNIT_NAME
+    state = shared.ssh(f"systemctl show -p ActiveState -p Result {unit}", check=True)
+    assert sorted(state.stdout.split()) == ["ActiveState=active", "Result=success"], state.stdout
+    size = fleet.plan.embedding_dimensions
+    assert size == EMBEDDING_DIMENSIONS
+    wanted = sorted(c for name in INSTANCES for c in fleet.instance(name).qdrant_collections)
+    listed = qdrant_admin(shared, "/collections")["collections"]
+    assert sorted(c["name"] for c in listed) == wanted
+    for name in wanted:
+        info = qdrant_admin(shared, f"/collections/{name}")
+        assert info["config"]["params"]["vectors"]["size"] == size, (name, info)
+        assert info["config"]["params"]["vectors"]["distance"] == "Cosine", (name, info)
+        assert set(info["payload_schema"]) == {i["field_name"] for i in qdrant_access.INDEXES}
+    made = shared.ssh(f"sudo journalctl -b -u {unit} --no-pager -o cat", check=True, timeout=60)
+    assert sorted(re.findall(r"made Qdrant collection (\S+)", made.stdout)) == wanted, made.stdout
+
+
+def test_instances_use_qdrant_with_their_own_tokens_only(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """Every Qdrant request from the Docker host carried an instance's token, whose decoded
+    claims are exactly qdrant_access.claims of that instance's collections, and touched only
+    those collections; each instance wrote its embedding (the collections' size) to its own
+    knowledge collection. The server's key was used by the collections unit on the shared host
+    only."""
+    shared = booted["vms"][SHARED]
+    log = qdrant_log(shared)
+    own = {
+        name: qdrant_access.claims(fleet.instance(name).qdrant_collections) for name in INSTANCES
+    }
+    from_dock = [e for e in log if e["client"] == DOCK_ADDRESS and e["path"] not in HEALTH_PATHS]
+    assert from_dock, log
+    assert {e["auth"] for e in from_dock} == {"jwt"}, from_dock
+    assert {e["status"] for e in from_dock} == {200}, [e for e in from_dock if e["status"] != 200]
+    seen = sorted(
+        {(e["claims"]["access"][0]["collection"], e["method"], e["path"]) for e in from_dock}
+    )
+    for name, claims in own.items():
+        mine = [e for e in from_dock if e["claims"] == claims]
+        assert mine, (name, claims, seen)
+        collections = fleet.instance(name).qdrant_collections
+        touched = {e["path"].split("?")[0].split("/")[2] for e in mine}
+        assert touched == set(collections), (name, touched)
+        knowledge = next(c for c in collections if c.endswith("_knowledge"))
+        assert any(
+            e["method"] == "PUT" and e["path"].startswith(f"/collections/{knowledge}/points")
+            for e in mine
+        ), name
+        assert qdrant_admin(shared, f"/collections/{knowledge}")["points_count"] == 1, name
+    # Nothing else came with a token: every token the log decoded was an instance's.
+    assert all(e["claims"] in own.values() for e in log if e["auth"] == "jwt")
+    keyed = [e for e in log if e["auth"] == "api-key"]
+    assert keyed and {e["client"] for e in keyed} == {SHARED_ADDRESS}, keyed
+    # The standin says so too: five collections and a point of the collections' size.
+    dock = booted["vms"][DOCK]
+    for name, port in INSTANCES.items():
+        checks = json.loads(
+            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
+        )
+        knowledge = next(
+            c for c in fleet.instance(name).qdrant_collections if c.endswith("_knowledge")
+        )
+        assert checks["qdrant"] == {
+            "ok": True,
+            "detail": f"5 collections; a {EMBEDDING_DIMENSIONS}-dimension point written to "
+            f"{knowledge}",
+        }, checks
+
+
+def test_ollama_answers_only_through_its_tls_terminator(booted: dict[str, Any]) -> None:
+    """Ollama listens on the shared host's loopback only; on the private address its port is
+    Caddy's, HTTPS only with the fleet CA's certificate, and it refuses model management (no
+    allow_model_management in the blueprint) before Ollama sees the request."""
+    shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    assert tcp_listeners(shared, OLLAMA_PORT) == {
+        f"127.0.0.1:{OLLAMA_PORT}": "ollama.service",
+        f"{SHARED_ADDRESS}:{OLLAMA_PORT}": ollama_tls.UNIT_NAME,
+    }
+    pulls = ollama_pulls(shared)
+    model = json.dumps({"model": "tinyllama"})
+    result = guest_probe(
+        dock,
+        {
+            "cafile": FLEET_CA,
+            "http": {
+                "tags": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/tags"),
+                "version": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/version"),
+                # The fleet CA is no public CA: the system's store alone does not verify it.
+                "system-cas": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/tags", tls="system"),
+                # Plain HTTP: Caddy's 400 ("Client sent an HTTP request to an HTTPS server").
+                "plain": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/tags", tls="plain"),
+                "pull": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/pull", method="POST", body=model),
+                "delete": web(
+                    SHARED_ADDRESS, OLLAMA_PORT, "/api/delete", method="DELETE", body=model
+                ),
+                "double-pulls": web(SHARED_ADDRESS, OLLAMA_PORT, "/api/double/pulls"),
+            },
+        },
+    )
+    assert result == {
+        "tags": 200,
+        "version": 200,
+        "system-cas": "certificate-refused",
+        "plain": 400,
+        "pull": 403,
+        "delete": 403,
+        "double-pulls": 403,
+    }, result
+    assert ollama_pulls(shared) == pulls, "a pull through the terminator reached Ollama"
+
+
+def test_qdrant_speaks_https_only(booted: dict[str, Any], fleet: Fleet) -> None:
+    """Qdrant on the private address: HTTPS with the fleet CA's certificate, the API key still
+    required; plain HTTP gets no answer (the probe sends no key: it would cross in clear)."""
+    dock = booted["vms"][DOCK]
+    key = fleet.secrets[fleet.plan.qdrant_api_key.name]
+    result = guest_probe(
+        dock,
+        {
+            "cafile": FLEET_CA,
+            "http": {
+                "keyed": web(SHARED_ADDRESS, QDRANT_PORT, "/collections", headers={"api-key": key}),
+                "no-key": web(SHARED_ADDRESS, QDRANT_PORT, "/collections"),
+                "ready": web(SHARED_ADDRESS, QDRANT_PORT, "/readyz"),
+                "system-cas": web(SHARED_ADDRESS, QDRANT_PORT, "/readyz", tls="system"),
+                "plain": web(SHARED_ADDRESS, QDRANT_PORT, "/readyz", tls="plain"),
+            },
+        },
+    )
+    plain = result.pop("plain")
+    assert result == {
+        "keyed": 200,
+        "no-key": 401,
+        "ready": 200,
+        "system-cas": "certificate-refused",
+    }
+    assert not isinstance(plain, int), f"Qdrant answered plain HTTP with {plain}"
+
+
+def test_capture_between_the_hosts_holds_no_secret_in_clear_text(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """The capture of the fleet link, running since before either guest started: both first
+    boots, with every instance's first connections (PostgreSQL, its Redis, Qdrant with its
+    token, Ollama), then once more every instance's credentials, Qdrant's key and a test
+    prompt sent through an instance to Ollama. The capture holds answered TLS handshakes from
+    the Docker host to every service port (PostgreSQL, each Redis, Qdrant, Ollama's
+    terminator) and none of the secrets, tokens nor the prompt as clear text; a marker sent on
+    purpose over the one plain-HTTP hop (an instance's port) is there, so the search does find
+    clear text."""
+    shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    link_capture: capture.LinkCapture = booted["capture"]
+    prompt = f"owuibuild capture test prompt {pysecrets.token_hex(12)}"
+    control = f"owuibuild-capture-control-{pysecrets.token_hex(12)}"
+    secrets = dict(fleet.secrets)
+    # Long enough that none could turn up in the capture's bytes by chance.
+    assert secrets and min(len(v) for v in secrets.values()) >= 16, sorted(secrets)
+    server_key = secrets[fleet.plan.qdrant_api_key.name]
+    tokens = {
+        f"qdrant token of {name}": qdrant_access.token(
+            server_key, fleet.instance(name).qdrant_collections
+        )
+        for name in INSTANCES
+    }
+    requests: dict[str, Any] = {"cafile": FLEET_CA, "pg": {}, "redis": {}}
+    for name in INSTANCES:
+        inst = fleet.instance(name)
+        requests["pg"][f"pg-{name}"] = pg_request(
+            inst, inst.db_name, secrets[inst.db_password.name]
+        )
+        requests["redis"][f"redis-{name}"] = redis_request(
+            inst, inst.redis_port, secrets[inst.redis_password.name]
+        )
+    requests["http"] = {
+        "qdrant": web(SHARED_ADDRESS, QDRANT_PORT, "/collections", headers={"api-key": server_key}),
+    }
+
+    assert instances_in_use(dock) == IN_USE
+    traffic = guest_probe(dock, requests)
+    # The prompt through instance alpha (dialled on the Docker host itself, so that it crosses
+    # the fleet link only inside the instance's connection to Ollama's terminator).
+    chat = {
+        "model": "tinyllama",
+        "stream": False,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    relayed = dock.ssh(
+        f"curl -s --max-time 60 -w '\\n%{{http_code}}' -H 'Content-Type: application/json'"
+        f" --data-binary @- http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/ollama/api/chat",
+        input=json.dumps(chat),
+        check=True,
+        timeout=120,
+    ).stdout
+    control_status = http_status(shared, f"http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/{control}")
+    data = link_capture.stop()
+    keep = bench_path().parent / "capture" / "fleet-link.pcap"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_bytes(data)  # for a look with tcpdump -r; holds no secret (asserted below)
+
+    # The traffic went where it should: logins accepted, the prompt answered by Ollama.
+    assert traffic["qdrant"] == 200, traffic
+    assert {traffic[f"{s}-{n}"] for s in ("pg", "redis") for n in INSTANCES} == {"ok"}, traffic
+    body, _, status = relayed.rpartition("\n")
+    assert status == "200", relayed
+    assert json.loads(body)["message"]["role"] == "assistant", body
+    chats = ollama_requests(shared, "/api/chat")
+    assert chats and chats[-1]["status"] == 200, chats
+    assert control_status == "404", "the instance port did not answer the control request"
+
+    # The capture saw the wire between the hosts: a TLS handshake, answered, on every hop.
+    links = booted["links"]
+    found = capture.segments(
+        capture.link_frames(data, (links[SHARED].local_port, links[DOCK].local_port))
+    )
+    handshakes = capture.tls_handshakes(found, SHARED_ADDRESS)
+    ports = {
+        "postgres": POSTGRES_PORT,
+        "qdrant": QDRANT_PORT,
+        "ollama": OLLAMA_PORT,
+        **{f"redis-{n}": fleet.instance(n).redis_port for n in INSTANCES},
+    }
+    for hop, port in ports.items():
+        hellos = handshakes.get(port, (0, 0))
+        assert hellos[0] > 0 and hellos[1] > 0, (hop, port, handshakes)
+        assert capture.opened_ports(found, SHARED_ADDRESS, client=DOCK_ADDRESS).get(port), hop
+    # The check can fail: clear text sent on purpose is found.
+    assert capture.clear_text_found(data, {"control": control}, found) == ["control"]
+    # No secret, token or prompt crossed the wire as clear text.
+    leaked = capture.clear_text_found(data, {**secrets, **tokens, "test prompt": prompt}, found)
+    assert leaked == [], f"in clear text on the fleet link: {leaked}"
+
+
+# After the capture test: its probe sends alpha's credentials in plain text on purpose (to see
+# them refused), which the capture would rightly find.
 def test_credentials_are_refused_across_instances(booted: dict[str, Any], fleet: Fleet) -> None:
     result = cross_credentials(booted["vms"][DOCK], fleet)
     assert result == CROSS_CREDENTIALS, result

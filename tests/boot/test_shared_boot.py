@@ -7,6 +7,8 @@ One vanilla boot carries most proofs, in order (the tests of this module share i
    127.0.0.1 forwards only, every instance role logs in to its own database and is refused on
    the others', each Redis answers to its ACL user only, Qdrant and Ollama run (TEST DOUBLES:
    they check our install steps, not Ollama or Qdrant) and Qdrant got the configured API key,
+   both over HTTPS only (Qdrant itself, Ollama through its Caddy terminator on the private
+   address, Ollama itself on loopback only; model management answered 403),
    nftables drops by default, SSH takes the admin key and refuses passwords, and the services'
    state lives on the data volume.
 2. ``test_reboot_changes_nothing``: after a reboot everything answers again, and no
@@ -51,18 +53,20 @@ from fleet_blueprint import (
     Fleet,
     assert_cloud_init_clean,
     empty_disk,
-    http,
+    https,
     pg_login,
+    plain_http,
     psql,
     redis_call,
     redis_ping,
     render_fleet,
     ssh_lines,
+    tcp_listeners,
     wait_until_ready,
 )
 from infra.vm import VM, ensure_base_image, missing_tools
 from owuibuild.plan import DATA_MOUNT, OLLAMA_PORT, QDRANT_PORT
-from owuibuild.probes import State
+from owuibuild.probes import ProbeFailure, State
 
 pytestmark = [pytest.mark.boot, pytest.mark.vanilla]
 
@@ -81,6 +85,7 @@ UNITS = (
     *(f"redis-server@{name}.service" for name in (*DOCK_INSTANCES, OTHER_INSTANCE)),
     "qdrant.service",
     "ollama.service",
+    "owui-ollama-tls.service",
     "owuibuild-firewall.service",
 )
 INITDB_SAYS = "The files belonging to this database system will be owned by user"
@@ -185,19 +190,36 @@ def check_redis(vm: VM, fleet: Fleet) -> None:
 
 def check_qdrant_and_ollama(vm: VM, fleet: Fleet) -> None:
     key = fleet.secret("qdrant.api_key")
-    assert http(vm, QDRANT_PORT, "/collections", {"api-key": key}).status == 200
-    assert http(vm, QDRANT_PORT, "/collections").status == 401
-    assert http(vm, QDRANT_PORT, "/collections", {"api-key": key + "x"}).status == 401
+    # Qdrant: HTTPS only, its certificate from the fleet CA for the shared host's address.
+    assert https(vm, fleet, QDRANT_PORT, "/collections", {"api-key": key}).status == 200
+    assert https(vm, fleet, QDRANT_PORT, "/collections").status == 401
+    assert https(vm, fleet, QDRANT_PORT, "/collections", {"api-key": key + "x"}).status == 401
     log = [json.loads(line) for line in ssh_lines(vm, f"sudo cat {QDRANT_DOUBLE_LOG}")]
-    assert {"path": "/collections", "api_key_ok": True, "api_key_sent": True} in log, log
+    assert any(e["path"] == "/collections" and e["api_key_ok"] for e in log), log
+    # Plain HTTP (without the key: it would cross in clear text) gets no answer at all.
+    with pytest.raises((OSError, ProbeFailure)):
+        plain_http(vm, QDRANT_PORT, "/readyz")
     users = ssh_lines(
         vm,
-        "for u in qdrant ollama; do "
+        "for u in qdrant ollama owui-ollama-tls; do "
         'ps -o user= -p "$(systemctl show -p MainPID --value "$u.service")"; done',
     )
-    assert users == ["qdrant", "ollama"], users
-    version = json.loads(http(vm, OLLAMA_PORT, "/api/version").body)["version"]
+    assert users == ["qdrant", "ollama", "caddy"], users
+    # Ollama on loopback only; its TLS terminator (Caddy) on the private address.
+    assert tcp_listeners(vm, OLLAMA_PORT) == {
+        f"127.0.0.1:{OLLAMA_PORT}": "ollama.service",
+        f"{fleet.shared_address}:{OLLAMA_PORT}": "owui-ollama-tls.service",
+    }
+    version = json.loads(https(vm, fleet, OLLAMA_PORT, "/api/version").body)["version"]
     assert "test-double" in version, version
+    # Plain HTTP on the terminator's port: Caddy's "HTTP request to an HTTPS server".
+    assert plain_http(vm, OLLAMA_PORT, "/api/version").status == 400
+    # Model management is closed to the instance hosts: 403 from the terminator.
+    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete")):
+        body = json.dumps({"model": "tinyllama"}).encode()
+        answer = https(vm, fleet, OLLAMA_PORT, path, method=method, body=body)
+        assert answer.status == 403, (method, path, answer)
+        assert "allow_model_management" in answer.body.decode(), answer.body
 
 
 def check_firewall(vm: VM) -> None:

@@ -12,17 +12,30 @@ values and nothing else:
 * authenticated to its Redis with ``REDIS_URL`` and published on ``socketio``, over TLS for a
   ``rediss://`` URL (verified with ``ssl_ca_certs`` and, as redis-py does by default, the
   URL's host);
-* listed Qdrant's collections with ``QDRANT_API_KEY`` at ``QDRANT_URI``;
+* used Qdrant at ``QDRANT_URI`` with ``QDRANT_API_KEY`` (its own token) as Open WebUI's
+  multitenancy mode does: each of its five collections ``<QDRANT_COLLECTION_PREFIX>_<suffix>``
+  exists, and a point whose vector is an embedding from Ollama (``/api/embed`` of
+  ``RAG_EMBEDDING_MODEL`` at ``OLLAMA_BASE_URL``, as its embedding engine asks) is written to
+  the knowledge collection, which Qdrant accepts only at the collection's vector size;
 * fetched ``/api/tags`` from every Ollama URL (``OLLAMA_BASE_URLS`` or ``OLLAMA_BASE_URL``).
 
+Qdrant and Ollama are reached over HTTPS only, as Open WebUI's HTTP clients reach them: each URL
+must be ``https://``, and the server's certificate must chain to the CA bundle that
+``SSL_CERT_FILE`` names (the host's bundle with the fleet CA, which the container mounts) and
+name the URL's host. A plain ``http://`` URL, no ``SSL_CERT_FILE``, or a certificate that does
+not verify fails the check (it never turns healthy).
+
 Until then ``/health`` answers 503 with what is still failing (never a secret). ``/checks``
-gives the same as JSON. It uses owuibuild's own wire-protocol probes (``probes.py``, copied
-next to it in the image), so it needs no library. It checks that the fleet is wired as the
-generated files say; it says nothing about Open WebUI itself.
+gives the same as JSON. ``POST /ollama/api/chat`` and ``/ollama/api/generate`` pass the body on
+to the first Ollama URL and its answer back, as Open WebUI's Ollama proxy does (a test sends a
+prompt through an instance this way). It uses owuibuild's own wire-protocol probes
+(``probes.py``, copied next to it in the image), so it needs no library. It checks that the
+fleet is wired as the generated files say; it says nothing about Open WebUI itself.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -40,6 +53,11 @@ import probes  # owuibuild.probes, copied beside this file
 PORT = int(os.environ.get("OWUIBUILD_STANDIN_PORT", "8080"))
 TIMEOUT = 5.0
 RETRY_SECONDS = 1.0
+MAX_BODY = 1 << 20
+# Open WebUI's multitenancy collections (retrieval/vector/dbs/qdrant_multitenancy.py).
+QDRANT_SUFFIXES = ("memories", "knowledge", "files", "web-search", "hash-based")
+# The point the double writes (the same id each time: an upsert, not a pile).
+QDRANT_POINT_ID = "00000000-0000-4000-8000-00000000d0b1"
 
 # name -> (ok, detail); read by the HTTP handler, written by the checker thread.
 RESULTS: dict[str, tuple[bool, str]] = {}
@@ -161,16 +179,110 @@ def check_redis() -> tuple[bool, str]:
     return outcome.state is probes.State.OK, outcome.detail
 
 
-def check_qdrant() -> tuple[bool, str]:
-    url = urlsplit(os.environ["QDRANT_URI"])
-    answer = probes.http_get(
-        url.hostname or "",
-        url.port or 6333,
-        "/collections",
-        TIMEOUT,
-        {"api-key": os.environ.get("QDRANT_API_KEY", "")},
+def https_tls(variable: str, raw: str) -> tuple[str, int, ssl.SSLContext]:
+    """Host, port and TLS context for an ``https://`` URL of ``variable``: verified with the CA
+    bundle ``SSL_CERT_FILE`` names, as the instance's HTTP clients verify it (httpx, aiohttp and,
+    through ``REQUESTS_CA_BUNDLE``, requests). ValueError for any other URL or no bundle."""
+    url = urlsplit(raw)
+    if url.scheme != "https":
+        raise ValueError(f"{variable}: {url.scheme or 'no scheme'}:// is not https://")
+    cafile = os.environ.get("SSL_CERT_FILE", "")
+    if not cafile:
+        raise ValueError(f"{variable}: https:// without SSL_CERT_FILE (the CA bundle)")
+    return url.hostname or "", url.port or 443, probes.tls_context(cafile=cafile)
+
+
+def https_call(
+    variable: str,
+    raw: str,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: object = None,
+) -> tuple[int, bytes]:
+    """One request to the HTTPS server of ``raw`` (see https_tls): its status and body.
+    http.client, not urllib: urllib would honour *_proxy variables and could hand a key to a
+    proxy. Raises OSError, ssl.SSLError or ValueError."""
+    host, port, tls = https_tls(variable, raw)
+    base = urlsplit(raw).path.rstrip("/")
+    conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=tls)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"Accept": "application/json", **(headers or {})}
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        conn.request(method, base + path, body=data, headers=sent)
+        response = conn.getresponse()
+        answer = response.read(MAX_BODY + 1)
+        if len(answer) > MAX_BODY:
+            raise ValueError(f"{method} {path}: the answer is too large")
+        return response.status, answer
+    finally:
+        conn.close()
+
+
+def https_get(
+    variable: str, raw: str, path: str, headers: dict[str, str] | None = None
+) -> probes.Outcome:
+    """GET ``path`` from the HTTPS server of ``raw``; OK on 200."""
+
+    def probe() -> probes.Outcome:
+        status, _ = https_call(variable, raw, "GET", path, headers)
+        state = probes.State.OK if status == 200 else probes.State.DOWN
+        return probes.Outcome(state, f"GET {path}: {status}")
+
+    return probes.guarded(probe, _secrets())
+
+
+def qdrant_collections() -> tuple[str, ...]:
+    prefix = os.environ.get("QDRANT_COLLECTION_PREFIX") or "open-webui"
+    return tuple(f"{prefix}_{suffix}" for suffix in QDRANT_SUFFIXES)
+
+
+def embedding() -> list[float]:
+    """An embedding from the first Ollama (RAG_EMBEDDING_MODEL), as Open WebUI's engine asks."""
+    model = os.environ.get("RAG_EMBEDDING_MODEL", "")
+    if not model:
+        raise ValueError("RAG_EMBEDDING_MODEL is not set")
+    body = {"model": model, "input": ["owuibuild test double"]}
+    status, answer = https_call(
+        "OLLAMA_BASE_URL", ollama_urls()[0], "POST", "/api/embed", None, body
     )
-    return answer.status == 200, f"GET /collections: {answer.status}"
+    if status != 200:
+        raise ValueError(f"Ollama POST /api/embed: {status}")
+    vectors = json.loads(answer).get("embeddings")
+    if not isinstance(vectors, list) or not vectors or not isinstance(vectors[0], list):
+        raise ValueError("Ollama POST /api/embed: no embedding in the answer")
+    return [float(x) for x in vectors[0]]
+
+
+def check_qdrant() -> tuple[bool, str]:
+    uri = os.environ["QDRANT_URI"]
+    headers = {"api-key": os.environ.get("QDRANT_API_KEY", "")}
+    names = qdrant_collections()
+
+    def probe() -> probes.Outcome:
+        for name in names:
+            path = f"/collections/{name}/exists"
+            status, answer = https_call("QDRANT_URI", uri, "GET", path, headers)
+            if status != 200:
+                return probes.Outcome(probes.State.DOWN, f"GET {path}: {status}")
+            if json.loads(answer).get("result", {}).get("exists") is not True:
+                return probes.Outcome(probes.State.DOWN, f"GET {path}: no collection {name}")
+        vector = embedding()
+        knowledge = names[QDRANT_SUFFIXES.index("knowledge")]
+        point = {"id": QDRANT_POINT_ID, "vector": vector, "payload": {"tenant_id": "test-double"}}
+        path = f"/collections/{knowledge}/points?wait=true"
+        status, _ = https_call("QDRANT_URI", uri, "PUT", path, headers, {"points": [point]})
+        if status != 200:
+            return probes.Outcome(probes.State.DOWN, f"PUT {path}: {status}")
+        return probes.Outcome(
+            probes.State.OK,
+            f"{len(names)} collections; a {len(vector)}-dimension point written to {knowledge}",
+        )
+
+    outcome = probes.guarded(probe, _secrets())
+    return outcome.state is probes.State.OK, outcome.detail
 
 
 def ollama_urls() -> list[str]:
@@ -181,11 +293,10 @@ def ollama_urls() -> list[str]:
 def check_ollama() -> tuple[bool, str]:
     details = []
     for base in ollama_urls():
-        url = urlsplit(base)
-        answer = probes.http_get(url.hostname or "", url.port or 11434, "/api/tags", TIMEOUT)
-        if answer.status != 200:
-            return False, f"{base}/api/tags: {answer.status}"
-        details.append(f"{url.hostname}: 200")
+        outcome = https_get("OLLAMA_BASE_URL", base, "/api/tags")
+        if outcome.state is not probes.State.OK:
+            return False, f"{base}: {outcome.detail}"
+        details.append(f"{urlsplit(base).hostname}: 200")
     return True, ", ".join(details)
 
 
@@ -217,7 +328,38 @@ def run_checks() -> None:
         time.sleep(RETRY_SECONDS)
 
 
+# Open WebUI's Ollama proxy paths the double passes on (to the first Ollama URL).
+RELAYED = {"/ollama/api/chat": "/api/chat", "/ollama/api/generate": "/api/generate"}
+
+
 class Handler(BaseHTTPRequestHandler):
+    def answer(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        """A prompt through the instance: the body goes to Ollama over HTTPS as it came, and
+        Ollama's status and answer come back (502 with the reason when Ollama was not reached)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(min(length, MAX_BODY))
+        target = RELAYED.get(urlsplit(self.path).path)
+        if target is None:
+            self.answer(404, json.dumps({"detail": "not found"}).encode())
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            status, data = https_call(
+                "OLLAMA_BASE_URL", ollama_urls()[0], "POST", target, None, body
+            )
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            detail = probes.scrub(f"{type(exc).__name__}: {exc}", _secrets())
+            self.answer(502, json.dumps({"detail": detail}).encode())
+            return
+        self.answer(status, data)
+
     def do_GET(self) -> None:
         with LOCK:
             results = dict(RESULTS)
@@ -230,12 +372,7 @@ class Handler(BaseHTTPRequestHandler):
             body = {name: {"ok": ok, "detail": d} for name, (ok, d) in results.items()}
         else:
             status, body = 404, {"detail": "not found"}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(status, json.dumps(body).encode())
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
