@@ -568,16 +568,22 @@ def test_plain_http_gets_no_answer_from_ollama(terminator: Terminator) -> None:
 # -- what passes ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "body"), ALLOWED, ids=ids(ALLOWED))
-def test_inference_and_listing_reach_ollama_as_its_loopback_host(
-    terminator: Terminator, method: str, path: str, body: object
-) -> None:
+def assert_reaches_ollama(terminator: Terminator, method: str, path: str, body: object) -> None:
+    """The request reaches the double exactly once, as Ollama's loopback host, and its answer
+    is the double's, passed on."""
     before = len(terminator.arrived())
     status, answer = terminator.request(method, path, body)
     reached = terminator.arrived()[before:]
     assert [(r["method"], r["path"]) for r in reached] == [(method, path)], (status, answer)
     assert reached[0]["host"] == terminator.loopback_host
-    assert status == reached[0]["status"], answer  # the double's answer, passed on
+    assert status == reached[0]["status"], answer
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ALLOWED, ids=ids(ALLOWED))
+def test_inference_and_listing_reach_ollama_as_its_loopback_host(
+    terminator: Terminator, method: str, path: str, body: object
+) -> None:
+    assert_reaches_ollama(terminator, method, path, body)
 
 
 def test_embeddings_come_back_whole(terminator: Terminator) -> None:
@@ -692,12 +698,7 @@ def test_no_spelling_of_a_management_path_reaches_it(terminator: Terminator, pat
 def test_management_passes_when_the_blueprint_allows_it(
     managed: Terminator, method: str, path: str, body: object
 ) -> None:
-    before = len(managed.arrived())
-    status, answer = managed.request(method, path, body)
-    reached = managed.arrived()[before:]
-    assert [(r["method"], r["path"]) for r in reached] == [(method, path)], (status, answer)
-    assert reached[0]["host"] == managed.loopback_host
-    assert status == reached[0]["status"], answer
+    assert_reaches_ollama(managed, method, path, body)
 
 
 def test_a_model_pulled_through_an_open_terminator_is_listed(managed: Terminator) -> None:

@@ -22,18 +22,12 @@ from typing import Any
 
 import pytest
 from doubles import ollama_double
+from infra.vm import free_port
 
 pytestmark = pytest.mark.unit
 
 DOUBLE = Path(ollama_double.__file__)
 TIMEOUT = 30.0  # a bound only a failure reaches
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

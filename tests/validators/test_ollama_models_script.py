@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,19 +26,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, Rendered, require_tool
+from infra.vm import free_port
 from owuibuild.hostconfig import ollama
 from test_shared_host import user_data
 
 pytestmark = pytest.mark.validators
 
 DOUBLE = REPO / "tests" / "doubles" / "ollama_double.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
