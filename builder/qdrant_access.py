@@ -96,10 +96,13 @@ def claims(names: Sequence[str]) -> dict[str, Any]:
     return {"access": [{"collection": name, "access": "rw"} for name in names], "exp": EXPIRY}
 
 
-def token(api_key: str, names: Sequence[str]) -> str:
-    """A JWT (HS256, signed with Qdrant's API key) granting read-write access to ``names``."""
-    signing_input = (
-        f"{_b64(_compact({'alg': 'HS256', 'typ': 'JWT'}))}.{_b64(_compact(claims(names)))}"
-    )
+def signed(api_key: str, doc: dict[str, Any]) -> str:
+    """A JWT as Qdrant takes them (HS256, signed with its API key) carrying the claims ``doc``."""
+    signing_input = f"{_b64(_compact({'alg': 'HS256', 'typ': 'JWT'}))}.{_b64(_compact(doc))}"
     signature = hmac.new(api_key.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
+
+
+def token(api_key: str, names: Sequence[str]) -> str:
+    """A JWT (HS256, signed with Qdrant's API key) granting read-write access to ``names``."""
+    return signed(api_key, claims(names))

@@ -35,9 +35,6 @@ inside the shared container or an instance's.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 import shlex
@@ -792,19 +789,6 @@ print(json.dumps({"status": status, "body": body}))
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
-def signed(key: str, claims: dict[str, Any]) -> str:
-    """A JWT as Qdrant takes them (HS256, signed with ``key``) with any claims, for tokens the
-    generator does not make (read-only ones)."""
-
-    def part(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    head = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = part(json.dumps(claims).encode())
-    signature = hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{part(signature)}"
-
-
 def instance_env(fleet: Fleet, name: str) -> dict[str, str]:
     """The env file instance ``name`` runs with (the generated one, in its bundle directory)."""
     running = fleet.instances[name]
@@ -847,7 +831,7 @@ def test_the_qdrant_double_checks_keys_and_tokens_as_qdrant_does(fleet: Fleet) -
     own, others = f"/collections/{alpha.qdrant_collections[0]}", f"/collections/{beta.qdrant_collections[0]}"  # fmt: skip
     token = qdrant_access.token(fleet.qdrant_key, alpha.qdrant_collections)
     forged = qdrant_access.token("not-the-server-key", alpha.qdrant_collections)
-    read_only = signed(
+    read_only = qdrant_access.signed(
         fleet.qdrant_key,
         {
             "access": [{"collection": alpha.qdrant_collections[0], "access": "r"}],

@@ -8,8 +8,6 @@ Qdrant's statuses; and the request log holds decoded claims, never a key or a to
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import http.client
 import importlib.util
 import json
@@ -53,15 +51,9 @@ double = _load()
 def sign(claims: dict[str, Any], secret: str = KEY, expiry: bool = True) -> str:
     """An HS256 JWT of ``claims``, as any JWT library makes it, with the generator's expiry
     unless ``claims`` has its own or ``expiry`` is off (Qdrant takes no token without one)."""
-    claims = {"exp": qdrant_access.EXPIRY, **claims} if expiry else claims
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
-    mac = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(mac)}"
+    return qdrant_access.signed(
+        secret, {"exp": qdrant_access.EXPIRY, **claims} if expiry else claims
+    )
 
 
 @dataclass
