@@ -114,7 +114,19 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("DEFAULT_USER_ROLE", inst.instance.signup.default_role),
     ]
     if inst.url is not None:
-        owned.append(("WEBUI_URL", inst.url))
+        secure = "true" if inst.url.lower().startswith("https://") else "false"
+        owned += [
+            ("WEBUI_URL", inst.url),
+            # Browsers load the instance from its url only: no other origin may call its API.
+            ("CORS_ALLOW_ORIGIN", str(inst.origin)),
+            # Under HTTPS the session and auth cookies never travel over plain HTTP.
+            ("WEBUI_SESSION_COOKIE_SECURE", secure),
+            ("WEBUI_AUTH_COOKIE_SECURE", secure),
+        ]
+    if plan.front_door is not None:
+        # X-Forwarded-* (the client's address and scheme) are believed from the front door
+        # alone: its connections reach the container from the instance network's gateway.
+        owned.append(("FORWARDED_ALLOW_IPS", str(inst.proxy_address)))
     owned += [
         # Config Open WebUI stores in its database would otherwise override the blueprint.
         ("ENABLE_PERSISTENT_CONFIG", "false"),

@@ -195,6 +195,23 @@ class Images:
 
 
 @dataclass(frozen=True)
+class Acme:
+    email: str
+    directory: str | None  # None: Let's Encrypt's production directory
+    directory_ca: str | None  # PEM of the CA behind a private ACME directory's HTTPS
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    """HTTPS in front of every instance (Caddy on each host that runs instances)."""
+
+    tls: str  # "internal" (the fleet CA) or "acme"
+    acme: Acme | None
+    max_upload_mb: int
+    allow_from: tuple[IPv4Network, ...] | None  # None: public, everyone
+
+
+@dataclass(frozen=True)
 class Fleet:
     name: str
     os: OS
@@ -208,6 +225,7 @@ class Fleet:
     instances: tuple[Instance, ...]
     images: Images
     placement: Placement
+    front_door: FrontDoor | None = None
 
     @staticmethod
     def from_data(d: dict[str, Any]) -> Fleet:
@@ -295,6 +313,7 @@ class Fleet:
                 d["images"]["bake_models"],
                 d["images"]["preload_openwebui"],
             ),
+            front_door=_front_door(d.get("front_door"), d["network"]["cidr"]),
             placement=Placement(
                 postgres=d["placement"].get("postgres", s["host"]["name"]),
                 redis=d["placement"].get("redis", s["host"]["name"]),
@@ -307,3 +326,16 @@ class Fleet:
     def all_hosts(self) -> tuple[Host, ...]:
         """The shared host first, then the Docker hosts, each once."""
         return (self.shared.host, *self.hosts)
+
+
+def _front_door(d: dict[str, Any] | None, network: str) -> FrontDoor | None:
+    if d is None:
+        return None
+    a = d.get("acme")
+    allow = d.get("allow_from", [network])
+    return FrontDoor(
+        tls=d["tls"],
+        acme=Acme(a["email"], a.get("directory"), a.get("directory_ca")) if a else None,
+        max_upload_mb=d["max_upload_mb"],
+        allow_from=None if allow == "public" else tuple(IPv4Network(n) for n in allow),
+    )

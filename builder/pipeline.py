@@ -114,7 +114,12 @@ def compile_blueprint(
     compiled.secrets_changed = changed
     compiled.diagnostics += problems
     tls, tls_changed, notices, problems = pki.load_or_create(
-        path, plan.fleet.name, plan.certificate_hosts, create=write_secrets, today=today
+        path,
+        plan.fleet.name,
+        plan.certificate_hosts,
+        front_doors=plan.front_door_certificates,
+        create=write_secrets,
+        today=today,
     )
     compiled.secrets_changed |= tls_changed
     compiled.notices = notices

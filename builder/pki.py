@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,20 @@ class Issued:
 class FleetPKI:
     ca: Issued
     hosts: Mapping[str, Issued]  # by host name, for every host that runs a shared service
+    # By host name, for every host whose front door serves its instances' host names with
+    # certificates from the fleet CA (front_door.tls: internal).
+    front_doors: Mapping[str, Issued] = field(default_factory=dict)
 
     @property
     def ca_cert(self) -> str:
         return self.ca.cert
 
     def private_keys(self) -> tuple[str, ...]:
-        return (self.ca.key, *(h.key for h in self.hosts.values()))
+        return (
+            self.ca.key,
+            *(h.key for h in self.hosts.values()),
+            *(d.key for d in self.front_doors.values()),
+        )
 
 
 def tls_path(blueprint: Path) -> Path:
@@ -171,15 +178,18 @@ def read(path: Path, today: datetime.date) -> tuple[FleetPKI | None, list[Diagno
             error(("ca",), "the CA file has no ca entry", RESTORE_HINT).located(name, *at)
         ]
     ca, problems = _issued(ca_node, ("ca",), name, RESTORE_HINT)
-    hosts: dict[str, Issued] = {}
-    host_nodes = _mapping(top.get("hosts", yaml.MappingNode("", [])))
-    for host, node in host_nodes.items():
-        issued, host_problems = _issued(
-            node, ("hosts", host), name, "delete this host's entry: the next render issues it again"
-        )
-        problems += host_problems
-        if issued is not None:
-            hosts[host] = issued
+    entries: dict[str, dict[str, Issued]] = {"hosts": {}, "front_doors": {}}
+    for section, found in entries.items():
+        for host, node in _mapping(top.get(section, yaml.MappingNode("", []))).items():
+            issued, host_problems = _issued(
+                node,
+                (section, host),
+                name,
+                "delete this host's entry: the next render issues it again",
+            )
+            problems += host_problems
+            if issued is not None:
+                found[host] = issued
     if ca is not None and ca.not_after < today:
         problems.append(
             error(
@@ -190,7 +200,7 @@ def read(path: Path, today: datetime.date) -> tuple[FleetPKI | None, list[Diagno
         )
     if problems or ca is None:
         return None, problems
-    return FleetPKI(ca, hosts), []
+    return FleetPKI(ca, entries["hosts"], entries["front_doors"]), []
 
 
 # -- issuing --------------------------------------------------------------------------------------
@@ -231,7 +241,14 @@ def issue_ca(fleet: str, today: datetime.date) -> Issued:
 
 
 def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Issued:
-    import ipaddress
+    """A service host's certificate: its name and its private address."""
+    return issue_server(ca, host, _names(host, address), today)
+
+
+def issue_server(
+    ca: Issued, common_name: str, names: tuple[str, ...], today: datetime.date
+) -> Issued:
+    """A server certificate for ``names``: DNS names, and IPv4 addresses as IP names."""
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -246,7 +263,7 @@ def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Iss
     end = min(end, ca_cert.not_valid_after_utc)  # never valid longer than its CA
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -256,9 +273,7 @@ def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Iss
         .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address(address))]
-            ),
+            x509.SubjectAlternativeName([_general_name(n) for n in names]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -267,7 +282,18 @@ def issue_host(ca: Issued, host: str, address: str, today: datetime.date) -> Iss
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return _issued_from(cert, key, _names(host, address))
+    return _issued_from(cert, key, names)
+
+
+def _general_name(name: str) -> Any:
+    import ipaddress
+
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _key_usage(*, signs_certificates: bool) -> Any:
@@ -309,46 +335,79 @@ def _issued_from(cert: Any, key: Any, names: tuple[str, ...]) -> Issued:
 # -- the store ------------------------------------------------------------------------------------
 
 
+def _completed(
+    ca: Issued,
+    old_entries: Mapping[str, Issued],
+    wanted: Mapping[str, tuple[str, ...]],
+    today: datetime.date,
+    what: str,
+) -> tuple[dict[str, Issued], bool, list[str]]:
+    """A certificate for every host in ``wanted`` (host -> names): stored ones reused, missing,
+    renamed or expiring ones issued. Returns (entries, changed, notices)."""
+    changed = False
+    notices: list[str] = []
+    entries: dict[str, Issued] = {}
+    renew_from = today + datetime.timedelta(days=RENEW_DAYS)
+    for host in sorted(wanted):
+        names = wanted[host]
+        old = old_entries.get(host)
+        if old is not None and old.names == names and old.not_after >= renew_from:
+            entries[host] = old
+            continue
+        entries[host] = issue_server(ca, host, names, today)
+        changed = True
+        if old is None:
+            continue
+        if old.names != names:
+            why = f"it named {', '.join(old.names)}"
+        else:
+            why = f"it expires on {old.not_after.isoformat()}"
+        notices.append(
+            f"issued a new {what} for host {host} ({why}); replace {host} to put it in service"
+        )
+    # Hosts that no longer need one keep their entries: nothing is ever lost by a render.
+    for host, old in old_entries.items():
+        entries.setdefault(host, old)
+    return entries, changed, notices
+
+
 def complete(
     stored: FleetPKI | None,
     fleet: str,
     wanted: Mapping[str, str],
     today: datetime.date,
+    front_doors: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[FleetPKI, bool, list[str]]:
-    """The CA and a certificate for every host in ``wanted`` (name -> address): stored ones
+    """The CA, a certificate for every service host in ``wanted`` (name -> address) and one for
+    every front door in ``front_doors`` (host name -> the host names it serves): stored ones
     reused, missing, renamed or expiring ones issued. Returns (pki, changed, notices)."""
-    notices: list[str] = []
-    changed = stored is None
     ca = stored.ca if stored is not None else issue_ca(fleet, today)
-    old_hosts = stored.hosts if stored is not None else {}
-    hosts: dict[str, Issued] = {}
-    renew_from = today + datetime.timedelta(days=RENEW_DAYS)
-    for host in sorted(wanted):
-        address = wanted[host]
-        old = old_hosts.get(host)
-        if old is not None and old.names == _names(host, address) and old.not_after >= renew_from:
-            hosts[host] = old
-            continue
-        hosts[host] = issue_host(ca, host, address, today)
-        changed = True
-        if old is None:
-            continue
-        if old.names != _names(host, address):
-            why = f"it named {', '.join(old.names)}"
-        else:
-            why = f"it expires on {old.not_after.isoformat()}"
-        notices.append(
-            f"issued a new certificate for host {host} ({why}); replace {host} to put it in service"
-        )
-    # Hosts that no longer run a service keep their entries: nothing is ever lost by a render.
-    for host, old in old_hosts.items():
-        hosts.setdefault(host, old)
-    return FleetPKI(ca, hosts), changed, notices
+    hosts, hosts_changed, notices = _completed(
+        ca,
+        stored.hosts if stored is not None else {},
+        {h: _names(h, a) for h, a in wanted.items()},
+        today,
+        "certificate",
+    )
+    doors, doors_changed, door_notices = _completed(
+        ca,
+        stored.front_doors if stored is not None else {},
+        front_doors or {},
+        today,
+        "front door certificate",
+    )
+    changed = stored is None or hosts_changed or doors_changed
+    return FleetPKI(ca, hosts, doors), changed, notices + door_notices
 
 
 def write(path: Path, pki: FleetPKI, blueprint_name: str) -> None:
     """Write the CA file atomically with mode 0600 from the start."""
-    doc = {"ca": pki.ca.to_data(), "hosts": {h: pki.hosts[h].to_data() for h in sorted(pki.hosts)}}
+    doc: dict[str, Any] = {
+        "ca": pki.ca.to_data(),
+        "hosts": {h: pki.hosts[h].to_data() for h in sorted(pki.hosts)},
+    }
+    if pki.front_doors:
+        doc["front_doors"] = {h: pki.front_doors[h].to_data() for h in sorted(pki.front_doors)}
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -367,6 +426,7 @@ def load_or_create(
     fleet: str,
     wanted: Mapping[str, str],
     *,
+    front_doors: Mapping[str, tuple[str, ...]] | None = None,
     create: bool = True,
     today: datetime.date | None = None,
 ) -> tuple[FleetPKI | None, bool, list[str], list[Diagnostic]]:
@@ -379,7 +439,7 @@ def load_or_create(
     stored, problems = read(path, today)
     if problems:
         return None, False, [], problems
-    pki, changed, notices = complete(stored, fleet, wanted, today)
+    pki, changed, notices = complete(stored, fleet, wanted, today, front_doors)
     if changed and create:
         try:
             write(path, pki, blueprint.name)

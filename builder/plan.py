@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from . import artifacts, qdrant_access
 from .artifacts import Artifact
-from .model import Fleet, Host, Instance
+from .model import Fleet, FrontDoor, Host, Instance
 
 # Connections PostgreSQL keeps free of instance pools: superuser slots, backups, status probes.
 RESERVED_CONNECTIONS = 10
@@ -28,6 +28,11 @@ QDRANT_P2P_PORT = 6335  # Qdrant's cluster (Raft/peer) port
 POSTGRES_PORT = 5432
 SSH_PORT = 22
 OPENWEBUI_CONTAINER_PORT = 8080
+HTTP_PORT = 80  # the front door's: redirects to HTTPS, and ACME's HTTP challenge
+HTTPS_PORT = 443  # the front door's
+# Where an instance publishes its port when a front door serves it: only Caddy, on the same
+# host, reaches it there.
+LOOPBACK = "127.0.0.1"
 
 # Resident memory estimates (MiB) used only for the overcommit warning. Open WebUI 0.12.4 was
 # measured at about 875 MB RSS per instance.
@@ -127,6 +132,7 @@ class InstancePlan:
     port: int
     bind_address: str  # where the port is published on the host
     url: str | None
+    server_name: str | None  # the url's host name, in lower case: the front door's site
     db_name: str
     db_role: str
     db_pool_size: int
@@ -149,6 +155,22 @@ class InstancePlan:
     @property
     def name(self) -> str:
         return self.instance.name
+
+    @property
+    def origin(self) -> str | None:
+        """The url's scheme, host and port: the one origin browsers load the instance from."""
+        if self.url is None:
+            return None
+        scheme, rest = self.url.split("://", 1)
+        authority = rest.split("/", 1)[0].lower()
+        default = {"https": ":443", "http": ":80"}[scheme.lower()]
+        return f"{scheme.lower()}://{authority.removesuffix(default)}"
+
+    @property
+    def proxy_address(self) -> IPv4Address:
+        """Where the front door's requests come from, as the container sees them: docker-proxy
+        connects from the host's address on the instance's network, its gateway."""
+        return self.docker_subnet.network_address + 1
 
     @property
     def qdrant_collections(self) -> tuple[str, ...]:
@@ -239,6 +261,7 @@ class Plan:
     qdrant_cluster: QdrantCluster | None
     # The embedding model's vector length, which each instance's collections are made with.
     embedding_dimensions: int
+    front_door: FrontDoor | None = None
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
@@ -256,6 +279,18 @@ class Plan:
         """Host name -> private address of every host that serves a shared service over TLS:
         each has a server certificate from the fleet CA naming both."""
         return {h.name: str(h.host.address) for h in self.hosts if h.services}
+
+    @property
+    def front_door_certificates(self) -> dict[str, tuple[str, ...]]:
+        """Host name -> the host names its front door serves, for every host whose front door
+        takes its certificates from the fleet CA (tls: internal)."""
+        if self.front_door is None or self.front_door.tls != "internal":
+            return {}
+        return {
+            h.name: tuple(sorted(i.server_name for i in h.instances if i.server_name))
+            for h in self.hosts
+            if h.instances
+        }
 
     @property
     def scram_logins(self) -> tuple[tuple[SecretRef, str], ...]:
@@ -318,8 +353,15 @@ def make_plan(fleet: Fleet) -> Plan:
                 instance=inst,
                 host=host,
                 port=inst.port,
-                bind_address="0.0.0.0" if inst.public else str(host.address),
+                bind_address=(
+                    LOOPBACK
+                    if fleet.front_door is not None
+                    else "0.0.0.0"
+                    if inst.public
+                    else str(host.address)
+                ),
                 url=inst.url,
+                server_name=server_name(inst.url),
                 db_name=ident,
                 db_role=ident,
                 db_pool_size=pool,
@@ -417,9 +459,18 @@ def make_plan(fleet: Fleet) -> Plan:
                         client_networks(server.instances, host),
                     )
                 )
-        for i in on_host:
-            sources = (IPv4Network("0.0.0.0/0"),) if i.instance.public else (fleet.network.cidr,)
-            rules.append(FirewallRule(f"openwebui-{i.name}", i.port, sources))
+        door = fleet.front_door
+        if door is not None and on_host:
+            everyone = (IPv4Network("0.0.0.0/0"),)
+            sources = everyone if door.allow_from is None else tuple(sorted(set(door.allow_from)))
+            rules.append(FirewallRule("front-door-http", HTTP_PORT, sources))
+            rules.append(FirewallRule("front-door-https", HTTPS_PORT, sources))
+        elif door is None:
+            for i in on_host:
+                sources = (
+                    (IPv4Network("0.0.0.0/0"),) if i.instance.public else (fleet.network.cidr,)
+                )
+                rules.append(FirewallRule(f"openwebui-{i.name}", i.port, sources))
         return HostPlan(host, role, on_host, tuple(rules), _instance_id(fleet, host), services)
 
     shared = host_plan(fleet.shared.host, "shared")
@@ -454,7 +505,16 @@ def make_plan(fleet: Fleet) -> Plan:
         ollama_urls=tuple(f"https://{h.address}:{OLLAMA_PORT}" for h in ollama_hosts),
         qdrant_cluster=cluster,
         embedding_dimensions=embedding_dimensions(fleet),
+        front_door=fleet.front_door,
     )
+
+
+def server_name(url: str | None) -> str | None:
+    """The host name of a url (that passed validation), in lower case."""
+    if url is None:
+        return None
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    return authority.split(":", 1)[0].lower()
 
 
 def embedding_dimensions(fleet: Fleet) -> int:

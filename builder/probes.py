@@ -676,6 +676,23 @@ class HttpAnswer:
     body: bytes
 
 
+class _NamedHTTPSConnection(http.client.HTTPConnection):
+    """HTTPS to an address, with another name for TLS (SNI and the certificate's name)."""
+
+    default_port = 443
+
+    def __init__(
+        self, address: str, port: int, timeout: float, tls: ssl.SSLContext, server_name: str
+    ) -> None:
+        super().__init__(address, port, timeout=timeout)
+        self._tls = tls
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
 def http_get(
     address: str,
     port: int,
@@ -684,20 +701,26 @@ def http_get(
     headers: dict[str, str] | None = None,
     *,
     tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> HttpAnswer:
     """GET ``http://address:port/path`` within one timeout, directly; ``https://`` with
-    ``tls``, whose CA must have issued the certificate and which must name ``address``.
+    ``tls``, whose CA must have issued the certificate and which must name ``address``, or
+    ``server_name`` when given: then it is the TLS server name and the Host header, as a
+    browser that resolved that name to ``address`` would send them.
 
     http.client rather than urllib: urllib would honour *_proxy variables and could send
     the request, API key included, to a proxy instead of the host. Raises OSError or
     ProbeFailure; callers run it under `guarded`.
     """
     deadline = Deadline(timeout)
-    conn = (
-        http.client.HTTPSConnection(address, port, timeout=deadline.remaining(), context=tls)
-        if tls is not None
-        else http.client.HTTPConnection(address, port, timeout=deadline.remaining())
-    )
+    conn: http.client.HTTPConnection
+    if tls is not None and server_name is not None:
+        conn = _NamedHTTPSConnection(address, port, deadline.remaining(), tls, server_name)
+        headers = {"Host": server_name, **(headers or {})}
+    elif tls is not None:
+        conn = http.client.HTTPSConnection(address, port, timeout=deadline.remaining(), context=tls)
+    else:
+        conn = http.client.HTTPConnection(address, port, timeout=deadline.remaining())
     try:
         conn.request("GET", path, headers={"Accept": "application/json", **(headers or {})})
         # getresponse() may hand the socket over to the response and drop conn.sock.

@@ -27,7 +27,15 @@ import click
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
 from .hostconfig import postgres as postgres_section
 from .pki import FleetPKI, Issued
-from .plan import OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT, InstancePlan, Plan, SecretRef
+from .plan import (
+    HTTPS_PORT,
+    OLLAMA_PORT,
+    POSTGRES_PORT,
+    QDRANT_PORT,
+    InstancePlan,
+    Plan,
+    SecretRef,
+)
 from .probes import (
     REFUSED_DETAIL,
     Outcome,
@@ -157,9 +165,16 @@ def qdrant_probe(address: str, port: int, api_key: str, tls: ssl.SSLContext | No
     return run
 
 
-def openwebui_probe(address: str, port: int, path: str) -> Probe:
+def openwebui_probe(
+    address: str,
+    port: int,
+    path: str,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Probe:
     def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, path, timeout)
+        answer = http_get(address, port, path, timeout, tls=tls, server_name=server_name)
         if answer.status != 200:
             return Outcome(State.DOWN, f"GET {path}: HTTP {answer.status}")
         doc = _json_body(answer.body)
@@ -360,11 +375,22 @@ def plan_checks(
             with_tls(i.redis_password, make),
         )
 
+    door = plan.front_door
+
     def webui(i: InstancePlan, service: str, path: str) -> Check:
         address = str(i.host.address)
-        return Check(
-            service, i.name, i.host.name, address, i.port, openwebui_probe(address, i.port, path)
+        if door is None:
+            probe = openwebui_probe(address, i.port, path)
+            return Check(service, i.name, i.host.name, address, i.port, probe)
+        # Through the front door, as a browser asks it: the instance's own port is on loopback.
+        # Its certificate is the fleet CA's (tls: internal) or a public ACME CA's.
+        door_tls = tls if door.tls == "internal" else ssl.create_default_context()
+        probe = (
+            openwebui_probe(address, HTTPS_PORT, path, tls=door_tls, server_name=i.server_name)
+            if door_tls is not None
+            else no_fleet_ca(no_tls)
         )
+        return Check(service, i.name, i.host.name, address, HTTPS_PORT, probe)
 
     checks += [postgres(i) for i in plan.instances]
     checks += [redis(i) for i in plan.instances]

@@ -66,6 +66,10 @@ OWNED_ENV = frozenset(
         "UVICORN_WORKERS",
         "PORT",
         "HOST",
+        "CORS_ALLOW_ORIGIN",
+        "WEBUI_SESSION_COOKIE_SECURE",
+        "WEBUI_AUTH_COOKIE_SECURE",
+        "FORWARDED_ALLOW_IPS",
     }
 )
 
@@ -619,6 +623,10 @@ def check_instances(data: dict[str, Any]) -> Iterator[Located]:
 # Owned variables the blueprint sets in a setting of its own: the hint names it.
 ENV_SETTINGS = {
     "WEBUI_URL": "set the instance's url instead of env",
+    "CORS_ALLOW_ORIGIN": "owuibuild sets it to the origin of the instance's url; set url instead",
+    "WEBUI_SESSION_COOKIE_SECURE": "owuibuild marks cookies Secure when the url is https; set url",
+    "WEBUI_AUTH_COOKIE_SECURE": "owuibuild marks cookies Secure when the url is https; set url",
+    "FORWARDED_ALLOW_IPS": "owuibuild trusts the front door's address only; see front_door",
     "WEBUI_ADMIN_EMAIL": "set admin: {email: ...} on the instance or under openwebui instead",
     "WEBUI_ADMIN_NAME": "set admin: {name: ...} on the instance or under openwebui instead",
     "WEBUI_ADMIN_PASSWORD": "owuibuild generates it into the secrets file; remove it from env",
@@ -846,6 +854,163 @@ def check_pins(data: dict[str, Any]) -> Iterator[Located]:
         )
 
 
+# Top-level domains and names no public ACME CA issues certificates for (RFC 2606, RFC 6761,
+# RFC 8375, and names people use on their own networks).
+PRIVATE_SUFFIXES = (
+    "test", "example", "invalid", "localhost", "local", "internal", "lan", "home", "corp",
+    "intranet", "private", "home.arpa", "example.com", "example.net", "example.org",
+)  # fmt: skip
+FRONT_DOOR_PORTS = {80: "HTTP", 443: "HTTPS"}
+
+
+def _url_host(url: str) -> tuple[str | None, int | None, str, str]:
+    """(host name in lower case, port, path, scheme) of a url that passed the schema."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname, port, parts.path, parts.scheme
+
+
+def _is_public_name(name: str) -> bool:
+    if "." not in name or _addr(name) is not None:
+        return False
+    return not any(name == s or name.endswith("." + s) for s in PRIVATE_SUFFIXES)
+
+
+def check_front_door(data: dict[str, Any]) -> Iterator[Located]:
+    door = data.get("front_door")
+    if not isinstance(door, dict):
+        return
+    mode = door.get("tls")
+    acme = door.get("acme")
+    if mode == "acme" and not isinstance(acme, dict):
+        yield (
+            error(
+                ("front_door", "tls"),
+                "tls: acme needs an ACME account",
+                "add acme: {email: ops@example.com} under front_door",
+            ),
+            False,
+        )
+    if mode == "internal" and isinstance(acme, dict):
+        yield (
+            warning(
+                ("front_door", "acme"),
+                "is not used with tls: internal (the fleet CA issues the certificates)",
+                "remove acme, or set tls: acme",
+            ),
+            True,
+        )
+    allow = door.get("allow_from", [])
+    if mode == "acme" and allow != "public":
+        yield (
+            warning(
+                ("front_door", "allow_from"),
+                "only these networks reach ports 80 and 443, but an ACME CA must reach them to "
+                "issue a certificate",
+                "use allow_from: public, or a private ACME CA inside these networks",
+            ),
+            False,
+        )
+    seen: dict[str, str] = {}
+    for i, inst in _dicts(data.get("instances")):
+        name = str(inst.get("name"))
+        url = inst.get("url")
+        if not isinstance(url, str):
+            yield (
+                error(
+                    ("instances", i),
+                    f"instance '{name}' has no url, and the front door serves instances by "
+                    "host name",
+                    f"add url: https://{name}.example.com (a name that resolves to host "
+                    f"'{inst.get('host')}')",
+                ),
+                False,
+            )
+        else:
+            host, port, path, scheme = _url_host(url)
+            where = ("instances", i, "url")
+            if scheme != "https":
+                yield (
+                    error(where, "is not https, and the front door serves HTTPS", "use https://"),
+                    False,
+                )
+            if port not in (None, 443):
+                yield (
+                    error(
+                        where,
+                        f"names port {port}, and the front door serves port 443",
+                        "remove the port",
+                    ),
+                    False,
+                )
+            if path not in ("", "/"):
+                yield (
+                    error(
+                        where,
+                        f"has the path {path}, and the front door serves each instance at the "
+                        "root of its own host name",
+                        "remove the path; give the instance a host name of its own",
+                    ),
+                    False,
+                )
+            if host is not None and _addr(host) is not None:
+                yield (
+                    error(
+                        where,
+                        "names an address, and the front door routes by host name",
+                        "use a DNS name that resolves to the instance's host",
+                    ),
+                    False,
+                )
+            elif host is not None:
+                if host in seen:
+                    yield (
+                        error(
+                            where,
+                            f"host name {host} is already the url of instance '{seen[host]}'",
+                            "give each instance a host name of its own",
+                        ),
+                        False,
+                    )
+                else:
+                    seen[host] = name
+                if mode == "acme" and not _is_public_name(host):
+                    yield (
+                        warning(
+                            where,
+                            f"{host} is not a public DNS name, and a public ACME CA issues "
+                            "certificates only for those",
+                            "use a public name, tls: internal, or a private ACME directory",
+                        ),
+                        False,
+                    )
+        port = inst.get("port")
+        if port in FRONT_DOOR_PORTS:
+            yield (
+                error(
+                    ("instances", i, "port"),
+                    f"port {port} is the front door's {FRONT_DOOR_PORTS[port]} port on host "
+                    f"'{inst.get('host')}'",
+                    "pick another port; Caddy serves ports 80 and 443 of every Docker host",
+                ),
+                False,
+            )
+        if inst.get("public") is True:
+            yield (
+                error(
+                    ("instances", i, "public"),
+                    "cannot be true with a front door: instances are reached through it only",
+                    "remove public; front_door.allow_from: public opens the front door to everyone",
+                ),
+                True,
+            )
+
+
 SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_names,
     check_network,
@@ -858,6 +1023,7 @@ SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_pins,
     check_placement,
     check_container_pool,
+    check_front_door,
 )
 
 

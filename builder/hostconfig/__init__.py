@@ -294,7 +294,13 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
         doc["bootcmd"] = bootcmd
     install = [c for p in parts for c in p.install]
     digest = install_steps(parts).digest if install else ""
-    files = [f.as_cloud_config() for p in parts for f in p.files]
+    # Two sections may write the same file with the same content (the masked caddy.service of
+    # both Caddy units): written once. The same path with other content is a bug.
+    files = list({f.path: f.as_cloud_config() for p in parts for f in p.files}.values())
+    written: dict[str, File] = {}
+    for f in (f for p in parts for f in p.files):
+        if written.setdefault(f.path, f) != f:
+            raise ValueError(f"two sections write {f.path} differently")
     first_boot = [u for p in parts for u in p.first_boot]
     first_boot_run = [c for p in parts for c in p.first_boot_run]
     if first_boot or first_boot_run:
@@ -371,7 +377,7 @@ def _referenced_files(parts: list[Part], texts: list[str]) -> tuple[File, ...]:
         for f in found:
             chosen[f.path] = f
             texts.append(f.content)
-    return tuple(f for f in every if f.path in chosen)
+    return tuple({f.path: f for f in every if f.path in chosen}.values())
 
 
 def install_steps(parts: Iterable[Part]) -> InstallSteps:

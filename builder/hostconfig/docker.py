@@ -132,9 +132,11 @@ def daemon_config() -> str:
 
 
 def health_url(inst: InstancePlan) -> str:
-    """Where the host asks whether the instance answers: its published port on the host's
-    private address (which a port published on every address answers too)."""
-    return f"http://{inst.host.address}:{inst.port}{HEALTH_PATH}"
+    """Where the host asks whether the instance answers: its published port, on loopback
+    behind a front door, else on the host's private address (which a port published on every
+    address answers too)."""
+    address = inst.host.address if inst.bind_address == "0.0.0.0" else inst.bind_address
+    return f"http://{address}:{inst.port}{HEALTH_PATH}"
 
 
 def open_signup_argv(inst: InstancePlan) -> tuple[str, ...]:

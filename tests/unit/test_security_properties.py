@@ -277,8 +277,14 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
             if service == "ssh":
                 assert saddr == set(plan.fleet.admin.allow_from), (name, line)
             elif service.startswith("openwebui-"):
+                assert plan.front_door is None, (name, line)  # then only the front door opens
                 inst = next(i for i in plan.instances if f"openwebui-{i.name}" == service)
                 assert saddr == (None if inst.instance.public else {plan.fleet.network.cidr}), line
+            elif service.startswith("front-door-"):
+                door = plan.front_door
+                assert door is not None and host.instances, (name, line)
+                assert m["port"] == {"front-door-http": "80", "front-door-https": "443"}[service]
+                assert saddr == (None if door.allow_from is None else set(door.allow_from)), line
             else:
                 # a shared service: only fleet hosts (instance hosts, backup and cluster peers)
                 # or an instance container's own address on this host, never a wider network
@@ -291,6 +297,9 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
                 expected = {i.source_network(host.host) for i in plan.instances}
                 assert saddr == expected, (name, line)
         assert "ssh" in seen, name
+        if plan.front_door is not None and host.instances:
+            assert {"front-door-http", "front-door-https"} <= seen, name
+            assert not any(s.startswith("openwebui-") for s in seen), name
 
 
 # -- file modes and secrets -----------------------------------------------------------------------

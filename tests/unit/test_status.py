@@ -62,8 +62,24 @@ def test_every_service_and_instance_gets_its_probes(render_example: Callable[[st
         assert by_key[("redis", i.name)].target == f"10.20.1.10:{i.redis_port}"
         for service in ("openwebui", "openwebui-db"):
             c = by_key[(service, i.name)]
-            assert (c.host, c.target) == (i.host.name, f"{i.host.address}:{i.port}")
+            # multi-host has a front door: instances are asked through it, on port 443
+            assert (c.host, c.target) == (i.host.name, f"{i.host.address}:443")
     assert by_key[("redis", "math")].port != by_key[("redis", "physics")].port  # per-instance
+
+
+def test_instances_without_a_front_door_are_asked_on_their_own_port(
+    render_example: Callable[[str], Any],
+) -> None:
+    rendered = render_example("scale-out.yml")
+    plan = rendered.plan
+    assert plan.front_door is None
+    checks = status.plan_checks(
+        plan, rendered.secrets.values, Path("x.secrets.yml"), fleet_ca=rendered.secrets.tls.ca_cert
+    )
+    for i in plan.instances:
+        for service in ("openwebui", "openwebui-db"):
+            c = next(c for c in checks if (c.service, c.instance) == (service, i.name))
+            assert c.target == f"{i.host.address}:{i.port}"
 
 
 def test_a_check_never_shows_its_secret(render_example: Callable[[str], Any]) -> None:
