@@ -56,6 +56,38 @@ IDLE_TIMEOUT = "5m"
 FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
 
 
+def larger_than(limit: int) -> str:
+    """An RE2 pattern that matches exactly the decimal numbers greater than ``limit``."""
+    digits = str(limit)
+    longer = f"[1-9][0-9]{{{len(digits)},}}"
+    same_length = [
+        f"{digits[:i]}[{int(d) + 1}-9][0-9]{{{len(digits) - i - 1}}}"
+        for i, d in enumerate(digits)
+        if d != "9"
+    ]
+    return "^0*(" + "|".join([longer, *same_length]) + ")$"
+
+
+def too_large(max_bytes: int) -> dict[str, Any]:
+    """The route that answers 413 to a request that declares a body over the limit, before any
+    of it is read: Caddy's own body limit (kept for chunked bodies, which declare no length)
+    only breaks the connection to the instance, which clients see as 502."""
+    return {
+        "match": [{"header_regexp": {"Content-Length": {"pattern": larger_than(max_bytes)}}}],
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 413,
+                "headers": {"Content-Type": ["text/plain; charset=utf-8"], "Connection": ["close"]},
+                "body": f"owuibuild front door: the request is over the upload limit of "
+                f"{max_bytes // MIB} MiB (front_door.max_upload_mb)\n",
+                "close": True,
+            }
+        ],
+        "terminal": True,
+    }
+
+
 def upstream(inst: InstancePlan) -> str:
     return f"{LOOPBACK}:{inst.port}"
 
@@ -89,11 +121,16 @@ def site(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
                             {
                                 "handler": "headers",
                                 "response": {"set": {"Strict-Transport-Security": [HSTS]}},
-                            },
+                            }
+                        ]
+                    },
+                    too_large(door.max_upload_mb * MIB),
+                    {
+                        "handle": [
                             {"handler": "request_body", "max_size": door.max_upload_mb * MIB},
                             proxy,
                         ]
-                    }
+                    },
                 ],
             }
         ],
