@@ -124,7 +124,56 @@ def _certificates_table(plan: Plan, secrets: Secrets) -> str:
     for host in sorted(plan.certificate_hosts):
         issued = secrets.tls.hosts[host]
         rows.append(f"| {host} | {', '.join(issued.names)} | {issued.not_after.isoformat()} |")
+    for host in sorted(plan.front_door_certificates):
+        issued = secrets.tls.front_doors[host]
+        rows.append(
+            f"| {host} (front door) | {', '.join(issued.names)} | {issued.not_after.isoformat()} |"
+        )
     return "\n".join(rows)
+
+
+def _front_door(plan: Plan) -> str:
+    door = plan.front_door
+    if door is None:
+        return (
+            "## Reaching the instances\n\n"
+            "There is no front door (blueprint: `front_door`): each instance answers plain HTTP "
+            "on its port, as the instances table says. Browsers need HTTPS for sign-in forms, "
+            "the microphone and the clipboard; add a front door to serve them over HTTPS.\n"
+        )
+    rows = ["| url | DNS name | points at | instance |", "| --- | --- | --- | --- |"]
+    for i in plan.instances:
+        rows.append(f"| {i.url} | {i.server_name} | {i.host.address} | {i.name} |")
+    who = "everyone" if door.allow_from is None else ", ".join(str(n) for n in door.allow_from)
+    if door.tls == "internal":
+        certificates = (
+            f"Certificates come from the fleet CA: every browser that opens an instance must "
+            f"trust `{CA_FILE}` (install it in the devices' trust stores, see below)."
+        )
+    else:
+        acme = door.acme
+        assert acme is not None
+        directory = acme.directory or "Let's Encrypt"
+        certificates = (
+            f"Certificates come from the ACME CA at {directory} "
+            f"(account {acme.email}); the CA must reach each Docker host on port 80 or 443 "
+            "and resolve each DNS name to it. Caddy keeps the account and the certificates on "
+            "the data volume, so a replaced host does not ask again."
+        )
+    return f"""## The front door
+
+Caddy on each Docker host serves its instances over HTTPS, each by its own DNS name; plain
+HTTP is redirected, and the instances' own ports answer on loopback only. Ports 80 and 443
+admit {who}. Create these DNS records (or hosts-file entries):
+
+{chr(10).join(rows)}
+
+{certificates}
+
+Uploads over {door.max_upload_mb} MiB get 413. Open WebUI's `WEBUI_URL`, `CORS_ALLOW_ORIGIN`
+and Secure cookies follow each url, and it believes `X-Forwarded-*` from the front door only.
+Caddy runs as `owui-front-door.service` (`journalctl -u owui-front-door`).
+"""
 
 
 def _secret_locations(plan: Plan, secrets: Secrets) -> str:
@@ -170,6 +219,7 @@ TLS terminator admits the instances to {model_access}.
 
 {_instances_table(plan)}
 
+{_front_door(plan)}
 ## Sign in
 
 Every instance creates its admin account at its first start, before it answers anyone, so

@@ -14,6 +14,7 @@ services tier (tests/services/test_ollama_tls.py) runs the configuration unchang
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import yaml
 from conftest import BLUEPRINTS, EXAMPLES, Rendered, compile_path, require_tool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from owuibuild.hostconfig import ollama_tls
+from owuibuild.hostconfig import front_door, ollama_tls
 from owuibuild.plan import SERVER_CERT, SERVER_KEY
 
 pytestmark = pytest.mark.validators
@@ -198,3 +199,153 @@ def test_caddy_validate_reads_the_key(homelab: tuple[Path, dict[str, str]], tmp_
     for label, key in (("empty", ""), ("another key", other.decode())):
         result = caddy_validate(with_files(files, tmp_path / label, key=key), tmp_path / label)
         assert result.returncode != 0, (label, result.stdout, result.stderr)
+
+
+# -- the front door ---------------------------------------------------------------------------------
+#
+# `caddy validate` on the front door configuration of every host that runs instances, in every
+# example with a front door as written, and in every example with instances turned into an ACME
+# front door (Let's Encrypt's directory; a private directory with its own CA). The files the
+# configuration names (certificate, caddy's copy of the key, the ACME directory's CA, the
+# storage directory) are the host's generated ones, written to a temp dir, and exactly those
+# path values are replaced. ACME configurations are validated without a network (unshare -n):
+# validating provisions the issuer but must never dial the CA.
+
+WITH_FRONT_DOOR = [
+    name for name in EXAMPLES if "front_door" in (yaml.safe_load((BLUEPRINTS / name).read_text()))
+]
+WITH_INSTANCES = [
+    name for name in EXAMPLES if yaml.safe_load((BLUEPRINTS / name).read_text()).get("instances")
+]
+DIRECTORY = "https://acme.fleet.test:14000/dir"
+
+
+def front_doors(rendered: Rendered) -> dict[str, dict[str, str]]:
+    """Every host that runs a front door: host name -> its write_files contents by path."""
+    found = {}
+    for path in rendered.files:
+        if path.startswith("hosts/") and path.endswith("/user-data"):
+            host = path.split("/")[1]
+            files = {f["path"]: f["content"] for f in rendered.user_data(host)["write_files"]}
+            if front_door.CONFIG in files:
+                found[host] = files
+    return found
+
+
+def acme_variant(tmp_path: Path, name: str, directory_ca: str | None) -> Rendered:
+    data = yaml.safe_load((BLUEPRINTS / name).read_text())
+    for inst in data["instances"]:
+        inst["url"] = f"https://{inst['name']}.fleet-{name.removesuffix('.yml')}.org"
+        inst.pop("public", None)
+    acme: dict[str, Any] = {"email": "ops@example.org"}
+    if directory_ca is not None:
+        acme |= {"directory": DIRECTORY, "directory_ca": directory_ca}
+    data["front_door"] = {"tls": "acme", "acme": acme, "allow_from": "public"}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return compile_path(path)
+
+
+def front_door_files(files: dict[str, str], directory: Path) -> Path:
+    """The host's generated front door configuration, its file paths pointing at temp copies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    generated = json.loads(files[front_door.CONFIG])
+    mapping = {front_door.STORAGE: str(directory / "storage")}
+    if front_door.CERT in files:
+        (directory / "front-door.crt").write_text(files[front_door.CERT])
+        key = directory / "front-door.key"
+        key.write_text(files[front_door.KEY])
+        key.chmod(0o600)
+        mapping |= {front_door.CERT: str(directory / "front-door.crt"), front_door.CADDY_KEY: str(key)}
+    if front_door.ACME_DIRECTORY_CA in files:
+        (directory / "acme-ca.crt").write_text(files[front_door.ACME_DIRECTORY_CA])
+        mapping[front_door.ACME_DIRECTORY_CA] = str(directory / "acme-ca.crt")
+    used: list[str] = []
+    config = remap(generated, mapping, used)
+    assert sorted(used) == sorted(mapping), f"paths not in the configuration once each: {used}"
+    assert remap(config, {new: old for old, new in mapping.items()}, []) == generated
+    path = directory / "front-door.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def offline(argv: list[str]) -> list[str]:
+    return ["unshare", "--net", *argv] if os.geteuid() == 0 and shutil.which("unshare") else argv
+
+
+def check_front_door(rendered: Rendered, tmp_path: Path, label: str) -> list[dict[str, Any]]:
+    """Validate every front door of a render; return each one's parsed configuration."""
+    plan: Any = rendered.plan
+    hosts = front_doors(rendered)
+    assert set(hosts) == {h.name for h in plan.hosts if h.instances}, label
+    configs = []
+    for host, files in hosts.items():
+        config = front_door_files(files, tmp_path / host)
+        home = tmp_path / host
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+        result = subprocess.run(
+            offline(["caddy", "validate", "--config", str(config)]),
+            capture_output=True, text=True, env=env, cwd=home, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{label} {host}:\n{result.stdout}\n{result.stderr}"
+        assert "Valid configuration" in result.stdout + result.stderr
+        doc = json.loads(files[front_door.CONFIG])
+        (served,) = doc["apps"]["http"]["servers"].values()
+        host_plan = next(h for h in plan.hosts if h.name == host)
+        # HTTPS on the host's private address only; TCP only; TLS 1.2 or later.
+        assert served["listen"] == [f"{host_plan.host.address}:443"]
+        assert served["protocols"] == ["h1", "h2"]
+        assert {p["protocol_min"] for p in served["tls_connection_policies"]} <= TLS_1_2_OR_LATER
+        # One site per instance of this host, to where its compose file publishes it.
+        sites = {r["match"][0]["host"][0]: r for r in served["routes"]}
+        assert set(sites) == {i.server_name for i in host_plan.instances}
+        for inst in host_plan.instances:
+            compose = yaml.safe_load(rendered.text(f"instances/{inst.name}/compose.yaml"))
+            (port,) = compose["services"]["openwebui"]["ports"]
+            assert port["host_ip"] == "127.0.0.1"
+            text = json.dumps(sites[inst.server_name])
+            assert f'"dial": "127.0.0.1:{port["published"]}"' in text
+        configs.append(doc)
+    return configs
+
+
+@pytest.mark.parametrize("name", WITH_FRONT_DOOR)
+def test_caddy_validates_every_front_door_of_the_examples(tmp_path: Path, name: str) -> None:
+    require_tool("caddy")
+    rendered = compile_path(Path(shutil.copy(BLUEPRINTS / name, tmp_path / name)))
+    for doc in check_front_door(rendered, tmp_path, name):
+        # tls: internal: the fleet CA's certificate, never ACME
+        assert "automation" not in doc["apps"]["tls"]
+        assert doc["apps"]["tls"]["certificates"]["load_files"]
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["lets-encrypt", "private-directory"])
+@pytest.mark.parametrize("name", WITH_INSTANCES)
+def test_caddy_validates_every_acme_front_door(tmp_path: Path, name: str, private: bool) -> None:
+    require_tool("caddy")
+    from owuibuild.pki import issue_ca
+
+    directory_ca = issue_ca("acme-test", datetime.date.today()).cert if private else None
+    rendered = acme_variant(tmp_path, name, directory_ca)
+    for doc in check_front_door(rendered, tmp_path, f"{name} acme"):
+        (policy,) = doc["apps"]["tls"]["automation"]["policies"]
+        (issuer,) = policy["issuers"]
+        assert issuer["module"] == "acme" and issuer["email"] == "ops@example.org"
+        assert issuer["ca"] == (DIRECTORY if private else front_door.LETS_ENCRYPT)
+        assert ("trusted_roots_pem_files" in issuer) is private
+        assert "certificates" not in doc["apps"]["tls"]
+
+
+def test_caddy_validate_rejects_a_broken_front_door(tmp_path: Path) -> None:
+    require_tool("caddy")
+    rendered = compile_path(Path(shutil.copy(BLUEPRINTS / "homelab.yml", tmp_path / "homelab.yml")))
+    (files,) = front_doors(rendered).values()
+    config = front_door_files(files, tmp_path / "ok")
+    doc = json.loads(config.read_text())
+    (served,) = doc["apps"]["http"]["servers"].values()
+    served["routes"][0]["handle"][0]["routes"][1]["match"][0]["header_regexp"]["Content-Length"][
+        "pattern"
+    ] = "([0-9"
+    config.write_text(json.dumps(doc))
+    result = caddy_validate(config, tmp_path)
+    assert result.returncode != 0, (result.stdout, result.stderr)
