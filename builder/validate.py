@@ -809,6 +809,11 @@ def check_data_volumes(data: dict[str, Any]) -> Iterator[Located]:
         names = [str(inst.get("name")) for _, inst in instances if inst.get("host") == name]
         if names:
             lost.append("Open WebUI data of " + ", ".join(names))
+        door = data.get("front_door")
+        if names and isinstance(door, dict) and door.get("tls") == "acme":
+            # A new ACME account and certificates at every replacement run into the CA's
+            # rate limits (Let's Encrypt: 5 certificates per set of names a week).
+            lost.append("the front door's ACME account and certificates")
         if lost:
             yield (
                 warning(

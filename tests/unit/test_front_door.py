@@ -383,3 +383,13 @@ def test_packer_bakes_caddy_into_the_instance_host_image(internal: Rendered) -> 
     script = internal.text("packer/scripts/instance-host-install.sh")
     assert re.search(r"\bcaddy\b", script)
     assert "front-door.key" not in script and "BEGIN PRIVATE KEY" not in script
+
+
+def test_a_host_without_a_data_volume_would_lose_its_acme_state() -> None:
+    text = edit(URLS, "{name: web-a, address: 10.0.5.20, memory_gb: 64, data_volume: {label: owui-data}}",
+                "{name: web-a, address: 10.0.5.20, memory_gb: 64}")  # fmt: skip
+    acme = "front_door: {tls: acme, acme: {email: ops@fleet.org}, allow_from: public}\n"
+    (d,) = [d for d in diagnose(text + acme) if d.path == ("hosts", 0, "name")]
+    assert "the front door's ACME account and certificates" in d.message
+    (d,) = [d for d in diagnose(text + "front_door: {tls: internal}\n") if d.path == ("hosts", 0, "name")]
+    assert "ACME" not in d.message
