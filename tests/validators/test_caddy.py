@@ -53,16 +53,21 @@ def remap(value: Any, mapping: dict[str, str], used: list[str]) -> Any:
     return value
 
 
-def terminators(rendered: Rendered) -> dict[str, dict[str, str]]:
-    """Every host that runs the terminator: host name -> its write_files contents by path."""
+def hosts_writing(rendered: Rendered, config: str) -> dict[str, dict[str, str]]:
+    """Every host whose user-data writes ``config``: host name -> its write_files by path."""
     found = {}
     for path in rendered.files:
         if path.startswith("hosts/") and path.endswith("/user-data"):
             host = path.split("/")[1]
             files = {f["path"]: f["content"] for f in rendered.user_data(host)["write_files"]}
-            if ollama_tls.CONFIG in files:
+            if config in files:
                 found[host] = files
     return found
+
+
+def terminators(rendered: Rendered) -> dict[str, dict[str, str]]:
+    """Every host that runs the terminator: host name -> its write_files contents by path."""
+    return hosts_writing(rendered, ollama_tls.CONFIG)
 
 
 def render(tmp_path: Path, name: str, allow_model_management: bool) -> Rendered:
@@ -222,14 +227,7 @@ DIRECTORY = "https://acme.fleet.test:14000/dir"
 
 def front_doors(rendered: Rendered) -> dict[str, dict[str, str]]:
     """Every host that runs a front door: host name -> its write_files contents by path."""
-    found = {}
-    for path in rendered.files:
-        if path.startswith("hosts/") and path.endswith("/user-data"):
-            host = path.split("/")[1]
-            files = {f["path"]: f["content"] for f in rendered.user_data(host)["write_files"]}
-            if front_door.CONFIG in files:
-                found[host] = files
-    return found
+    return hosts_writing(rendered, front_door.CONFIG)
 
 
 def acme_variant(tmp_path: Path, name: str, directory_ca: str | None) -> Rendered:
