@@ -78,10 +78,12 @@ def too_large(max_bytes: int) -> dict[str, Any]:
             {
                 "handler": "static_response",
                 "status_code": 413,
-                "headers": {"Content-Type": ["text/plain; charset=utf-8"], "Connection": ["close"]},
+                # No Connection: close: over HTTP/2 it makes Go's server drop the whole
+                # connection while the client still sends, and the answer is lost. Go closes
+                # an HTTP/1.1 connection itself when much of a body is left unread.
+                "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
                 "body": f"owuibuild front door: the request is over the upload limit of "
                 f"{max_bytes // MIB} MiB (front_door.max_upload_mb)\n",
-                "close": True,
             }
         ],
         "terminal": True,
