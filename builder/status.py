@@ -376,6 +376,10 @@ def plan_checks(
         )
 
     door = plan.front_door
+    # A front door's certificates are the fleet CA's (tls: internal) or a public ACME CA's.
+    door_tls = (
+        None if door is None else tls if door.tls == "internal" else ssl.create_default_context()
+    )
 
     def webui(i: InstancePlan, service: str, path: str) -> Check:
         address = str(i.host.address)
@@ -383,8 +387,6 @@ def plan_checks(
             probe = openwebui_probe(address, i.port, path)
             return Check(service, i.name, i.host.name, address, i.port, probe)
         # Through the front door, as a browser asks it: the instance's own port is on loopback.
-        # Its certificate is the fleet CA's (tls: internal) or a public ACME CA's.
-        door_tls = tls if door.tls == "internal" else ssl.create_default_context()
         probe = (
             openwebui_probe(address, HTTPS_PORT, path, tls=door_tls, server_name=i.server_name)
             if door_tls is not None
