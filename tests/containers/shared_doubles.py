@@ -28,13 +28,18 @@ Qdrant's double behaves like Qdrant configured by the generator (api_key, jwt_rb
 Ollama's double listens on loopback only, behind the generated TLS terminator (the real Caddy),
 as Ollama does on the shared host. It lists one model, answers the version, and embeds every
 input as a vector of the configured length derived from the text's hash (so the same text
-always gets the same vector); anything else gets 200 and a short text. It has no credential to
-check: the terminator and the firewall are Ollama's boundary.
+always gets the same vector). POST /api/chat answers, unless the body says "stream": false,
+as Ollama streams: CHAT_PIECES application/x-ndjson lines ("piece-0 ", "piece-1 ", ...), each
+written and flushed CHAT_PAUSE seconds after the one before, the last with "done": true; with
+"stream": false, one JSON answer with the whole text. Anything else gets 200 and a short text.
+It has no credential to check: the terminator and the firewall are Ollama's boundary.
 
 Every request is appended to the log as one JSON line: service, source address, method, path,
 TLS version, User-Agent, status; Qdrant's also whether a credential was given and of which
 kind, whether it was valid, and the claims it decoded from a JWT. Never the token or the key.
-Ollama's also Host and X-Forwarded-For, as the terminator passes them.
+Ollama's also Host and X-Forwarded-For, as the terminator passes them; a streamed chat's also
+the last message's text ("prompt") and when each piece went out ("sent_at", time.time() after
+each line was flushed), logged once the last one is.
 
 Usage: shared_doubles.py ADDRESS KEY_FILE CERT KEY DIMENSIONS VERSION LOG
 """
@@ -48,6 +53,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -57,6 +63,9 @@ from qdrant_double import Access, Refused, authenticate
 
 QDRANT_PORT = 6333
 OLLAMA_ADDRESS = ("127.0.0.1", 11434)
+# A streamed chat answer: this many lines, this many seconds apart.
+CHAT_PIECES = 4
+CHAT_PAUSE = 1.0
 MODEL = {
     "name": "test-double:latest",
     "model": "test-double:latest",
@@ -444,7 +453,12 @@ class Ollama(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         answer: Any
-        if path == "/api/tags":
+        if path == "/api/chat" and isinstance(body, dict) and body.get("stream") is not False:
+            self.stream_chat(body)
+            return
+        if path == "/api/chat" and isinstance(body, dict):
+            answer = chat_line(body, "".join(pieces()), True)
+        elif path == "/api/tags":
             answer = {"models": [MODEL]}
         elif path == "/api/version":
             answer = {"version": "0.0.0-test-double"}
@@ -458,19 +472,7 @@ class Ollama(BaseHTTPRequestHandler):
             answer = {"embedding": embedding(str(body.get("prompt", "")))}
         else:
             answer = "Ollama test double"
-        log(
-            {
-                "service": "ollama",
-                "source": self.client_address[0],
-                "method": self.command,
-                "path": self.path,
-                "tls": None,
-                "host": self.headers.get("Host"),
-                "forwarded_for": self.headers.get("X-Forwarded-For"),
-                "agent": self.headers.get("User-Agent"),
-                "status": 200,
-            }
-        )
+        log(self.entry())
         data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -478,10 +480,59 @@ class Ollama(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def entry(self) -> dict[str, Any]:
+        return {
+            "service": "ollama",
+            "source": self.client_address[0],
+            "method": self.command,
+            "path": self.path,
+            "tls": None,
+            "host": self.headers.get("Host"),
+            "forwarded_for": self.headers.get("X-Forwarded-For"),
+            "agent": self.headers.get("User-Agent"),
+            "status": 200,
+        }
+
+    def stream_chat(self, body: dict[str, Any]) -> None:
+        """Ollama's streamed chat answer, one line at a time: HTTP/1.0 without a length, so
+        the answer ends when the connection does, and each line leaves as it is written."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        sent: list[float] = []
+        words = pieces()
+        for n, word in enumerate(words):
+            if n:
+                time.sleep(CHAT_PAUSE)
+            line = chat_line(body, word, n == len(words) - 1)
+            self.wfile.write(json.dumps(line).encode() + b"\n")
+            self.wfile.flush()
+            sent.append(time.time())
+        messages = body.get("messages") or [{}]
+        prompt = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+        log({**self.entry(), "prompt": prompt, "sent_at": sent})
+
     do_GET = do_POST = do_PUT = do_DELETE = serve
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def pieces() -> list[str]:
+    return [f"piece-{n} " for n in range(CHAT_PIECES)]
+
+
+def chat_line(body: dict[str, Any], text: str, done: bool) -> dict[str, Any]:
+    """One line of Ollama's /api/chat answer."""
+    line: dict[str, Any] = {
+        "model": body.get("model"),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "message": {"role": "assistant", "content": text},
+        "done": done,
+    }
+    if done:
+        line.update(done_reason="stop", total_duration=1, eval_count=CHAT_PIECES)
+    return line
 
 
 def main(argv: list[str]) -> None:
