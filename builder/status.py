@@ -581,7 +581,9 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
     """Probe every service of BLUEPRINT's running fleet at once and print one table: Ollama's
     models, Qdrant's collections with the API key, a PostgreSQL login of each instance's role
     to its own database, each instance's Redis PING as its ACL user (both over TLS, verified
-    with the fleet CA), each instance's /health and /health/db, and the certificate each
+    with the fleet CA), each instance's /health and /health/db (through its host's front
+    door when the blueprint has one: HTTPS to the host's address with the instance's host
+    name, verified with the fleet CA or, for ACME, the system's CAs), and the certificate each
     service host serves with its end date (degraded under 14 days, or when it is not the one
     the CA file holds) and the fleet CA's.
 

@@ -74,6 +74,8 @@ import json
 import shlex
 import shutil
 import ssl
+import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -901,6 +903,12 @@ def test_host_routing_reaches_each_instance_by_its_name(door: Door) -> None:
         "request", url=door.url("alpha", "/api/v1/auths/"), headers=bearer(door, "alpha")
     )
     assert me.get("status") == 200, me
+    # The Host header decides, as with any reverse proxy: alpha's name in TLS with beta's in
+    # Host reaches beta, and only beta (both names are this host's, in one certificate).
+    beta_host = door.sites["beta"].inst.server_name
+    crossed = door.probe("request", url=door.url("alpha", "/api/config"), headers={"Host": beta_host})
+    assert expected["beta"] in webui_name(crossed), crossed
+    assert expected["alpha"] not in webui_name(crossed), crossed
     # A name with no certificate: no TLS at all. A served name's certificate with a Host the
     # front door does not serve: Caddy's own empty answer, no instance's.
     unknown = door.probe("request", url="https://gamma.fd.test/api/config", connect=door.address)
@@ -909,6 +917,44 @@ def test_host_routing_reaches_each_instance_by_its_name(door: Door) -> None:
         "request", url=door.url("alpha", "/api/config"), headers={"Host": "gamma.fd.test"}
     )
     assert fronted.get("body") == "" and not headers(fronted, "Strict-Transport-Security"), fronted
+
+
+def test_status_asks_each_instance_through_the_front_door(door: Door) -> None:
+    """`owuibuild status`, run in the client container's network namespace (a machine on the
+    fleet network), asks each instance's /health and /health/db through the front door: at
+    the host's address on 443, with the instance's host name in TLS and Host, verified with the
+    fleet CA; every row is ok. With one instance stopped its rows turn, and the exit code."""
+    if shutil.which("nsenter") is None:
+        unavailable("nsenter (util-linux) is not installed")
+    pid = run("docker", "inspect", "--format", "{{.State.Pid}}", door.client).stdout.strip()
+
+    def status() -> tuple[int, dict[str, Any], str]:
+        done = subprocess.run(
+            ["nsenter", "-t", pid, "-n", "--", sys.executable, "-m", "owuibuild.cli", "status",
+             str(door.rendered.blueprint), "--format", "json", "--timeout", "10",
+             "--only=openwebui", "--only=openwebui-db"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
+
+    code, doc, output = status()
+    rows = {(c["service"], c["instance"]): c for c in doc["checks"]}
+    others = {i.name for i in door.plan.instances} - set(door.sites)
+    assert {n for _, n in rows} - others == set(door.sites), output
+    for name in door.sites:
+        for service in ("openwebui", "openwebui-db"):
+            row = rows[(service, name)]
+            assert row["state"] == "ok", (service, name, output)
+            assert row["target"] == f"{door.address}:{HTTPS_PORT}", row
+    beta = door.sites["beta"]
+    beta.compose("stop", "--timeout", "10", timeout=120)
+    try:
+        code, doc, output = status()
+        states = {(c["service"], c["instance"]): c["state"] for c in doc["checks"]}
+        assert states[("openwebui", "alpha")] == "ok", output
+        assert states[("openwebui", "beta")] != "ok" and code != 0, output
+    finally:
+        beta.compose("up", "--detach", "--wait", timeout=UP_TIMEOUT)
 
 
 def test_open_webui_takes_the_client_address_from_the_front_door(door: Door) -> None:
