@@ -111,6 +111,11 @@ FLEET_SUITE = "trixie"  # the Debian base image its hosts boot
 FLEET_SHARED, FLEET_DOCK = "shared", "dock"
 FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS = "10.0.5.24", "10.0.5.30"
 FLEET_INSTANCES = {"alpha": 3001, "beta": 3002}
+# The instances' host names: under .test (RFC 2606), which no DNS resolves, so nothing can
+# ever dial them outside the guests; a probe names the Docker host's address for them itself
+# (curl --resolve, or probes.http_get's server_name).
+FLEET_DOMAIN = "boottest.test"
+FLEET_HOST_NAMES = {name: f"{name}.{FLEET_DOMAIN}" for name in FLEET_INSTANCES}
 FLEET_DATA_DEVICE = "/dev/vdb"
 # Golden images are baked from the fleet's blueprint with this key: no image holds an admin
 # key (the seed brings it), so the image, and its cache key, do not depend on the run's key.
@@ -120,9 +125,11 @@ BAKE_ADMIN_KEY = (
 
 
 def fleet_text(mirror: Any, archive_sha256: str, admin_key: str = BAKE_ADMIN_KEY) -> str:
-    """The two-VM fleet's blueprint: the shared host and one Docker host with two instances."""
+    """The two-VM fleet's blueprint: the shared host and one Docker host with two instances
+    behind its front door."""
     instances = "\n".join(
-        f"  - {{name: {name}, host: {FLEET_DOCK}, port: {port}}}"
+        f"  - {{name: {name}, host: {FLEET_DOCK}, port: {port}, "
+        f"url: https://{FLEET_HOST_NAMES[name]}}}"
         for name, port in FLEET_INSTANCES.items()
     )
     return f"""apiVersion: owuibuild/v1
@@ -154,6 +161,9 @@ hosts:
     address: {FLEET_DOCK_ADDRESS}
     data_volume: {{label: {DATA_LABEL}, device: {FLEET_DATA_DEVICE}}}
 openwebui: {{image: {STANDIN_IMAGE}, version: "{STANDIN_VERSION}", archive_sha256: {archive_sha256}}}
+# Caddy on the Docker host serves each instance by its url's host name, with a certificate from
+# the fleet CA; 80 and 443 open to the fleet network (allow_from's default).
+front_door: {{tls: internal}}
 instances:
 {instances}
 images: {{builders: [qemu], bake_models: true}}

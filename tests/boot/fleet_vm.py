@@ -6,6 +6,10 @@ The network the tests build::
     shared  10.0.5.24 (ens17)  <-- fleet link: QEMU UDP sockets on 127.0.0.1 -->  dock  10.0.5.30
       |  ens16: user-mode uplink (ssh forward, Debian's mirror, the doubles' mirror)   |  ens16
 
+The Docker host serves its instances through its front door (Caddy on 10.0.5.30:443, and :80
+for redirects), by host names under .test that no DNS resolves: a probe names the address for
+them itself (curl --resolve). The instances' own ports are on the Docker host's loopback only.
+
 The fleet link carries only frames between the two guests; nothing on it leaves the machine.
 It is two UDP ports on the machine's loopback, one frame a datagram, so tcpdump on ``lo``
 records the whole wire between the hosts (tests/boot/fleet_capture.py). Every service on it
@@ -41,6 +45,7 @@ from fleet_blueprint import (
     FLEET_DATA_DEVICE,
     FLEET_DOCK,
     FLEET_DOCK_ADDRESS,
+    FLEET_HOST_NAMES,
     FLEET_INSTANCES,
     FLEET_SHARED,
     FLEET_SHARED_ADDRESS,
@@ -58,13 +63,14 @@ from fleet_blueprint import (
 from infra.vm import VM, BaseImage, FleetLink, cloud_init_done_wait
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.hostconfig import qdrant as qdrant_section
-from owuibuild.plan import DATA_MOUNT, FLEET_CA, OLLAMA_PORT
+from owuibuild.plan import DATA_MOUNT, FLEET_CA, HTTP_PORT, HTTPS_PORT, LOOPBACK, OLLAMA_PORT
 from owuibuild.seed_iso import make_seed_iso
 from owuibuild.targets.hosts import unpack_user_data
 
 SHARED, DOCK = FLEET_SHARED, FLEET_DOCK
 SHARED_ADDRESS, DOCK_ADDRESS = FLEET_SHARED_ADDRESS, FLEET_DOCK_ADDRESS
 INSTANCES = FLEET_INSTANCES
+HOST_NAMES = FLEET_HOST_NAMES  # instance -> the host name of its url
 IMAGE, OPENWEBUI_VERSION = STANDIN_IMAGE, STANDIN_VERSION
 KINDS = {SHARED: "shared", DOCK: "instance-host"}
 MEMORY_MB = 2048
@@ -158,6 +164,38 @@ for name, r in req.get("http", {}).items():
         out[name] = "certificate-refused"
     except Exception as exc:
         out[name] = type(exc).__name__
+# Requests to a front door as a browser that resolved a name to its address would send them:
+# TCP to "address", TLS with "server_name" as SNI (None: no SNI), verified with the fleet CA
+# for that name, or not verified ("verify": false), or plain HTTP ("tls": false), and the Host
+# header "host" (default: the server name). The status, headers (name -> values) and body, or
+# what went wrong ("certificate-refused", an exception's name).
+for name, r in req.get("door", {}).items():
+    try:
+        conn = http.client.HTTPConnection(r["address"], r["port"], timeout=20)
+        conn.connect()
+        if r["tls"]:
+            context = tls if r["verify"] else ssl._create_unverified_context()
+            conn.sock = context.wrap_socket(conn.sock, server_hostname=r["server_name"])
+        conn.request("GET", r["path"], headers={"Host": r["host"] or r["server_name"]})
+        response = conn.getresponse()
+        headers = {}
+        for key, value in response.getheaders():
+            headers.setdefault(key.lower(), []).append(value)
+        out[name] = {"status": response.status, "headers": headers,
+                     "body": response.read().decode(errors="replace")}
+    except ssl.SSLCertVerificationError:
+        out[name] = "certificate-refused"
+    except Exception as exc:
+        out[name] = type(exc).__name__
+# GET through a front door with owuibuild's own probe, as `owuibuild status` asks an instance's
+# /health there: probes.http_get to the address, with the name as SNI and Host.
+for name, r in req.get("named", {}).items():
+    try:
+        answer = probes.http_get(r["address"], r["port"], r["path"], 20, tls=tls,
+                                 server_name=r["server_name"])
+        out[name] = {"status": answer.status, "body": answer.body.decode(errors="replace")}
+    except Exception as exc:
+        out[name] = type(exc).__name__
 print(json.dumps(out))
 """
 
@@ -184,6 +222,72 @@ def web(
         "body": body,
         "headers": headers or {},
     }
+
+
+def door(
+    server_name: str | None,
+    path: str,
+    *,
+    tls: bool = True,
+    verify: bool = True,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """One request of a guest probe (its "door" requests) to the Docker host's front door: over
+    HTTPS to port 443 with ``server_name`` as SNI (verified with the fleet CA unless
+    ``verify=False``), or plain HTTP to port 80 (``tls=False``); the Host header ``host``, by
+    default the server name."""
+    return {
+        "address": DOCK_ADDRESS,
+        "port": HTTPS_PORT if tls else HTTP_PORT,
+        "server_name": server_name,
+        "path": path,
+        "tls": tls,
+        "verify": verify,
+        "host": host,
+    }
+
+
+def named(server_name: str, path: str) -> dict[str, Any]:
+    """One request of a guest probe (its "named" requests): GET ``path`` from the front door
+    with owuibuild's probes.http_get, as `owuibuild status` does."""
+    return {"address": DOCK_ADDRESS, "port": HTTPS_PORT, "server_name": server_name, "path": path}
+
+
+def door_url(name: str, path: str = "/health", *, scheme: str = "https") -> str:
+    """curl's arguments for ``path`` of instance ``name`` through the Docker host's front door,
+    from the other host: the instance's host name resolved to the Docker host's address (no
+    DNS knows it), the certificate verified with the fleet CA (the host's copy)."""
+    port = HTTPS_PORT if scheme == "https" else HTTP_PORT
+    host = HOST_NAMES[name]
+    return f"--resolve {host}:{port}:{DOCK_ADDRESS} --cacert {FLEET_CA} {scheme}://{host}{path}"
+
+
+def instance_url(name: str, path: str) -> str:
+    """``path`` of instance ``name`` on its own port, on the Docker host's loopback: the only
+    address it is published on (ask it from the Docker host itself)."""
+    return f"http://{LOOPBACK}:{INSTANCES[name]}{path}"
+
+
+def instance_log(dock: VM, name: str) -> str:
+    """What instance ``name``'s container logged (the test double logs each request it
+    answered: client address, request line, status)."""
+    container = f"$(sudo docker ps -q --filter label=com.docker.compose.project={name})"
+    return dock.ssh(f"sudo docker logs {container} 2>&1", check=True, timeout=120).stdout
+
+
+def front_door_serves(shared: VM, timeout: int = 120) -> dict[str, str]:
+    """From the shared host: each instance's /health through the front door (its HTTP
+    status), waiting up to ``timeout`` seconds for 200 (a host just booted may still be
+    starting its front door after its instances)."""
+    found = {}
+    for name in INSTANCES:
+        command = (
+            f"timeout {timeout} sh -c 'until curl -sf -o /dev/null --max-time 10"
+            f" {door_url(name)}; do sleep 2; done'"
+        )
+        shared.ssh(command, timeout=timeout + 60)
+        found[name] = http_status(shared, door_url(name))
+    return found
 
 
 def guest_probe(vm: VM, request: dict[str, Any]) -> dict[str, Any]:
@@ -253,9 +357,7 @@ def confirm_instances_healthy(vm: VM, fleet: Fleet, timeout: float = HEALTHY_TIM
         if all(h == "active healthy" for h in health.values()):
             return
         if time.monotonic() > deadline:
-            checks = vm.ssh(
-                f"curl -s http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/checks", timeout=60
-            ).stdout
+            checks = vm.ssh(f"curl -s {instance_url('alpha', '/checks')}", timeout=60).stdout
             journal = vm.ssh("sudo journalctl -u 'owuibuild-*' --no-pager | tail -n 60").stdout
             raise AssertionError(f"instances not healthy: {health}\n{checks}\n{journal}")
         time.sleep(5)
@@ -282,7 +384,7 @@ def start_fleet(
             name=f"fleet-{host}-{label}",
             fleet_link=links[host],
             # The test dials alpha's port through this forward (from 10.0.2.2, outside the
-            # fleet network): the published-port filter must drop it.
+            # fleet network): nothing may answer (the port is on loopback only).
             forwards={INSTANCES["alpha"]: None} if host == DOCK else None,
             restrict=restrict,
         )
@@ -536,16 +638,20 @@ QDRANT_DOUBLE_LOG = f"{qdrant_section.STORAGE}/test-double-requests.log"
 HEALTH_PATHS = ("/readyz", "/healthz", "/livez")
 
 
+def instance_checks(dock: VM, name: str) -> dict[str, Any]:
+    """The Open WebUI test double's /checks (check -> {"ok", "detail"}), asked on the Docker
+    host's loopback, where the instance's port is published."""
+    answer = dock.ssh(f"curl -sf {instance_url(name, '/checks')}", check=True, timeout=60)
+    checks: dict[str, Any] = json.loads(answer.stdout)
+    return checks
+
+
 def standin_checks(dock: VM) -> dict[str, dict[str, bool]]:
     """What each instance's Open WebUI test double checked with its env file (name -> check ->
     ok): it turns healthy only once postgres, redis, qdrant and ollama all answered."""
-    found = {}
-    for name, port in INSTANCES.items():
-        checks = json.loads(
-            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
-        )
-        found[name] = {k: v["ok"] for k, v in checks.items()}
-    return found
+    return {
+        name: {k: v["ok"] for k, v in instance_checks(dock, name).items()} for name in INSTANCES
+    }
 
 
 ALL_CHECKS_OK = dict.fromkeys(("postgres", "redis", "qdrant", "ollama"), True)
@@ -564,11 +670,8 @@ def instances_in_use(dock: VM) -> dict[str, dict[str, bool]]:
     if not REAL_OPENWEBUI:
         return standin_checks(dock)
     return {
-        name: {
-            path: http_status(dock, f"http://{DOCK_ADDRESS}:{port}{path}") == "200"
-            for path in REAL_CHECKS
-        }
-        for name, port in INSTANCES.items()
+        name: {path: http_status(dock, instance_url(name, path)) == "200" for path in REAL_CHECKS}
+        for name in INSTANCES
     }
 
 

@@ -8,21 +8,25 @@ One fleet boots once and every test of this module shares it, in order:
    (tests/boot/golden.py; CI bakes them while the pure tiers run), on empty data volumes, with
    an uplink that lets nothing out: cloud-init clean, nothing installed, fetched or pulled, the
    baked models copied onto the data volume, both instances healthy;
-2. instance isolation, both firewalls and the published-port filter, probed inside the guests;
+2. instance isolation and both firewalls, probed inside the guests; the Docker host serves
+   its instances through its front door (Caddy, HTTPS on 443 with the fleet CA's certificate
+   for each instance's host name, HTTP on 80 redirected; the instances' own ports on loopback
+   only), to the fleet network only, each name to its own instance and no other name to any;
    every hop is TLS: Qdrant serves HTTPS only, Ollama listens on loopback behind its Caddy
    terminator (HTTPS only, model management refused with 403); Qdrant's collections were made
    at first boot with the configured vector size, and each instance used only its own
    collections with its own token (the Qdrant double's log of decoded claims); a capture of
    the fleet link (tcpdump on the loopback ports that carry it, from before the guests start
    until both instances have started again and every credential and a test prompt sent
-   through an instance have crossed it) holds TLS handshakes on every hop and no secret,
-   token or prompt in clear text;
-3. a reboot of the Docker host brings every instance back (the shared host's reboot is the
-   Debian 12 module's, opt-in: CI's budget holds one);
+   through the front door to an instance have crossed it) holds TLS handshakes on every hop
+   and no secret, token or prompt in clear text;
+3. a reboot of the Docker host brings every instance back, behind its front door (the shared
+   host's reboot is the Debian 12 module's, opt-in: CI's budget holds one);
 4. the Docker host replaced by a new root disk (the golden image again, same seed, same data
-   volume): each instance's data directory survives. Replacing the shared host (cluster, rows,
-   Redis keys) is the Debian 12 module's test, opt-in with the other plain-image boots: CI's
-   60 minutes do not hold a second boot of both hosts.
+   volume): each instance's data directory survives, and the front door serves them again.
+   Replacing the shared host (cluster, rows, Redis keys) is the Debian 12 module's test,
+   opt-in with the other plain-image boots: CI's 60 minutes do not hold a second boot of both
+   hosts.
 
 The same seeds on the plain Debian 13 base image (cloud-init installs every package at first
 boot) are booted by tests/boot/test_fleet_vanilla.py, opt-in (OWUIBUILD_BOOT_VANILLA=1):
@@ -41,6 +45,7 @@ import fleet_capture as capture
 import pytest
 from fleet_blueprint import (
     EMBEDDING_DIMENSIONS,
+    FLEET_DOMAIN,
     FLEET_INTERFACE,
     assert_cloud_init_clean,
     bench_path,
@@ -56,6 +61,7 @@ from fleet_vm import (
     DOCK_ADDRESS,
     DOCK_MEMORY_MB,
     HEALTH_PATHS,
+    HOST_NAMES,
     IN_USE,
     INSTANCES,
     MODELS_DIR,
@@ -68,11 +74,18 @@ from fleet_vm import (
     apt_changes_since_boot,
     cross_credentials,
     docker_from_the_archive,
+    door,
+    door_url,
     drop_count,
+    front_door_serves,
     guest_probe,
     http_status,
+    instance_checks,
     instance_health,
+    instance_log,
+    instance_url,
     instances_in_use,
+    named,
     ollama_pulls,
     ollama_requests,
     pg_major,
@@ -86,9 +99,18 @@ from fleet_vm import (
 from infra.vm import VM, FleetLink
 from owuibuild import bundle, qdrant_access
 from owuibuild.hostconfig import _first_boot as first_boot
-from owuibuild.hostconfig import firewall, ollama_tls, postgres
+from owuibuild.hostconfig import firewall, front_door, ollama_tls, postgres
 from owuibuild.hostconfig import qdrant as qdrant_section
-from owuibuild.plan import DATA_MOUNT, FLEET_CA, OLLAMA_PORT, POSTGRES_PORT, QDRANT_PORT
+from owuibuild.plan import (
+    DATA_MOUNT,
+    FLEET_CA,
+    HTTP_PORT,
+    HTTPS_PORT,
+    LOOPBACK,
+    OLLAMA_PORT,
+    POSTGRES_PORT,
+    QDRANT_PORT,
+)
 
 pytestmark = pytest.mark.boot
 
@@ -353,10 +375,8 @@ def test_instances_use_qdrant_with_their_own_tokens_only(
     assert keyed and {e["client"] for e in keyed} == {SHARED_ADDRESS}, keyed
     # The standin says so too: five collections and a point of the collections' size.
     dock = booted["vms"][DOCK]
-    for name, port in INSTANCES.items():
-        checks = json.loads(
-            dock.ssh(f"curl -sf http://{DOCK_ADDRESS}:{port}/checks", check=True).stdout
-        )
+    for name in INSTANCES:
+        checks = instance_checks(dock, name)
         knowledge = next(
             c for c in fleet.instance(name).qdrant_collections if c.endswith("_knowledge")
         )
@@ -443,11 +463,12 @@ def test_capture_between_the_hosts_holds_no_secret_in_clear_text(
     """The capture of the fleet link, running since before either guest started: both first
     boots, with every instance's first connections (PostgreSQL, its Redis, Qdrant with its
     token, Ollama), then once more every instance's credentials, Qdrant's key and a test
-    prompt sent through an instance to Ollama. The capture holds answered TLS handshakes from
-    the Docker host to every service port (PostgreSQL, each Redis, Qdrant, Ollama's
-    terminator) and none of the secrets, tokens nor the prompt as clear text; a marker sent on
-    purpose over the one plain-HTTP hop (an instance's port) is there, so the search does find
-    clear text."""
+    prompt sent from the shared host through the Docker host's front door to an instance, and
+    by it to Ollama. The capture holds answered TLS handshakes from the Docker host to every
+    service port (PostgreSQL, each Redis, Qdrant, Ollama's terminator) and from the shared host
+    to the front door, and none of the secrets, tokens nor the prompt as clear text; a marker
+    sent on purpose over the one plain-HTTP hop (the front door's port 80, which only
+    redirects) is there, so the search does find clear text."""
     shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
     link_capture: capture.LinkCapture = booted["capture"]
     prompt = f"owuibuild capture test prompt {pysecrets.token_hex(12)}"
@@ -477,21 +498,23 @@ def test_capture_between_the_hosts_holds_no_secret_in_clear_text(
 
     assert instances_in_use(dock) == IN_USE
     traffic = guest_probe(dock, requests)
-    # The prompt through instance alpha (dialled on the Docker host itself, so that it crosses
-    # the fleet link only inside the instance's connection to Ollama's terminator).
+    # The prompt to instance alpha as a browser on the fleet network sends it: from the shared
+    # host through the front door, so that it crosses the fleet link twice, inside the front
+    # door's TLS and inside the instance's connection to Ollama's terminator.
     chat = {
         "model": "tinyllama",
         "stream": False,
         "messages": [{"role": "user", "content": prompt}],
     }
-    relayed = dock.ssh(
+    relayed = shared.ssh(
         f"curl -s --max-time 60 -w '\\n%{{http_code}}' -H 'Content-Type: application/json'"
-        f" --data-binary @- http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/ollama/api/chat",
+        f" --data-binary @- {door_url('alpha', '/ollama/api/chat')}",
         input=json.dumps(chat),
         check=True,
         timeout=120,
     ).stdout
-    control_status = http_status(shared, f"http://{DOCK_ADDRESS}:{INSTANCES['alpha']}/{control}")
+    # Plain HTTP reaches the front door's redirect only: the control crosses in clear text.
+    control_status = http_status(shared, door_url("alpha", f"/{control}", scheme="http"))
     data = link_capture.stop()
     keep = bench_path().parent / "capture" / "fleet-link.pcap"
     keep.parent.mkdir(parents=True, exist_ok=True)
@@ -505,7 +528,7 @@ def test_capture_between_the_hosts_holds_no_secret_in_clear_text(
     assert json.loads(body)["message"]["role"] == "assistant", body
     chats = ollama_requests(shared, "/api/chat")
     assert chats and chats[-1]["status"] == 200, chats
-    assert control_status == "404", "the instance port did not answer the control request"
+    assert control_status == "308", "the front door did not redirect the control request"
 
     # The capture saw the wire between the hosts: a TLS handshake, answered, on every hop.
     links = booted["links"]
@@ -523,6 +546,10 @@ def test_capture_between_the_hosts_holds_no_secret_in_clear_text(
         hellos = handshakes.get(port, (0, 0))
         assert hellos[0] > 0 and hellos[1] > 0, (hop, port, handshakes)
         assert capture.opened_ports(found, SHARED_ADDRESS, client=DOCK_ADDRESS).get(port), hop
+    # The prompt's first hop: the shared host to the Docker host's front door, over TLS.
+    door_hellos = capture.tls_handshakes(found, DOCK_ADDRESS).get(HTTPS_PORT, (0, 0))
+    assert door_hellos[0] > 0 and door_hellos[1] > 0, door_hellos
+    assert capture.opened_ports(found, DOCK_ADDRESS, client=SHARED_ADDRESS).get(HTTPS_PORT)
     # The check can fail: clear text sent on purpose is found.
     assert capture.clear_text_found(data, {"control": control}, found) == ["control"]
     # No secret, token or prompt crossed the wire as clear text.
@@ -554,36 +581,166 @@ def test_shared_firewall_drops_ports_outside_the_plan(booted: dict[str, Any]) ->
     assert result == {"postgres": "open", "ssh": "timeout", "unused": "timeout"}, result
 
 
-def test_instance_ports_answer_only_on_the_private_address(booted: dict[str, Any]) -> None:
+def test_instance_ports_answer_only_on_loopback_and_the_front_door_on_the_private_address(
+    booted: dict[str, Any],
+) -> None:
+    """Behind the front door each instance publishes its port on the Docker host's loopback
+    only: it answers there, and not on the private address (refused on the host itself,
+    dropped from the other host), nor through the uplink. The front door's ports, 443 and 80,
+    answer on the private address to the fleet network, and to nothing outside it."""
     dock, shared = booted["vms"][DOCK], booted["vms"][SHARED]
+    for name, port in INSTANCES.items():
+        # docker-proxy (a child of dockerd, in its unit) listens on loopback alone.
+        assert tcp_listeners(dock, port) == {f"{LOOPBACK}:{port}": "docker.service"}, name
+        assert http_status(dock, instance_url(name, "/health")) == "200", name
     port = INSTANCES["alpha"]
-    health = f"http://{DOCK_ADDRESS}:{port}/health"
-    assert http_status(dock, health) == "200"
-    assert guest_probe(dock, {"tcp": {"loopback": ("127.0.0.1", port)}}) == {"loopback": "refused"}
-    # A host of the fleet network reaches it.
-    assert http_status(shared, health) == "200"
+    on_host = guest_probe(dock, {"tcp": {"private": (DOCK_ADDRESS, port)}})
+    assert on_host == {"private": "refused"}, on_host
+    # From the other host of the fleet network: the instance port is no longer in the
+    # firewall's plan (dropped: the connection times out); the front door's ports are open.
+    from_shared = guest_probe(
+        shared,
+        {
+            "tcp": {
+                "instance": (DOCK_ADDRESS, port),
+                "https": (DOCK_ADDRESS, HTTPS_PORT),
+                "http": (DOCK_ADDRESS, HTTP_PORT),
+            }
+        },
+    )
+    assert from_shared == {"instance": "timeout", "https": "open", "http": "open"}, from_shared
+    # Caddy's unit listens on the private address, on 443 and (its redirects) on 80.
+    for door_port in (HTTPS_PORT, HTTP_PORT):
+        listeners = tcp_listeners(dock, door_port)
+        assert listeners == {f"{DOCK_ADDRESS}:{door_port}": front_door.UNIT_NAME}, listeners
+    assert http_status(shared, door_url("alpha")) == "200"
+    assert http_status(shared, door_url("alpha", scheme="http")) == "308"
     # From outside the fleet network (the uplink forward, from 10.0.2.2) nothing answers.
     from owuibuild import probes
 
     with pytest.raises((OSError, probes.ProbeFailure)):
         probes.http_get("127.0.0.1", dock.host_port(port), "/health", 10)
     # Docker adds no firewall rules of its own (daemon.json): the host firewall is the only
-    # table, and docker-proxy's listener is filtered by its input chain.
+    # table.
     assert dock.ssh("sudo nft list tables", check=True).stdout.split() == [
         "table",
         "inet",
         "owuibuild",
     ]
-    # A sender on the fleet link but outside the fleet network: the input chain drops it (the
-    # rule for planned ports from other sources counts the packets).
+    # A sender on the fleet link but outside the fleet network: the front door's ports admit
+    # the fleet network only (front_door.allow_from's default), so the input chain drops it
+    # (the rule for planned ports from other sources counts the packets).
     drops_before = drop_count(dock)
     shared.ssh(f"sudo ip addr add {OUTSIDER}/24 dev {FLEET_INTERFACE}", check=True)
     try:
-        probe = http_status(shared, f"--interface {OUTSIDER} {health}")
+        outside = {
+            scheme: http_status(
+                shared, f"--interface {OUTSIDER} {door_url('alpha', scheme=scheme)}"
+            )
+            for scheme in ("https", "http")
+        }
     finally:
         shared.ssh(f"sudo ip addr del {OUTSIDER}/24 dev {FLEET_INTERFACE}", check=True)
-    assert probe == "000", probe
+    assert outside == {"https": "000", "http": "000"}, outside
     assert drop_count(dock) > drops_before
+
+
+def test_fleet_serves_its_instances_through_the_front_door(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """From the shared host, another host on the fleet network, as a browser there would ask:
+    HTTPS to each instance's host name, resolved to the Docker host's address and verified
+    with the fleet CA, reaches that instance and no other (the Open WebUI TEST DOUBLE's
+    /checks name the instance's own Qdrant collections, and a marked request shows in its
+    log alone, coming from the address Open WebUI takes X-Forwarded-* from), with HSTS; plain
+    HTTP is redirected to HTTPS and reaches no instance; a name the front door does not serve
+    (as SNI, as Host, or no name at all) reaches no instance. owuibuild's own probe, as
+    `owuibuild status` runs it, gets each instance's /health there. Caddy runs as
+    owui-front-door.service, as the caddy user, with its state directory on the data
+    volume."""
+    shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    token = pysecrets.token_hex(8)
+    unknown = f"gamma.{FLEET_DOMAIN}"  # on the certificate of no front door, in no route
+
+    def mark(case: str) -> str:
+        return f"/front-door-{token}-{case}"
+
+    requests = {}
+    for name, host in HOST_NAMES.items():
+        requests[f"{name}-checks"] = door(host, "/checks")
+        requests[f"{name}-marked"] = door(host, mark(name))
+        requests[f"{name}-plain"] = door(host, f"{mark(f'{name}-plain')}?q=1", tls=False)
+    requests["unknown-sni"] = door(unknown, mark("unknown-sni"))
+    requests["unknown-sni-unverified"] = door(unknown, mark("unknown-sni-unverified"), verify=False)
+    # No SNI (the address dialled), with a Host the front door does serve.
+    requests["no-sni"] = door(None, mark("no-sni"), verify=False, host=HOST_NAMES["alpha"])
+    # The right name for TLS, a name the front door does not serve as Host.
+    requests["unknown-host"] = door(HOST_NAMES["alpha"], mark("unknown-host"), host=unknown)
+    statuses = {f"{name}-status": named(host, "/health") for name, host in HOST_NAMES.items()}
+    result = guest_probe(shared, {"cafile": FLEET_CA, "door": requests, "named": statuses})
+
+    for name, host in HOST_NAMES.items():
+        checks = result[f"{name}-checks"]
+        assert isinstance(checks, dict) and checks["status"] == 200, (name, checks)
+        assert checks["headers"]["strict-transport-security"] == [front_door.HSTS], checks
+        # Caddy's answer with the instance's: each adds its own Server header.
+        assert checks["headers"]["server"][0] == "Caddy", checks
+        assert len(checks["headers"]["server"]) == 2, checks
+        plain = result[f"{name}-plain"]
+        assert isinstance(plain, dict) and plain["status"] == 308, (name, plain)
+        assert plain["headers"]["location"] == [f"https://{host}{mark(f'{name}-plain')}?q=1"]
+        status = result[f"{name}-status"]
+        assert isinstance(status, dict) and status["status"] == 200, (name, status)
+        if REAL_OPENWEBUI:
+            assert json.loads(status["body"])["status"] is True, status
+            continue
+        assert json.loads(status["body"]) == {"status": True, "test_double": True}, status
+        # That instance's own answer: what it answers on its own port, naming its own
+        # knowledge collection (the other instance's differs).
+        body = json.loads(checks["body"])
+        assert body == instance_checks(dock, name), (name, body)
+        knowledge = next(
+            c for c in fleet.instance(name).qdrant_collections if c.endswith("_knowledge")
+        )
+        assert body["qdrant"]["detail"].endswith(f" written to {knowledge}"), (name, body)
+        marked = result[f"{name}-marked"]
+        assert isinstance(marked, dict), marked
+        assert (marked["status"], marked["body"]) == (404, '{"detail": "not found"}'), marked
+
+    # Names the front door does not serve: no TLS handshake for an unknown or missing SNI
+    # (no certificate names it), and Caddy's own empty answer for an unknown Host.
+    assert result["unknown-sni"] == "SSLError", result["unknown-sni"]
+    assert result["unknown-sni-unverified"] == "SSLError", result["unknown-sni-unverified"]
+    assert result["no-sni"] == "SSLError", result["no-sni"]
+    stray = result["unknown-host"]
+    assert isinstance(stray, dict), stray
+    assert stray["headers"]["server"] == ["Caddy"] and stray["body"] == "", stray
+
+    if not REAL_OPENWEBUI:
+        # Each instance saw its own marked request and nothing else of this test's: not the
+        # redirected ones, not the other instance's, not those for names it does not serve.
+        # It came from the instance network's gateway (docker-proxy, which Caddy dials), the
+        # one address whose X-Forwarded-* Open WebUI believes (FORWARDED_ALLOW_IPS).
+        for name in INSTANCES:
+            log = instance_log(dock, name)
+            seen = set(re.findall(rf"/front-door-{token}-([\w-]+)", log))
+            assert seen == {name}, (name, seen)
+            line = next(x for x in log.splitlines() if mark(name) in x)
+            assert line.startswith(f"{fleet.instance(name).proxy_address} "), line
+
+    # The front door's unit, as caddy, its state directory on the data volume.
+    state = dock.ssh(f"systemctl is-active {front_door.UNIT_NAME}").stdout.strip()
+    assert state == "active", state
+    user = dock.ssh(
+        f"ps -o user= -p $(systemctl show --property=MainPID --value {front_door.UNIT_NAME})",
+        check=True,
+    ).stdout.strip()
+    assert user == "caddy", user
+    assert front_door.STORAGE.startswith(f"{DATA_MOUNT}/"), front_door.STORAGE
+    storage = dock.ssh(f"sudo stat -c '%U %a' {front_door.STORAGE}", check=True).stdout.split()
+    assert storage == ["caddy", "700"], storage
+    source = dock.ssh(f"sudo findmnt -n -o SOURCE --target {front_door.STORAGE}", check=True)
+    assert source.stdout.strip() == DATA_DEVICE, source.stdout
 
 
 def test_shared_state_lives_on_the_data_volume(booted: dict[str, Any], fleet: Fleet) -> None:
@@ -618,6 +775,8 @@ def test_reboot_of_the_docker_host_brings_its_instances_back(
     # Healthy only once every instance has used its database, Redis, Qdrant and Ollama again.
     wait_instances_healthy(dock, fleet)
     assert instances_in_use(dock) == IN_USE
+    # And served through the front door again, to the other host.
+    assert front_door_serves(booted["vms"][SHARED]) == dict.fromkeys(INSTANCES, "200")
     assert cross_credentials(dock, fleet) == CROSS_CREDENTIALS
     # The host firewall loaded by its own unit at boot, and never flushed by the
     # distribution's nftables.service (masked: its start flushes the whole ruleset).
@@ -669,3 +828,5 @@ def test_new_root_disk_for_the_docker_host_keeps_every_instances_data(
         assert marker.strip() == f"{token}-{name}"
     assert instances_in_use(new) == IN_USE
     assert cross_credentials(new, fleet) == CROSS_CREDENTIALS
+    # The new root disk's front door serves them, its state kept on the data volume.
+    assert front_door_serves(vms[SHARED]) == dict.fromkeys(INSTANCES, "200")
