@@ -140,6 +140,20 @@ def site(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
     }
 
 
+# A request for a host name the front door does not serve (a stray DNS name, a Host header
+# another name's TLS session carries): 421, never an instance, and never a quiet 200.
+MISDIRECTED = {
+    "handle": [
+        {
+            "handler": "static_response",
+            "status_code": 421,
+            "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+            "body": "owuibuild front door: no instance is served at this host name\n",
+        }
+    ]
+}
+
+
 def _tls(plan: Plan, host: HostPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the server's automatic_https, the tls app)."""
     door = plan.front_door
@@ -185,7 +199,7 @@ def config(plan: Plan, host: HostPlan) -> dict[str, Any]:
                         "idle_timeout": IDLE_TIMEOUT,
                         "automatic_https": automatic,
                         "tls_connection_policies": [{"protocol_min": "tls1.2"}],
-                        "routes": [site(plan, i) for i in host.instances],
+                        "routes": [*(site(plan, i) for i in host.instances), MISDIRECTED],
                     }
                 },
             },

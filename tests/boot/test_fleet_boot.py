@@ -708,13 +708,14 @@ def test_fleet_serves_its_instances_through_the_front_door(
         assert (marked["status"], marked["body"]) == (404, '{"detail": "not found"}'), marked
 
     # Names the front door does not serve: no TLS handshake for an unknown or missing SNI
-    # (no certificate names it), and Caddy's own empty answer for an unknown Host.
+    # (no certificate names it), and the front door's own 421 for an unknown Host.
     assert result["unknown-sni"] == "SSLError", result["unknown-sni"]
     assert result["unknown-sni-unverified"] == "SSLError", result["unknown-sni-unverified"]
     assert result["no-sni"] == "SSLError", result["no-sni"]
     stray = result["unknown-host"]
     assert isinstance(stray, dict), stray
-    assert stray["headers"]["server"] == ["Caddy"] and stray["body"] == "", stray
+    assert stray["headers"]["server"] == ["Caddy"] and stray["status"] == 421, stray
+    assert "no instance is served at this host name" in stray["body"], stray
 
     if not REAL_OPENWEBUI:
         # Each instance saw its own marked request and nothing else of this test's: not the

@@ -910,13 +910,15 @@ def test_host_routing_reaches_each_instance_by_its_name(door: Door) -> None:
     assert expected["beta"] in webui_name(crossed), crossed
     assert expected["alpha"] not in webui_name(crossed), crossed
     # A name with no certificate: no TLS at all. A served name's certificate with a Host the
-    # front door does not serve: Caddy's own empty answer, no instance's.
+    # front door does not serve: the front door's own 421, no instance's.
     unknown = door.probe("request", url="https://gamma.fd.test/api/config", connect=door.address)
     assert "SSLError" in unknown.get("error", ""), unknown
     fronted = door.probe(
         "request", url=door.url("alpha", "/api/config"), headers={"Host": "gamma.fd.test"}
     )
-    assert fronted.get("body") == "" and not headers(fronted, "Strict-Transport-Security"), fronted
+    assert fronted.get("status") == 421, fronted
+    assert "no instance is served at this host name" in fronted["body"], fronted
+    assert not headers(fronted, "Strict-Transport-Security"), fronted
 
 
 def test_status_asks_each_instance_through_the_front_door(door: Door) -> None:

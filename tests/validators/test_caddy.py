@@ -295,7 +295,9 @@ def check_front_door(rendered: Rendered, tmp_path: Path, label: str) -> list[dic
         assert served["protocols"] == ["h1", "h2"]
         assert {p["protocol_min"] for p in served["tls_connection_policies"]} <= TLS_1_2_OR_LATER
         # One site per instance of this host, to where its compose file publishes it.
-        sites = {r["match"][0]["host"][0]: r for r in served["routes"]}
+        *routes, stray = served["routes"]
+        assert "match" not in stray and stray["handle"][0]["status_code"] == 421, stray
+        sites = {r["match"][0]["host"][0]: r for r in routes}
         assert set(sites) == {i.server_name for i in host_plan.instances}
         for inst in host_plan.instances:
             compose = yaml.safe_load(rendered.text(f"instances/{inst.name}/compose.yaml"))
