@@ -95,8 +95,10 @@ def wait_for_checks(
     deadline = time.monotonic() + 30
     while True:
         try:
-            status, health = _get(f"http://127.0.0.1:{port}/health")
+            # /checks first: /health, asked after, answers for checks at least as complete
+            # (the other order races a check that completes between the two questions).
             _, checks = _get(f"http://127.0.0.1:{port}/checks")
+            status, health = _get(f"http://127.0.0.1:{port}/health")
         except (urllib.error.URLError, ConnectionError):
             status, health, checks = 0, {}, {}
         if status and len(checks) == 4 and done(checks):
