@@ -20,9 +20,6 @@ RESERVED_CONNECTIONS = 10
 MAX_CONNECTIONS_PER_INSTANCE = 20
 
 OLLAMA_PORT = 11434  # the TLS terminator's, on the private address
-# Ollama itself listens on loopback only, on the same port: it has no TLS and no
-# authentication, so only its terminator (and the host's own model pulls) reach it.
-OLLAMA_LOOPBACK = "127.0.0.1"
 QDRANT_PORT = 6333
 QDRANT_P2P_PORT = 6335  # Qdrant's cluster (Raft/peer) port
 POSTGRES_PORT = 5432
@@ -33,6 +30,9 @@ HTTPS_PORT = 443  # the front door's
 # Where an instance publishes its port when a front door serves it: only Caddy, on the same
 # host, reaches it there.
 LOOPBACK = "127.0.0.1"
+# Ollama itself listens on loopback only, on its terminator's port: it has no TLS and no
+# authentication, so only its terminator (and the host's own model pulls) reach it.
+OLLAMA_LOOPBACK = LOOPBACK
 
 # Resident memory estimates (MiB) used only for the overcommit warning. Open WebUI 0.12.4 was
 # measured at about 875 MB RSS per instance.

@@ -159,10 +159,9 @@ def _tls(plan: Plan, host: HostPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     door = plan.front_door
     assert door is not None
     if door.tls == "internal":
-        names = sorted(i.server_name for i in host.instances if i.server_name)
         # Redirects stay automatic; certificates come from the fleet CA, never from ACME.
         return (
-            {"skip_certificates": names},
+            {"skip_certificates": list(plan.front_door_certificates[host.name])},
             {"certificates": {"load_files": [{"certificate": CERT, "key": CADDY_KEY}]}},
         )
     acme = door.acme
