@@ -30,6 +30,8 @@ COMPOSE_FILE = "compose.yaml"
 SERVICE = "openwebui"  # the compose service of every instance
 VOLUME = "data"  # the named volume that holds DATA_DIR
 HEALTH_PATH = "/health"
+# Prometheus's OTLP receiver (--enable-feature=otlp-write-receiver).
+OTLP_PATH = "/api/v1/otlp/v1/metrics"
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = 3
 # The healthcheck's start_interval needs Docker Engine 25 (compose refuses it on an older one).
@@ -127,6 +129,24 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         # X-Forwarded-* (the client's address and scheme) are believed from the front door
         # alone: its connections reach the container from the instance network's gateway.
         owned.append(("FORWARDED_ALLOW_IPS", str(inst.proxy_address)))
+    watch = plan.monitoring
+    if watch is not None and watch.settings.openwebui_otel:
+        # Metrics only, over OTLP/HTTP (Prometheus's OTLP receiver takes no gRPC), verified
+        # against the fleet CA; each instance tells itself apart by its resource attributes.
+        owned += [
+            ("ENABLE_OTEL", "true"),
+            ("ENABLE_OTEL_METRICS", "true"),
+            ("ENABLE_OTEL_TRACES", "false"),
+            ("ENABLE_OTEL_LOGS", "false"),
+            ("OTEL_METRICS_OTLP_SPAN_EXPORTER", "http"),
+            ("OTEL_METRICS_EXPORTER_OTLP_ENDPOINT", f"{watch.prometheus_url}{OTLP_PATH}"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", FLEET_CA),
+            ("OTEL_SERVICE_NAME", "open-webui"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                f"service.instance.id={inst.name},owuibuild.fleet={plan.fleet.name}",
+            ),
+        ]
     owned += [
         # Config Open WebUI stores in its database would otherwise override the blueprint.
         ("ENABLE_PERSISTENT_CONFIG", "false"),

@@ -185,6 +185,7 @@ class Placement:
     redis: str
     qdrant: tuple[str, ...]
     ollama: tuple[str, ...]
+    monitoring: str
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,25 @@ class FrontDoor:
 
 
 @dataclass(frozen=True)
+class EmailReceiver:
+    to: str
+    sender: str
+    smarthost: str  # host:port of the SMTP relay
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Prometheus (and Alertmanager with a receiver) on the monitoring host, exporters on every
+    host, targets and alert rules from the plan (blueprint: monitoring)."""
+
+    retention: str  # Prometheus's --storage.tsdb.retention.time, e.g. 15d
+    openwebui_otel: bool  # instances push OpenTelemetry metrics to Prometheus's OTLP receiver
+    backup_max_age: str  # the newest backup may be this old before an alert fires, e.g. 26h
+    webhook: str | None  # Alertmanager delivers to this URL ...
+    email: EmailReceiver | None  # ... or to this mailbox; neither: alerts stay in Prometheus
+
+
+@dataclass(frozen=True)
 class Fleet:
     name: str
     os: OS
@@ -226,6 +246,7 @@ class Fleet:
     images: Images
     placement: Placement
     front_door: FrontDoor | None = None
+    monitoring: Monitoring | None = None
 
     @staticmethod
     def from_data(d: dict[str, Any]) -> Fleet:
@@ -314,11 +335,13 @@ class Fleet:
                 d["images"]["preload_openwebui"],
             ),
             front_door=_front_door(d.get("front_door"), d["network"]["cidr"]),
+            monitoring=_monitoring(d.get("monitoring"), s["backups"]["on_calendar"]),
             placement=Placement(
                 postgres=d["placement"].get("postgres", s["host"]["name"]),
                 redis=d["placement"].get("redis", s["host"]["name"]),
                 qdrant=tuple(d["placement"].get("qdrant", [s["host"]["name"]])),
                 ollama=tuple(d["placement"].get("ollama", [s["host"]["name"]])),
+                monitoring=d["placement"].get("monitoring", s["host"]["name"]),
             ),
         )
 
@@ -338,4 +361,27 @@ def _front_door(d: dict[str, Any] | None, network: str) -> FrontDoor | None:
         acme=Acme(a["email"], a.get("directory"), a.get("directory_ca")) if a else None,
         max_upload_mb=d["max_upload_mb"],
         allow_from=None if allow == "public" else tuple(IPv4Network(n) for n in allow),
+    )
+
+
+# How old the newest backup may grow, by the backup schedule's keyword: one period and a margin.
+BACKUP_MAX_AGE = {"hourly": "2h", "daily": "26h", "weekly": "8d", "monthly": "32d"}
+DEFAULT_BACKUP_MAX_AGE = "26h"
+
+
+def backup_max_age(on_calendar: str) -> str:
+    return BACKUP_MAX_AGE.get(on_calendar.strip().lower(), DEFAULT_BACKUP_MAX_AGE)
+
+
+def _monitoring(d: dict[str, Any] | None, on_calendar: str) -> Monitoring | None:
+    if d is None:
+        return None
+    alerts = d.get("alerts", {})
+    email = alerts.get("email")
+    return Monitoring(
+        retention=d["retention"],
+        openwebui_otel=d["openwebui_otel"],
+        backup_max_age=d.get("backup_max_age") or backup_max_age(on_calendar),
+        webhook=alerts.get("webhook"),
+        email=EmailReceiver(email["to"], email["from"], email["smarthost"]) if email else None,
     )

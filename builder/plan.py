@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from . import artifacts, qdrant_access
 from .artifacts import Artifact
-from .model import Fleet, FrontDoor, Host, Instance
+from .model import Fleet, FrontDoor, Host, Instance, Monitoring
 
 # Connections PostgreSQL keeps free of instance pools: superuser slots, backups, status probes.
 RESERVED_CONNECTIONS = 10
@@ -33,6 +33,19 @@ LOOPBACK = "127.0.0.1"
 # Ollama itself listens on loopback only, on its terminator's port: it has no TLS and no
 # authentication, so only its terminator (and the host's own model pulls) reach it.
 OLLAMA_LOOPBACK = LOOPBACK
+# Monitoring (blueprint: monitoring). Prometheus serves HTTPS on the monitoring host's private
+# address; Alertmanager and the blackbox exporter listen on its loopback only; the other
+# exporters serve HTTPS on their host's private address, to the monitoring host alone.
+PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093
+NODE_EXPORTER_PORT = 9100
+BLACKBOX_PORT = 9115
+REDIS_EXPORTER_PORT = 9121
+POSTGRES_EXPORTER_PORT = 9187
+# The exporters' logins: a PostgreSQL role with pg_monitor only, and an ACL user on every Redis
+# server that may ask INFO and little else. Instance names cannot take these (validation).
+MONITOR_ROLE = "owuibuild_monitor"
+MONITOR_REDIS_USER = "owuibuild-monitor"
 
 # Resident memory estimates (MiB) used only for the overcommit warning. Open WebUI 0.12.4 was
 # measured at about 875 MB RSS per instance.
@@ -227,6 +240,30 @@ class HostPlan:
 
 
 @dataclass(frozen=True)
+class MonitoringPlan:
+    """Where Prometheus runs and the exporters' own credentials."""
+
+    settings: Monitoring
+    host: Host
+    postgres_password: SecretRef  # MONITOR_ROLE's
+    redis_password: SecretRef  # MONITOR_REDIS_USER's, the same on every Redis server
+
+    @property
+    def source(self) -> IPv4Network:
+        """Where scrapes and probes come from: the monitoring host's address."""
+        return IPv4Network((self.host.address, 32))
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"https://{self.host.address}:{PROMETHEUS_PORT}"
+
+    @property
+    def alertmanager(self) -> bool:
+        """Alertmanager runs when the blueprint names a receiver."""
+        return self.settings.webhook is not None or self.settings.email is not None
+
+
+@dataclass(frozen=True)
 class QdrantCluster:
     """Qdrant's distributed mode across three or more hosts."""
 
@@ -262,6 +299,7 @@ class Plan:
     # The embedding model's vector length, which each instance's collections are made with.
     embedding_dimensions: int
     front_door: FrontDoor | None = None
+    monitoring: MonitoringPlan | None = None
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
@@ -272,13 +310,17 @@ class Plan:
         refs = [self.qdrant_api_key]
         for i in self.instances:
             refs += [i.db_password, i.redis_password, i.webui_secret_key, i.admin_password]
+        if self.monitoring is not None:
+            refs += [self.monitoring.postgres_password, self.monitoring.redis_password]
         return tuple(refs)
 
     @property
     def certificate_hosts(self) -> dict[str, str]:
-        """Host name -> private address of every host that serves a shared service over TLS:
-        each has a server certificate from the fleet CA naming both."""
-        return {h.name: str(h.host.address) for h in self.hosts if h.services}
+        """Host name -> private address of every host that serves a shared service over TLS
+        (with monitoring, every host: its exporters serve HTTPS): each has a server certificate
+        from the fleet CA naming both."""
+        every = self.monitoring is not None
+        return {h.name: str(h.host.address) for h in self.hosts if h.services or every}
 
     @property
     def front_door_certificates(self) -> dict[str, tuple[str, ...]]:
@@ -295,7 +337,10 @@ class Plan:
     @property
     def scram_logins(self) -> tuple[tuple[SecretRef, str], ...]:
         """Passwords PostgreSQL keeps as SCRAM verifiers, each with its role (the salt's seed)."""
-        return tuple((i.db_password, i.db_role) for i in self.instances)
+        logins = [(i.db_password, i.db_role) for i in self.instances]
+        if self.monitoring is not None:
+            logins.append((self.monitoring.postgres_password, MONITOR_ROLE))
+        return tuple(logins)
 
     def instances_on(self, host_name: str) -> tuple[InstancePlan, ...]:
         return tuple(i for i in self.instances if i.host.name == host_name)
@@ -423,10 +468,16 @@ def make_plan(fleet: Fleet) -> Plan:
     for planned in all_instances:
         by_host.setdefault(planned.host.name, []).append(planned)
 
+    watch = fleet.monitoring
+    monitor_host = hosts_by_name[placement.monitoring] if watch is not None else None
+    # The monitoring host's address, admitted wherever it scrapes or probes.
+    watcher = (IPv4Network((monitor_host.address, 32)),) if monitor_host is not None else ()
+
     def host_plan(host: Host, role: str) -> HostPlan:
         services = services_of(host)
         on_host = tuple(by_host.get(host.name, ()))
         rules = [FirewallRule("ssh", SSH_PORT, admin_nets)]
+        rules += monitoring_rules(host, services, on_host)
         # Only a host of shared services admits the instances: looking at every instance for
         # every Docker host would make the plan quadratic in the fleet's size.
         clients = (
@@ -436,7 +487,7 @@ def make_plan(fleet: Fleet) -> Plan:
         )
         if clients and "postgres" in services:
             rules.append(FirewallRule("postgresql", POSTGRES_PORT, clients))
-        if clients and "qdrant" in services:
+        if (clients or watcher) and "qdrant" in services:
             # the backup timer on the PostgreSQL host takes Qdrant snapshots over HTTP too
             backup_source = (
                 (IPv4Network(f"{postgres_host.address}/32"),)
@@ -444,12 +495,14 @@ def make_plan(fleet: Fleet) -> Plan:
                 else ()
             )
             rules.append(
-                FirewallRule("qdrant", QDRANT_PORT, tuple(sorted({*clients, *backup_source})))
+                FirewallRule(
+                    "qdrant", QDRANT_PORT, tuple(sorted({*clients, *backup_source, *watcher}))
+                )
             )
         if cluster is not None and "qdrant" in services:
             rules.append(FirewallRule("qdrant-p2p", QDRANT_P2P_PORT, peers))
-        if clients and "ollama" in services:
-            rules.append(FirewallRule("ollama", OLLAMA_PORT, clients))
+        if (clients or watcher) and "ollama" in services:
+            rules.append(FirewallRule("ollama", OLLAMA_PORT, tuple(sorted({*clients, *watcher}))))
         if "redis" in services:
             for server in redis_servers:
                 rules.append(
@@ -462,16 +515,44 @@ def make_plan(fleet: Fleet) -> Plan:
         door = fleet.front_door
         if door is not None and on_host:
             everyone = (IPv4Network("0.0.0.0/0"),)
-            sources = everyone if door.allow_from is None else tuple(sorted(set(door.allow_from)))
+            sources = (
+                everyone
+                if door.allow_from is None
+                else tuple(sorted({*door.allow_from, *watcher}))  # the probes of /health
+            )
             rules.append(FirewallRule("front-door-http", HTTP_PORT, sources))
             rules.append(FirewallRule("front-door-https", HTTPS_PORT, sources))
         elif door is None:
             for i in on_host:
                 sources = (
-                    (IPv4Network("0.0.0.0/0"),) if i.instance.public else (fleet.network.cidr,)
+                    (IPv4Network("0.0.0.0/0"),)
+                    if i.instance.public
+                    else tuple(sorted({fleet.network.cidr, *watcher}))
                 )
                 rules.append(FirewallRule(f"openwebui-{i.name}", i.port, sources))
         return HostPlan(host, role, on_host, tuple(rules), _instance_id(fleet, host), services)
+
+    def monitoring_rules(
+        host: Host, services: frozenset[str], on_host: Sequence[InstancePlan]
+    ) -> list[FirewallRule]:
+        if monitor_host is None:
+            return []
+        rules = [FirewallRule("monitoring-node", NODE_EXPORTER_PORT, watcher)]
+        if "postgres" in services:
+            rules.append(FirewallRule("monitoring-postgres", POSTGRES_EXPORTER_PORT, watcher))
+        if "redis" in services:
+            rules.append(FirewallRule("monitoring-redis", REDIS_EXPORTER_PORT, watcher))
+        if host == monitor_host:
+            # The admins' own machines read it; with OpenTelemetry, every instance pushes to it.
+            pushers = (
+                client_networks(all_instances, host)
+                if watch is not None and watch.openwebui_otel
+                else ()
+            )
+            rules.append(
+                FirewallRule("prometheus", PROMETHEUS_PORT, tuple(sorted({*admin_nets, *pushers})))
+            )
+        return rules
 
     shared = host_plan(fleet.shared.host, "shared")
     docker_hosts = tuple(host_plan(h, "docker") for h in fleet.hosts)
@@ -506,6 +587,16 @@ def make_plan(fleet: Fleet) -> Plan:
         qdrant_cluster=cluster,
         embedding_dimensions=embedding_dimensions(fleet),
         front_door=fleet.front_door,
+        monitoring=(
+            MonitoringPlan(
+                settings=watch,
+                host=monitor_host,
+                postgres_password=SecretRef("monitoring.postgres_password"),
+                redis_password=SecretRef("monitoring.redis_password"),
+            )
+            if watch is not None and monitor_host is not None
+            else None
+        ),
     )
 
 

@@ -122,6 +122,13 @@ def systemd(value: object) -> Quoted:
     return Quoted(f'"{text}"')
 
 
+def environment_file(value: object) -> Quoted:
+    """A double-quoted value in a systemd EnvironmentFile= (no specifiers or variables there:
+    only backslash and the double quote are special)."""
+    text = _no_controls(str(value), "systemd")
+    return Quoted('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+
+
 _SYSTEMD_WORD = re.compile(r"[A-Za-z0-9:_.@-]+")
 
 

@@ -46,6 +46,8 @@ class Release:
     docker_archive_engine: int  # the major of the archive's docker.io (what its features allow)
     docker_default: str  # DOCKER_ARCHIVE or DOCKER_UPSTREAM
     base_image: BaseImage
+    # The archive's Prometheus (2.47 or later) has the OTLP receiver (otlp-write-receiver).
+    otlp_receiver: bool = False
 
     def docker_packages(self, source: str) -> tuple[str, ...]:
         if source == DOCKER_UPSTREAM:
@@ -103,6 +105,7 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             docker_archive_engine=26,
             docker_default=DOCKER_ARCHIVE,
             base_image=_debian_image(13, "trixie"),
+            otlp_receiver=True,  # prometheus 2.53
         ),
         "ubuntu-24.04": Release(
             distro="ubuntu-24.04",

@@ -19,19 +19,38 @@ from . import qdrant_access
 from .diagnostics import Diagnostic, JsonPath, error, has_errors, warning
 from .model import Fleet
 from .plan import (
+    ALERTMANAGER_PORT,
+    BLACKBOX_PORT,
+    MONITOR_REDIS_USER,
+    MONITOR_ROLE,
+    NODE_EXPORTER_PORT,
     OLLAMA_PORT,
+    POSTGRES_EXPORTER_PORT,
     POSTGRES_PORT,
+    PROMETHEUS_PORT,
     QDRANT_P2P_PORT,
     QDRANT_PORT,
+    REDIS_EXPORTER_PORT,
     RESERVED_CONNECTIONS,
     SSH_PORT,
     SUBNET_PREFIX,
     connections_used,
     database_pools,
     estimated_memory_mb,
+    identifier,
 )
 from .release import DEFAULT_DISTRO, DOCKER_ARCHIVE, NEW_FLEET_DISTRO, RELEASES
 from .source import Source
+
+# Ports monitoring takes (on every host, or on the hosts of its services); no instance may.
+MONITORING_PORTS = {
+    PROMETHEUS_PORT: "Prometheus",
+    ALERTMANAGER_PORT: "Alertmanager",
+    NODE_EXPORTER_PORT: "the node exporter",
+    BLACKBOX_PORT: "the blackbox exporter",
+    REDIS_EXPORTER_PORT: "the Redis exporter",
+    POSTGRES_EXPORTER_PORT: "the PostgreSQL exporter",
+}
 
 # Variables the generator owns: an instance's `env` may not override them.
 OWNED_ENV = frozenset(
@@ -528,6 +547,17 @@ def check_placement(data: dict[str, Any]) -> Iterator[Located]:
                     ),
                     False,
                 )
+    monitor = placement.get("monitoring")
+    if isinstance(monitor, str) and monitor not in hosts:
+        close = difflib.get_close_matches(monitor, names, n=1)
+        yield (
+            error(
+                ("placement", "monitoring"),
+                f"Prometheus is placed on unknown host '{monitor}'",
+                f"did you mean '{close[0]}'?" if close else "known hosts: " + ", ".join(names),
+            ),
+            False,
+        )
     nodes = placement.get("qdrant")
     count = len(nodes) if isinstance(nodes, list) else 1
     qdrant = _mapping(data, "shared", "qdrant")
@@ -886,6 +916,83 @@ def _is_public_name(name: str) -> bool:
     return not any(name == s or name.endswith("." + s) for s in PRIVATE_SUFFIXES)
 
 
+def check_monitoring(data: dict[str, Any]) -> Iterator[Located]:
+    watch = data.get("monitoring")
+    chosen = _mapping(data, "placement").get("monitoring")
+    if not isinstance(watch, dict):
+        if chosen is not None:
+            yield (
+                warning(
+                    ("placement", "monitoring"),
+                    "has no effect without a monitoring section",
+                    "add monitoring: {} to run Prometheus there, or remove placement.monitoring",
+                ),
+                True,
+            )
+        return
+    named = _mapping(data, "os").get("distro", DEFAULT_DISTRO)
+    release = RELEASES.get(named) if isinstance(named, str) else None
+    if watch.get("openwebui_otel") is True and release is not None and not release.otlp_receiver:
+        yield (
+            error(
+                ("monitoring", "openwebui_otel"),
+                f"{release.distro}'s Prometheus has no OTLP receiver for Open WebUI's "
+                "OpenTelemetry metrics",
+                "use os.distro: "
+                + ", ".join(r.distro for r in RELEASES.values() if r.otlp_receiver)
+                + ", or set openwebui_otel: false",
+            ),
+            False,
+        )
+    for i, inst in _dicts(data.get("instances")):
+        env = inst.get("env")
+        if watch.get("openwebui_otel") is True and isinstance(env, dict):
+            for key in sorted(k for k in env if str(k).startswith(("OTEL_", "ENABLE_OTEL"))):
+                yield (
+                    error(
+                        ("instances", i, "env", key),
+                        f"{key} is set by owuibuild when monitoring.openwebui_otel is on",
+                        "remove it from env, or set monitoring.openwebui_otel: false to send "
+                        "OpenTelemetry elsewhere",
+                    ),
+                    True,
+                )
+        port = inst.get("port")
+        if isinstance(port, int) and port in MONITORING_PORTS:
+            yield (
+                error(
+                    ("instances", i, "port"),
+                    f"port {port} is taken by {MONITORING_PORTS[port]} (monitoring)",
+                    "pick another port",
+                ),
+                False,
+            )
+        name = inst.get("name")
+        if isinstance(name, str) and (
+            name == MONITOR_REDIS_USER or identifier(name) == MONITOR_ROLE
+        ):
+            yield (
+                error(
+                    ("instances", i, "name"),
+                    f"instance name '{name}' is the monitoring exporters' own login",
+                    "rename the instance",
+                ),
+                False,
+            )
+    host_name = chosen if isinstance(chosen, str) else _mapping(data, "shared", "host").get("name")
+    for path, host in _host_entries(data):
+        if host.get("name") == host_name and host.get("data_volume") is None:
+            yield (
+                warning(
+                    path,
+                    f"host '{host_name}' runs Prometheus but has no data volume: its history "
+                    "is lost when the host is replaced",
+                    "add a data_volume to the host",
+                ),
+                True,
+            )
+
+
 def check_front_door(data: dict[str, Any]) -> Iterator[Located]:
     door = data.get("front_door")
     if not isinstance(door, dict):
@@ -1029,6 +1136,7 @@ SEMANTIC_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[Located]], ...] = (
     check_placement,
     check_container_pool,
     check_front_door,
+    check_monitoring,
 )
 
 

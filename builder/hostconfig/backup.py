@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 
 from ..plan import DATA_MOUNT, FLEET_CA, POSTGRES_PORT, SCRIPT_DIR, HostPlan, Plan
-from ..quoting import Quoted, QuotingError, render_template, systemd_word
+from ..quoting import Quoted, QuotingError, render_template, systemd_path, systemd_word
 from ..secrets import Secrets
 from . import File, Part
 from . import qdrant as qdrant_section
 from .datavolume import state_dir_command
+from .exporters import BACKUP_METRICS, TEXTFILE_DIR
 from .postgres import SOCKET_DIR
 
 ORDER = 240
@@ -81,6 +82,7 @@ def script(plan: Plan, host: HostPlan) -> str:
         credential=CREDENTIAL,
         databases=[i.db_name for i in plan.instances],
         mount=guarded_mount(plan, host),
+        textfile=BACKUP_METRICS if plan.monitoring is not None else None,
     )
 
 
@@ -95,6 +97,13 @@ def service_unit(plan: Plan) -> str:
         credential=systemd_word(CREDENTIAL),
         key_file=KEY_FILE,
         script=SCRIPT,
+        # The backup directory, and with monitoring the node exporter's textfile directory.
+        read_write=Quoted(
+            " ".join(
+                systemd_path(p)
+                for p in (plan.backup_dir, *([TEXTFILE_DIR] if plan.monitoring else []))
+            )
+        ),
     )
 
 

@@ -18,6 +18,7 @@ from ipaddress import IPv4Network
 
 from ..plan import (
     DATA_MOUNT,
+    MONITOR_ROLE,
     POSTGRES_DATA_ROOT,
     POSTGRES_PORT,
     SCRIPT_DIR,
@@ -88,9 +89,14 @@ class HbaRule:
 def hba_rules(plan: Plan) -> list[HbaRule]:
     """Each instance's role may reach its own database from its own host only (from its own
     Docker network when it runs on the database host itself)."""
-    return [
+    rules = [
         HbaRule(i.db_name, i.db_role, i.source_network(plan.postgres_host)) for i in plan.instances
     ]
+    if plan.monitoring is not None:
+        # The PostgreSQL exporter runs on this host and dials its private address.
+        here = IPv4Network((plan.postgres_host.address, 32))
+        rules.append(HbaRule("postgres", MONITOR_ROLE, here))
+    return rules
 
 
 def postgresql_conf(plan: Plan) -> str:
@@ -127,7 +133,16 @@ def init_sql(plan: Plan, secrets: Secrets) -> str:
         }
         for i in plan.instances
     ]
-    return render_template("init.sql.j2", databases=databases)
+    watch = plan.monitoring
+    monitor = (
+        {
+            "role": MONITOR_ROLE,
+            "verifier": secrets.scram_verifier(watch.postgres_password.name, MONITOR_ROLE),
+        }
+        if watch is not None
+        else None
+    )
+    return render_template("init.sql.j2", databases=databases, monitor=monitor)
 
 
 def unit_name(version: int) -> str:

@@ -14,6 +14,7 @@ import hashlib
 
 from ..plan import (
     DATA_MOUNT,
+    MONITOR_REDIS_USER,
     REDIS_DATA_ROOT,
     SCRIPT_DIR,
     SERVER_CERT,
@@ -35,6 +36,20 @@ DROPIN = "/etc/systemd/system/redis-server@.service.d/owuibuild.conf"
 TLS_KEY_DIR = "/etc/redis/tls"
 TLS_KEY = f"{TLS_KEY_DIR}/server.key"
 TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
+# What the Redis exporter asks (its scrape: INFO, CONFIG GET for maxmemory and the like, the
+# slow log, latency, the database sizes); nothing that reads or writes a key.
+MONITOR_COMMANDS = (
+    "+ping",
+    "+info",
+    "+config|get",
+    "+slowlog|get",
+    "+slowlog|len",
+    "+latency|latest",
+    "+dbsize",
+    "+select",
+    "+memory|stats",
+    "+module|list",
+)
 
 
 def conf_path(server: RedisServerPlan) -> str:
@@ -64,8 +79,19 @@ def redis_conf(plan: Plan, server: RedisServerPlan, secrets: Secrets) -> str:
         }
         for i in server.instances
     ]
+    watch = plan.monitoring
+    monitor = (
+        {
+            "name": MONITOR_REDIS_USER,
+            "password": acl_password(secrets[watch.redis_password.name]),
+            "commands": MONITOR_COMMANDS,
+        }
+        if watch is not None
+        else None
+    )
     return render_template(
         "redis.conf.j2",
+        monitor=monitor,
         name=server.name,
         address=str(plan.redis_host.address),
         port=server.port,

@@ -25,6 +25,8 @@ def blueprint(tmp_path: Path, platform: str) -> Path:
         (BLUEPRINTS / "multi-host.yml")
         .read_text()
         .replace("platform: openstack", f"platform: {platform}")
+        # without monitoring: its exporters' files would take the seed over the limit gzipped
+        .split("\n# Prometheus (on the shared host)")[0]
     )
     head, instances = text.split("\ninstances:\n")
     entries = instances.split("\n  - ")

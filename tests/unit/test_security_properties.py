@@ -27,7 +27,7 @@ import pytest
 import yaml
 from conftest import BLUEPRINTS, EXAMPLES, Rendered
 from owuibuild import pki
-from owuibuild.plan import Plan
+from owuibuild.plan import MONITOR_REDIS_USER, Plan
 
 pytestmark = pytest.mark.unit
 
@@ -96,6 +96,17 @@ def test_redis_users_lack_admin_commands(
         assert entry["permissions"] == "0600" and entry["owner"] == "redis:redis", path
         users = redis_users(entry["content"])
         assert users.pop("default") == ["off"], path
+        monitor = users.pop(MONITOR_REDIS_USER, None)
+        if r.plan.monitoring is None:
+            assert monitor is None, path
+        else:
+            # The exporter's user: on, no key, no channel, nothing but its listed commands.
+            assert monitor is not None, path
+            assert monitor[0] == "on" and monitor[1].startswith("#"), (path, monitor)
+            assert monitor[2:5] == ["resetkeys", "resetchannels", "-@all"], (path, monitor)
+            granted = monitor[5:]
+            assert granted and all(g.startswith("+") and "@" not in g for g in granted), monitor
+            assert not {"+get", "+keys", "+scan", "+eval", "+acl", "+config|set"} & set(granted)
         assert users and set(users) <= set(instances), path
         shared = len(users) > 1 or r.plan.fleet.shared.redis.mode == "shared"
         for name, rules in users.items():
@@ -274,17 +285,37 @@ def test_every_host_drops_input_and_opens_each_port_only_to_its_clients(
             service = m["comment"]
             seen.add(service)
             saddr = {IPv4Network(n.strip()) for n in m["saddr"].split(",")} if m["saddr"] else None
+            watcher = (
+                {IPv4Network((plan.monitoring.host.address, 32))}
+                if plan.monitoring is not None
+                else set()
+            )
             if service == "ssh":
                 assert saddr == set(plan.fleet.admin.allow_from), (name, line)
+            elif service.startswith("monitoring-"):
+                # scraped by the monitoring host alone
+                assert saddr == watcher != set(), (name, line)
+            elif service == "prometheus":
+                assert plan.monitoring is not None and host.host == plan.monitoring.host
+                pushers = (
+                    {i.source_network(host.host) for i in plan.instances}
+                    if plan.monitoring.settings.openwebui_otel
+                    else set()
+                )
+                assert saddr == set(plan.fleet.admin.allow_from) | pushers, (name, line)
             elif service.startswith("openwebui-"):
                 assert plan.front_door is None, (name, line)  # then only the front door opens
                 inst = next(i for i in plan.instances if f"openwebui-{i.name}" == service)
-                assert saddr == (None if inst.instance.public else {plan.fleet.network.cidr}), line
+                assert saddr == (
+                    None if inst.instance.public else {plan.fleet.network.cidr, *watcher}
+                ), line
             elif service.startswith("front-door-"):
                 door = plan.front_door
                 assert door is not None and host.instances, (name, line)
                 assert m["port"] == {"front-door-http": "80", "front-door-https": "443"}[service]
-                assert saddr == (None if door.allow_from is None else set(door.allow_from)), line
+                assert saddr == (
+                    None if door.allow_from is None else {*door.allow_from, *watcher}
+                ), line
             else:
                 # a shared service: only fleet hosts (instance hosts, backup and cluster peers)
                 # or an instance container's own address on this host, never a wider network
