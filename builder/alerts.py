@@ -32,7 +32,8 @@ def rules(plan: Plan) -> list[dict[str, Any]]:
     out = [
         rule(
             "TargetDown",
-            "up == 0",
+            # up: the scrape failed; redis_up, pg_up: the exporter answers, its server does not.
+            "up == 0 or redis_up == 0 or pg_up == 0",
             "2m",
             "critical",
             "{{ $labels.job }} target {{ $labels.instance }} ({{ $labels.host }}) does not answer",
