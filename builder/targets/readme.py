@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
 
+from ..alerts import rules
 from ..hostconfig import parts_for
 from ..hostconfig.backup import restore_runbook
 from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
 from ..pki import key_fingerprint
-from ..plan import Plan
+from ..plan import MONITOR_REDIS_USER, MONITOR_ROLE, Plan
 from ..secrets import Secrets
 from . import Artifact
 from .ca import CA_FILE
@@ -176,6 +177,44 @@ Caddy runs as `owui-front-door.service` (`journalctl -u owui-front-door`).
 """
 
 
+def _monitoring(plan: Plan) -> str:
+    watch = plan.monitoring
+    if watch is None:
+        return (
+            "## Monitoring\n\n"
+            "None (blueprint: `monitoring`): `owuibuild status` shows the fleet's state now; "
+            "nothing keeps history or raises an alert.\n"
+        )
+    settings = watch.settings
+    if settings.webhook is not None:
+        delivery = f"Alertmanager posts firing alerts to {settings.webhook}."
+    elif settings.email is not None:
+        delivery = (
+            f"Alertmanager mails firing alerts to {settings.email.to} through "
+            f"{settings.email.smarthost}."
+        )
+    else:
+        delivery = (
+            "No receiver is set: firing alerts are shown by Prometheus (`/alerts`) and by "
+            "`owuibuild status`, and delivered nowhere."
+        )
+    alerts = ", ".join(f"`{r['alert']}`" for r in rules(plan))
+    return f"""## Monitoring
+
+Prometheus runs on `{watch.host.name}` at {watch.prometheus_url} (HTTPS with the fleet CA;
+the firewall admits the admins' networks), keeping {settings.retention} of samples on the data
+volume. It scrapes the node exporter of every host, the PostgreSQL exporter (role
+`{MONITOR_ROLE}`, `pg_monitor` only), every Redis server through the Redis exporter (ACL user
+`{MONITOR_REDIS_USER}`), Qdrant's metrics, and probes each instance's `/health`, Ollama and
+each host's certificate. Alerts: {alerts}. {delivery}
+
+To look: `curl --cacert {CA_FILE} {watch.prometheus_url}/api/v1/alerts`, or open
+{watch.prometheus_url} in a browser that trusts the fleet CA. The units are
+`owui-prometheus`, `owui-blackbox-exporter`, `owui-node-exporter`, `owui-postgres-exporter`,
+`owui-redis-exporter` and `owui-alertmanager` (`journalctl -u <unit>`).
+"""
+
+
 def _secret_locations(plan: Plan, secrets: Secrets) -> str:
     rows = ["| host | file | owner |", "| --- | --- | --- |"]
     keys = [key_fingerprint(k) for k in secrets.tls.private_keys()]
@@ -220,6 +259,7 @@ TLS terminator admits the instances to {model_access}.
 {_instances_table(plan)}
 
 {_front_door(plan)}
+{_monitoring(plan)}
 ## Sign in
 
 Every instance creates its admin account at its first start, before it answers anyone, so

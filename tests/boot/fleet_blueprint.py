@@ -164,6 +164,8 @@ openwebui: {{image: {STANDIN_IMAGE}, version: "{STANDIN_VERSION}", archive_sha25
 # Caddy on the Docker host serves each instance by its url's host name, with a certificate from
 # the fleet CA; 80 and 443 open to the fleet network (allow_from's default).
 front_door: {{tls: internal}}
+# Prometheus on the shared host scrapes both hosts; no receiver: alerts stay in Prometheus.
+monitoring: {{retention: 2d}}
 instances:
 {instances}
 images: {{builders: [qemu], bake_models: true}}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import re
 import secrets as pysecrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +100,7 @@ from fleet_vm import (
 from infra.vm import VM, FleetLink
 from owuibuild import bundle, qdrant_access
 from owuibuild.hostconfig import _first_boot as first_boot
-from owuibuild.hostconfig import firewall, front_door, ollama_tls, postgres
+from owuibuild.hostconfig import firewall, front_door, ollama_tls, postgres, prometheus
 from owuibuild.hostconfig import qdrant as qdrant_section
 from owuibuild.plan import (
     DATA_MOUNT,
@@ -107,9 +108,13 @@ from owuibuild.plan import (
     HTTP_PORT,
     HTTPS_PORT,
     LOOPBACK,
+    NODE_EXPORTER_PORT,
     OLLAMA_PORT,
+    POSTGRES_EXPORTER_PORT,
     POSTGRES_PORT,
+    PROMETHEUS_PORT,
     QDRANT_PORT,
+    REDIS_EXPORTER_PORT,
 )
 
 pytestmark = pytest.mark.boot
@@ -579,6 +584,23 @@ def test_shared_firewall_drops_ports_outside_the_plan(booted: dict[str, Any]) ->
     # In the plan: open. SSH (only from admin.allow_from) and an unused port: dropped, so the
     # connection times out instead of being refused.
     assert result == {"postgres": "open", "ssh": "timeout", "unused": "timeout"}, result
+    # Monitoring: the exporters answer the monitoring host (the shared host) alone, and
+    # Prometheus the admins' networks alone; the Docker host is neither.
+    shared = booted["vms"][SHARED]
+    result = guest_probe(
+        dock,
+        {
+            "tcp": {
+                "prometheus": (SHARED_ADDRESS, PROMETHEUS_PORT),
+                "node": (SHARED_ADDRESS, NODE_EXPORTER_PORT),
+                "postgres-exporter": (SHARED_ADDRESS, POSTGRES_EXPORTER_PORT),
+                "redis-exporter": (SHARED_ADDRESS, REDIS_EXPORTER_PORT),
+            }
+        },
+    )
+    assert set(result.values()) == {"timeout"}, result
+    result = guest_probe(shared, {"tcp": {"node": (DOCK_ADDRESS, NODE_EXPORTER_PORT)}})
+    assert result == {"node": "open"}, result
 
 
 def test_instance_ports_answer_only_on_loopback_and_the_front_door_on_the_private_address(
@@ -742,6 +764,64 @@ def test_fleet_serves_its_instances_through_the_front_door(
     assert storage == ["caddy", "700"], storage
     source = dock.ssh(f"sudo findmnt -n -o SOURCE --target {front_door.STORAGE}", check=True)
     assert source.stdout.strip() == DATA_DEVICE, source.stdout
+
+
+def prometheus_api(shared: VM, path: str) -> Any:
+    """An answer of Prometheus's HTTP API, asked on the shared host over HTTPS with the fleet
+    CA (Prometheus serves its private address only)."""
+    url = f"https://{SHARED_ADDRESS}:{PROMETHEUS_PORT}{path}"
+    reply = shared.ssh(f"curl -sS --max-time 20 --cacert {FLEET_CA} '{url}'", check=True)
+    return json.loads(reply.stdout)
+
+
+def test_prometheus_has_every_target_up(booted: dict[str, Any], fleet: Fleet) -> None:
+    """The shared host's Prometheus scrapes every target the plan names, over HTTPS verified
+    against the fleet CA: both hosts' node exporters, the PostgreSQL exporter, every Redis
+    server through the Redis exporter, Qdrant's /metrics (the TEST DOUBLE's, with the read-only
+    token), itself, and through the blackbox exporter each instance's /health through the
+    front door, Ollama's /api/version and each host's certificate. All are up, and its samples
+    are on the data volume."""
+    shared = booted["vms"][SHARED]
+    plan = fleet.plan
+    expected = {
+        ("node", f"{SHARED_ADDRESS}:{NODE_EXPORTER_PORT}"),
+        ("node", f"{DOCK_ADDRESS}:{NODE_EXPORTER_PORT}"),
+        ("postgres", f"{SHARED_ADDRESS}:{POSTGRES_EXPORTER_PORT}"),
+        ("qdrant", f"{SHARED_ADDRESS}:{QDRANT_PORT}"),
+        ("prometheus", f"{SHARED_ADDRESS}:{PROMETHEUS_PORT}"),
+        *(("redis", f"rediss://{SHARED_ADDRESS}:{s.port}") for s in plan.redis_servers),
+        *(("blackbox", prometheus.health_target(plan, i)) for i in plan.instances),
+        ("blackbox", f"https://{SHARED_ADDRESS}:{OLLAMA_PORT}/api/version"),
+        ("blackbox", f"{SHARED_ADDRESS}:{NODE_EXPORTER_PORT}"),
+        ("blackbox", f"{DOCK_ADDRESS}:{NODE_EXPORTER_PORT}"),
+    }
+    deadline = time.monotonic() + 240
+    while True:
+        targets = prometheus_api(shared, "/api/v1/targets?state=active")["data"]
+        found = {
+            (t["labels"]["job"], t["labels"]["instance"]): t["health"]
+            for t in targets["activeTargets"]
+        }
+        if set(found) == expected and set(found.values()) == {"up"}:
+            break
+        assert time.monotonic() < deadline, {k: v for k, v in found.items() if v != "up"}
+        time.sleep(10)
+    # Probes that answer but fail would be up with probe_success 0; the exporters' servers too.
+    for query in ("probe_success == 0", "redis_up == 0", "pg_up == 0"):
+        result = prometheus_api(shared, f"/api/v1/query?query={query.replace(' ', '%20')}")
+        assert result["data"]["result"] == [], (query, result)
+    # The probes went through the front door: each instance's module names its host name.
+    for inst in plan.instances:
+        series = prometheus_api(
+            shared, f"/api/v1/query?query=probe_http_ssl%7Bopenwebui=%22{inst.name}%22%7D"
+        )["data"]["result"]
+        assert [s["value"][1] for s in series] == ["1"], (inst.name, series)
+    source = shared.ssh(
+        f"sudo findmnt -n -o SOURCE --target {prometheus.PROMETHEUS_DATA}", check=True
+    ).stdout
+    assert source.strip() == DATA_DEVICE, source
+    owner = shared.ssh(f"sudo stat -c %U {prometheus.PROMETHEUS_DATA}/wal", check=True).stdout
+    assert owner.strip() == "prometheus", owner
 
 
 def test_shared_state_lives_on_the_data_volume(booted: dict[str, Any], fleet: Fleet) -> None:
