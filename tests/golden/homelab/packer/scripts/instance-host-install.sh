@@ -273,9 +273,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql redis-server unattended-upgrades'
+step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql postgresql-client-17 redis-server unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql redis-server unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql postgresql-client-17 redis-server unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -300,7 +300,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' '9321d77ff4c557689d4fb0150a16f777438f07956b8cfa60e82f5aff4ddc1ddb
+printf '%s' '198ee267975f5308fd312172de74cc7334bd4ce019201e8c702f88893445d97a
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed

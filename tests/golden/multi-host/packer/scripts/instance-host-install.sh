@@ -151,9 +151,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables unattended-upgrades'
+step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql-client-17 unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql-client-17 unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -166,7 +166,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' '96c0b69d9ff9f416e901a8b3d809c6addeacd9616edf59e855cf3eaaa5d09be4
+printf '%s' 'c87e2d2bd58eec918a415629be8573c3e34b86d8a6ba92cc1c3724a3435df45f
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed
