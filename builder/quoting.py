@@ -90,6 +90,13 @@ def pg_conf(value: object) -> Quoted:
     return Quoted("'" + text.replace("\\", "\\\\").replace("'", "''") + "'")
 
 
+def pgpass_field(value: object) -> Quoted:
+    """One field of a libpq password file (pgpass): ':' and '\\' are escaped with '\\'. A
+    line ends the entry, so a field cannot hold a control character."""
+    text = _no_controls(str(value), "pgpass")
+    return Quoted(text.replace("\\", "\\\\").replace(":", "\\:"))
+
+
 _HBA_TOKEN = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 
 

@@ -27,6 +27,7 @@ from ..quoting import plain_words, render_template, shell_command
 from ..release import DOCKER_UPSTREAM
 from ..secrets import Secrets
 from . import UNIT_DIR, Command, File, Part, start_packaged_units, start_units
+from . import _upgrade as upgrade
 from .tls import BUNDLE_SCRIPT
 
 ORDER = 60
@@ -150,7 +151,7 @@ def open_signup_script() -> str:
     return render_template("open-signup.sh.j2", ready_check=shell_command(READY_CHECK))
 
 
-def instance_unit(inst: InstancePlan) -> str:
+def instance_unit(plan: Plan, inst: InstancePlan) -> str:
     # network-online: docker-proxy binds the instance's port on the host's private address.
     needs = "docker.service network-online.target"
     return unit_text(
@@ -177,11 +178,16 @@ def instance_unit(inst: InstancePlan) -> str:
                     ),
                     # The CA bundle its compose file mounts, from the system's CAs of today.
                     ("ExecStartPre", plain_words("/bin/sh", BUNDLE_SCRIPT)),
+                    # Dumps the database before another Open WebUI version migrates it;
+                    # refuses a version older than the one that did (see _upgrade.py).
+                    ("ExecStartPre", plain_words(*upgrade.check_argv(plan, inst))),
                     (
                         "ExecStart",
                         plain_words(*compose_argv(inst, "up", "--detach", "--remove-orphans")),
                     ),
                     ("ExecStartPost", plain_words(*READY_CHECK, health_url(inst))),
+                    # Only a version that answered claims the data.
+                    ("ExecStartPost", plain_words(*upgrade.stamp_argv(plan, inst))),
                     *(
                         [("ExecStartPost", plain_words(*open_signup_argv(inst)))]
                         if inst.instance.signup.enabled
@@ -216,7 +222,7 @@ def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[Fi
     return (
         File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst)),
         File(f"{inst.bundle_dir}/{env_file_name(inst)}", env_file(plan, inst, secrets), "0600"),
-        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(inst)),
+        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(plan, inst)),
     )
 
 
@@ -239,6 +245,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         )
     for inst in host.instances:
         files += instance_files(plan, inst, secrets)
+    files += upgrade.files(plan, host.instances, secrets)
     if any(i.instance.signup.enabled for i in host.instances):
         files.append(File(OPEN_SIGNUP_SCRIPT, open_signup_script(), "0755"))
     load_files, install = load_image(plan)
@@ -258,6 +265,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             # curl: the instances' ready check; the image load fetches with it too.
             *(("ca-certificates",) if install else ()),
             "curl",
+            # pg_dump and psql for the upgrade guard, of the server's major.
+            upgrade.client_package(plan),
         ),
         apt_sources=apt_source(plan),
         files=tuple(files),

@@ -340,6 +340,7 @@ Upgrade the data with one of the paths below; then the host proceeds as usual.
 Works between any two majors with each release's own packages; the instances are down from
 the dump until the restore. Run as root (`sudo -i`). `OLD` is the major the volume holds, as
 the unit's message names it ({majors}).
+Take a backup and check it before you begin (see "Take and check a backup" above).
 
 1. On the old `{host}`, still on the old release: stop every instance ({stops}) so that
    nothing is written after the dump, then dump each instance database onto the data volume

@@ -11,6 +11,7 @@ from ipaddress import IPv4Network
 
 from ..alerts import rules
 from ..hostconfig import parts_for
+from ..hostconfig._upgrade import runbook as openwebui_upgrade_runbook
 from ..hostconfig.backup import restore_runbook
 from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
 from ..pki import key_fingerprint
@@ -332,17 +333,6 @@ sooner. Builders: {", ".join(fleet.images.builders)}.
    seeds (the data volumes carry the existing data over), or, for a new Docker host, just boot
    it.
 
-## Upgrade Open WebUI safely
-
-Open WebUI migrates its database on start, and two versions must never run against one
-database. For each instance:
-
-1. Set `openwebui.version` (and `digest`) in the blueprint and render.
-2. Stop every container of the instance (`systemctl stop {first.unit_name}` on its host).
-3. Start ONE replacement host (or container) with the new version and wait until
-   `/health` answers (the migration has run).
-4. Then start the rest. Back up first: see below.
-
 ## Where the secrets live
 
 The source of truth is `<blueprint>.secrets.yml` next to the blueprint (mode 0600): keep it
@@ -353,13 +343,16 @@ from `user-data` (stored by cloud-init with mode 0600):
 
 Each instance's env file (`{first.bundle_dir}/` on its host and `instances/<name>/` here) holds
 its database and Redis passwords, its own Qdrant token (signed with the Qdrant API key, good
-for its own collections only), its `WEBUI_SECRET_KEY` and its admin's first password. The
+for its own collections only), its `WEBUI_SECRET_KEY` and its admin's first password; its
+`<name>.pgpass` beside it holds the database password again, for the dump before an upgrade
+(not on the PostgreSQL host, where that dump needs no password). The
 Qdrant API key itself is only on the Qdrant hosts (and, for the backups, the PostgreSQL host). PostgreSQL gets the role passwords only as SCRAM-SHA-256 verifiers, in
 `{INIT_SQL}` (0600, postgres) on `{plan.postgres_host.name}`; no superuser password exists (the
 postgres user logs in by peer authentication only). Redis gets each instance's password only
 as its SHA-256, in its `/etc/redis/redis-<name>.conf` (0600, redis).
 
 {restore_runbook(plan)}
+{openwebui_upgrade_runbook(plan)}
 {upgrade_runbook(plan)}"""
 
 

@@ -15,6 +15,7 @@ import yaml
 from conftest import Rendered
 from owuibuild import bundle, hostconfig
 from owuibuild.hostconfig import _first_boot as first_boot
+from owuibuild.hostconfig import _upgrade as upgrade
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.hostconfig import postgres
 from owuibuild.plan import CA_BUNDLE, CONTAINER_DATA_DIR, DATA_MOUNT, FLEET_CA, Plan
@@ -270,8 +271,9 @@ def test_only_an_instance_that_opens_signup_is_restarted_once_after_its_first_st
     assert files[script]["permissions"] == "0755"
     (inst,) = plan.instances_on("web-b")
     unit = files[f"/etc/systemd/system/{inst.unit_name}"]["content"]
-    ready, reopen = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
+    ready, stamp, reopen = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
     assert ready.startswith("ExecStartPost=/usr/bin/curl ")  # after the first ready check
+    assert f" {upgrade.GUARD_SCRIPT} stamp " in stamp  # the version answered: it owns the data
     assert reopen.split("=", 1)[1].split() == [
         "/bin/sh",
         script,
@@ -394,7 +396,8 @@ def test_one_unit_per_instance(rendered: Rendered) -> None:
         )
         # Started once /health answers on the host's address, asked from the host (no
         # `--wait` on Docker's in-container healthcheck).
-        (post,) = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
+        post, stamp = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
+        assert stamp.startswith(f"ExecStartPost=/bin/sh {upgrade.GUARD_SCRIPT} stamp ")
         assert post.startswith("ExecStartPost=/usr/bin/curl --fail ")
         assert post.endswith(f" http://{inst.host.address}:{inst.port}/health")
         assert "--retry-all-errors" in post.split()

@@ -80,7 +80,7 @@ def test_the_ca_bundle_is_made_before_each_instance_starts(seed: Rendered) -> No
         assert unit.index(tls.BUNDLE_SCRIPT) < start
     parts = hostconfig.parts_for(plan, host, seed.secrets)  # type: ignore[arg-type]
     assert "ca-certificates" in hostconfig.merge(parts)["packages"]
-    assert docker.instance_unit(host.instances[0]).count(tls.BUNDLE_SCRIPT) == 1
+    assert docker.instance_unit(plan, host.instances[0]).count(tls.BUNDLE_SCRIPT) == 1
 
 
 def test_qdrant_serves_https_with_its_own_copy_of_the_key(seed: Rendered) -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import EXAMPLES, Rendered, require_tool, unavailable
 from owuibuild.hostconfig import docker as docker_section
 from owuibuild.plan import Plan
+from owuibuild.targets.hosts import unpack_user_data
 
 pytestmark = pytest.mark.validators
 
@@ -82,7 +82,7 @@ def docker_hosts(r: Rendered) -> list[str]:
 
 
 def write_files(r: Rendered, host: str) -> dict[str, dict[str, Any]]:
-    doc = yaml.safe_load(r.files[f"hosts/{host}/user-data"])
+    doc = r.user_data(host)  # unzipped where the render gzipped it
     return {f["path"]: f for f in doc.get("write_files", [])}
 
 
@@ -112,7 +112,7 @@ def test_docker_host_user_data_passes_cloud_init_schema_strictly(
     for n, r in enumerate(rendered_variants(render_example, render_text)):
         for host in docker_hosts(r):
             path = tmp_path / f"{n}-{host}.yaml"
-            path.write_bytes(r.files[f"hosts/{host}/user-data"])
+            path.write_bytes(unpack_user_data(r.files[f"hosts/{host}/user-data"]))
             paths.append(str(path))
     assert len(paths) >= 5
     out = subprocess.run(
@@ -230,7 +230,8 @@ def test_instance_ready_check_waits_until_health_answers(
     host = docker_hosts(r)[0]
     inst = r.plan.instances_on(host)[0]
     unit = write_files(r, host)[f"/etc/systemd/system/{inst.unit_name}"]["content"]
-    (post,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStartPost=")]
+    # The first: the upgrade guard's stamp follows it, once the instance answers.
+    post = next(ln for ln in unit.splitlines() if ln.startswith("ExecStartPost="))
     argv = shlex.split(post.removeprefix("ExecStartPost="))
     assert argv[-1] == docker_section.health_url(inst)
 

@@ -293,9 +293,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql prometheus prometheus-blackbox-exporter prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter redis-server unattended-upgrades'
+step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql postgresql-client-17 prometheus prometheus-blackbox-exporter prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter redis-server unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql prometheus prometheus-blackbox-exporter prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter redis-server unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql postgresql-client-17 prometheus prometheus-blackbox-exporter prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter redis-server unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -320,7 +320,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' '1299ad54ef848b53defd117a9cdfed72d3cf580d851125168678193cd040b914
+printf '%s' 'cdc3e7221fbf20d0d34a0a40e72580d61896555e38d73665c7cc2d48606e6d0f
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed

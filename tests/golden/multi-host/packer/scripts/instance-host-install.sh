@@ -155,9 +155,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables prometheus-node-exporter unattended-upgrades'
+step 'packages: ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql-client-17 prometheus-node-exporter unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables prometheus-node-exporter unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates caddy curl docker-cli docker-compose docker.io nftables postgresql-client-17 prometheus-node-exporter unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -170,7 +170,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' 'a57715571b5173bb06e0d0a8179bffa1aa48c193b3e52fa69f5aed3d0bb731ef
+printf '%s' '2eccdb04f5dce19576d86c8c13595c98b615f1be634f8a7a7d77585745f324ce
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed

@@ -147,9 +147,9 @@ fi
 chmod 0755 /usr/local/lib/owuibuild/first-boot-units.sh
 chown root:root /usr/local/lib/owuibuild/first-boot-units.sh
 
-step 'packages: ca-certificates curl docker-cli docker-compose docker.io nftables unattended-upgrades'
+step 'packages: ca-certificates curl docker-cli docker-compose docker.io nftables postgresql-client-17 unattended-upgrades'
 apt-get update
-apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates curl docker-cli docker-compose docker.io nftables unattended-upgrades
+apt-get --option=Dpkg::Options::=--force-confold --option=Dpkg::options::=--force-unsafe-io --assume-yes --quiet install ca-certificates curl docker-cli docker-compose docker.io nftables postgresql-client-17 unattended-upgrades
 
 step 'systemctl mask --no-reload nftables.service'
 systemctl mask --no-reload nftables.service
@@ -162,7 +162,7 @@ systemctl enable --no-reload owuibuild-first-boot-units.service
 
 step 'record the install steps'
 mkdir -p /usr/local/lib/owuibuild
-printf '%s' 'f66be4f0db1c529f05e1b30b640a25b91b1553fbfd92cee8c91a8c2da01c240f
+printf '%s' '109463d9fb0c0d348a24b2b81069df0d5e7f55cc86443e439669bbaf1cecf1c0
 ' >/usr/local/lib/owuibuild/installed
 chmod 0644 /usr/local/lib/owuibuild/installed
 chown root:root /usr/local/lib/owuibuild/installed
