@@ -314,7 +314,7 @@ class Jumps:
 
     def connect(self, hosts: Iterable[Host]) -> dict[Host, Outcome]:
         """Start a master for each host, all at once: the hosts ssh could not log in to, and
-        why (a master may fail and its host still be reached later without one)."""
+        why (the probes through them are not tried: ssh would fail them the same way)."""
         unique = sorted(set(hosts), key=lambda h: h.name)
         if not unique:
             return {}
