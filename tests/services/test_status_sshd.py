@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from conftest import require_tool, unavailable
@@ -56,8 +56,11 @@ from test_status_servers import (
     OpenWebUIDouble,
     QdrantDouble,
     Run,
+    _as_postgres,
     blueprint_text,
+    cluster_conf,
     generated_lines,
+    instance_sql,
     states,
 )
 
@@ -229,13 +232,6 @@ def start_sshd(f: SshFleet) -> None:
         wait_for_port(f, host, SSH_PORT, "sshd")
 
 
-def _as_postgres(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv],
-        check=True, text=True, capture_output=True, timeout=60, **kwargs,
-    )  # fmt: skip
-
-
 def start_postgres(f: SshFleet) -> None:
     """PostgreSQL on ai-shared, with the generated pg_hba.conf and TLS settings."""
     fleet = f.fleet
@@ -249,22 +245,11 @@ def start_postgres(f: SshFleet) -> None:
     cert, key = fleet.write_server_tls(base)
     for path in (cert, key):
         shutil.chown(path, "postgres", "postgres")
-    tls = generated_lines(postgres_section.postgresql_conf(plan), r"ssl\w* *=")
     with (data / "postgresql.conf").open("a") as fh:
-        fh.write(
-            f"listen_addresses = '{fleet.shared}'\nport = 5432\n"
-            f"unix_socket_directories = '{base}'\npassword_encryption = 'scram-sha-256'\n"
-            f"fsync = off\n{tls}ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
-        )
+        fh.write(cluster_conf(fleet, base, cert, key))
     # The generated file: each role from its own Docker host's address only.
     (data / "pg_hba.conf").write_text(postgres_section.pg_hba_conf(plan))
-    sql = ["\\set ON_ERROR_STOP on"]
-    for name, _, _ in INSTANCES:
-        password = fleet.secrets[f"instances.{name}.db_password"]
-        sql += [
-            f"CREATE ROLE {name} LOGIN PASSWORD '{password}';",
-            f"CREATE DATABASE {name} OWNER {name};",
-        ]
+    sql = instance_sql(fleet)
     pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start"]
     subprocess.run(
         ["ip", "netns", "exec", f.ns("ai-shared"), "runuser", "-u", "postgres", "--", *pg_ctl],
