@@ -12,9 +12,11 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -27,7 +29,8 @@ from owuibuild.cli import cli
 from owuibuild.jumphost import Jumps, SshOptions, ssh_outcome
 from owuibuild.model import Host
 from owuibuild.pipeline import compile_blueprint
-from owuibuild.probes import REFUSED_DETAIL, Outcome, State
+from owuibuild.probes import REFUSED_DETAIL, Outcome, State, tls_context
+from test_probes import make_pki
 
 pytestmark = pytest.mark.unit
 
@@ -282,6 +285,41 @@ def test_through_a_master_the_reason_is_asked_again_without_it(
     assert (row["state"], row["detail"]) == ("refused", REFUSED_DETAIL)
     forwards = [a for a in fake_ssh() if "-W" in a]
     assert [("ControlPath=none" in a) for a in forwards] == [False, True]
+
+
+def test_a_probe_speaks_tls_over_whatever_its_dial_returns(tmp_path: Path) -> None:
+    """The front door's probe over a socketpair, as through ssh -W: no TCP at all, and the
+    TLS name (SNI), the certificate's check and the Host header are the instance's name."""
+    pki = make_pki(("door.example",))
+    server_tls = pki.server_context(tmp_path)
+    names: list[str | None] = []
+    server_tls.sni_callback = lambda sock, name, ctx: names.append(name)
+    requests: list[bytes] = []
+    dialled: list[tuple[str, int, float]] = []
+
+    def dial(address: str, port: int, timeout: float) -> socket.socket:
+        dialled.append((address, port, timeout))
+        ours, theirs = socket.socketpair()
+
+        def serve() -> None:
+            with server_tls.wrap_socket(theirs, server_side=True) as conn:
+                requests.append(conn.recv(65536))
+                body = b'{"status": true}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+
+        threading.Thread(target=serve, daemon=True).start()
+        return ours
+
+    probe = status.openwebui_probe(
+        "10.20.2.10", 443, "/health", tls=tls_context(pki.ca_cert), server_name="door.example"
+    )
+    assert probe(2.0, dial) == Outcome(State.OK, "GET /health")
+    assert [(a, p) for a, p, _ in dialled] == [("10.20.2.10", 443)]
+    assert names == ["door.example"]
+    assert b"\r\nHost: door.example\r\n" in requests[0]
 
 
 # -- the options ------------------------------------------------------------------------------------
