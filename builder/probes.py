@@ -9,6 +9,9 @@ exceptions.
 
 It may touch sockets and the clock, nothing else: no files, no terminal, no secrets store (a
 TLS context is made by the caller, from a CA it read; `tls_context` can read one CA file).
+Every probe opens its connection with a `Dial`: `direct` from this machine by default, or one
+the caller passes (`status --via ssh` passes one that opens it on a fleet host, see `jumphost`),
+whose socket the protocol code, TLS included, uses as it would a connected TCP socket.
 Passwords come in as arguments, leave only on the wire, and are scrubbed from every detail a
 server sends back (an old Redis echoes the arguments of a command it does not know).
 """
@@ -45,6 +48,7 @@ class State(StrEnum):
 class Outcome:
     state: State
     detail: str = ""
+    hint: str = ""  # what the state may mean and where to look, when the probe knows
 
 
 class ProbeFailure(Exception):
@@ -103,13 +107,22 @@ def guarded(probe: Callable[[], Outcome], secrets: tuple[str, ...] = ()) -> Outc
         outcome = Outcome(exc.state, exc.detail)
     except OSError as exc:
         outcome = _oserror_outcome(exc)
-    return Outcome(outcome.state, scrub(outcome.detail, secrets))
+    return Outcome(outcome.state, scrub(outcome.detail, secrets), scrub(outcome.hint, secrets))
 
 
-def _connect(address: str, port: int, deadline: Deadline) -> socket.socket:
-    sock = socket.create_connection((address, port), timeout=deadline.remaining())
+# Opens a stream to ``address:port`` within ``timeout`` seconds, or raises OSError.
+Dial = Callable[[str, int, float], socket.socket]
+
+
+def direct(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection from this machine."""
+    sock = socket.create_connection((address, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _connect(address: str, port: int, deadline: Deadline, dial: Dial = direct) -> socket.socket:
+    return dial(address, port, deadline.remaining())
 
 
 # -- TLS --------------------------------------------------------------------------------------------
@@ -166,10 +179,11 @@ def connect(
     *,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    dial: Dial = direct,
 ) -> socket.socket:
-    """A TCP connection to ``address:port``, with TLS from the first byte when ``tls`` is
-    given (the certificate must name ``server_name``, by default ``address``)."""
-    sock = _connect(address, port, deadline)
+    """A connection to ``address:port`` opened by ``dial``, with TLS from the first byte when
+    ``tls`` is given (the certificate must name ``server_name``, by default ``address``)."""
+    sock = _connect(address, port, deadline, dial)
     if tls is None:
         return sock
     return start_tls(sock, tls, server_name or address, deadline)
@@ -494,6 +508,7 @@ def pg_login(
     *,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    dial: Dial = direct,
 ) -> Outcome:
     """Log ``user`` in to ``database`` with SCRAM-SHA-256, run ``SELECT 1`` and say goodbye.
 
@@ -507,7 +522,7 @@ def pg_login(
 
     def probe() -> Outcome:
         deadline = Deadline(timeout)
-        with _connect(address, port, deadline) as plain:
+        with _connect(address, port, deadline, dial) as plain:
             if tls is None:
                 return _pg_session(plain, user, database, password, deadline)
             with _pg_start_tls(plain, tls, server_name or address, deadline) as secure:
@@ -524,6 +539,7 @@ def served_certificate(
     tls: ssl.SSLContext,
     server_name: str | None = None,
     postgres: bool = False,
+    dial: Dial = direct,
 ) -> bytes:
     """The certificate (DER) a TLS service serves, after verifying it as ``tls`` does:
     PostgreSQL's after its SSLRequest (``postgres``), any other's from the first byte.
@@ -532,12 +548,12 @@ def served_certificate(
     name = server_name or address
     if postgres:
         with (
-            _connect(address, port, deadline) as plain,
+            _connect(address, port, deadline, dial) as plain,
             _pg_start_tls(plain, tls, name, deadline) as secure,
         ):
             der = secure.getpeercert(binary_form=True)
     else:
-        with connect(address, port, deadline, tls=tls, server_name=name) as secure:
+        with connect(address, port, deadline, tls=tls, server_name=name, dial=dial) as secure:
             assert isinstance(secure, ssl.SSLSocket)
             der = secure.getpeercert(binary_form=True)
     if not der:
@@ -637,6 +653,7 @@ def redis_ping(
     *,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    dial: Dial = direct,
 ) -> Outcome:
     """``AUTH user password`` and ``PING``; ok when the answer is PONG.
 
@@ -647,7 +664,7 @@ def redis_ping(
 
     def probe() -> Outcome:
         deadline = Deadline(timeout)
-        with connect(address, port, deadline, tls=tls, server_name=server_name) as sock:
+        with connect(address, port, deadline, tls=tls, server_name=server_name, dial=dial) as sock:
             for command in (("AUTH", user, password), ("PING",)):
                 reply = _resp_call(sock, deadline, *command)
                 if isinstance(reply, RespError):
@@ -676,21 +693,31 @@ class HttpAnswer:
     body: bytes
 
 
-class _NamedHTTPSConnection(http.client.HTTPConnection):
-    """HTTPS to an address, with another name for TLS (SNI and the certificate's name)."""
-
-    default_port = 443
+class _DialledConnection(http.client.HTTPConnection):
+    """HTTP, or HTTPS with ``tls``, over a connection that ``dial`` opens; the TLS name (SNI
+    and the certificate's name) is ``server_name``, by default the address."""
 
     def __init__(
-        self, address: str, port: int, timeout: float, tls: ssl.SSLContext, server_name: str
+        self,
+        address: str,
+        port: int,
+        timeout: float,
+        dial: Dial,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
     ) -> None:
         super().__init__(address, port, timeout=timeout)
+        self.default_port = 443 if tls is not None else 80  # the Host header omits it
+        self._dial = dial
+        self._timeout = timeout
         self._tls = tls
-        self._server_name = server_name
+        self._server_name = server_name or address
 
     def connect(self) -> None:
-        super().connect()
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+        sock = self._dial(self.host, self.port, self._timeout)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
+        self.sock = sock
 
 
 def http_get(
@@ -702,25 +729,22 @@ def http_get(
     *,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    dial: Dial = direct,
 ) -> HttpAnswer:
     """GET ``http://address:port/path`` within one timeout, directly; ``https://`` with
     ``tls``, whose CA must have issued the certificate and which must name ``address``, or
     ``server_name`` when given: then it is the TLS server name and the Host header, as a
-    browser that resolved that name to ``address`` would send them.
+    browser that resolved that name to ``address`` would send them. ``dial`` opens the
+    connection.
 
     http.client rather than urllib: urllib would honour *_proxy variables and could send
     the request, API key included, to a proxy instead of the host. Raises OSError or
     ProbeFailure; callers run it under `guarded`.
     """
     deadline = Deadline(timeout)
-    conn: http.client.HTTPConnection
+    conn = _DialledConnection(address, port, deadline.remaining(), dial, tls, server_name)
     if tls is not None and server_name is not None:
-        conn = _NamedHTTPSConnection(address, port, deadline.remaining(), tls, server_name)
         headers = {"Host": server_name, **(headers or {})}
-    elif tls is not None:
-        conn = http.client.HTTPSConnection(address, port, timeout=deadline.remaining(), context=tls)
-    else:
-        conn = http.client.HTTPConnection(address, port, timeout=deadline.remaining())
     try:
         conn.request("GET", path, headers={"Accept": "application/json", **(headers or {})})
         # getresponse() may hand the socket over to the response and drop conn.sock.

@@ -2,17 +2,20 @@
 
 This room decides which probes a plan implies (the seed's "Monitoring" commands, one per service
 and instance), runs them concurrently with one timeout each, and turns the outcomes into a text
-table or JSON and an exit code. The wire protocols live in `probes`. It reads the blueprint, the
-secrets file and the CA file and writes none of them; PostgreSQL and Redis are probed over TLS
-only, trusting the fleet CA alone and verifying each server's planned address, as the instances
-do. No secret reaches the output, which is scrubbed of every value in the secrets file before
-it is printed.
+table or JSON and an exit code. The wire protocols live in `probes`; with `--via ssh` each
+check's connections are opened on the host the fleet admits them from (`Check.via`), by
+`jumphost`. It reads the blueprint, the secrets file and the CA file and writes none of them;
+PostgreSQL and Redis are probed over TLS only, trusting the fleet CA alone and verifying each
+server's planned address, as the instances do. No secret reaches the output, which is scrubbed
+of every value in the secrets file before it is printed.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
+import shutil
 import ssl
 import sys
 import time
@@ -21,11 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import click
 
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
 from .hostconfig import postgres as postgres_section
+from .jumphost import Jumps, SshOptions
+from .model import Host
 from .pki import FleetPKI, Issued
 from .plan import (
     HTTPS_PORT,
@@ -38,9 +44,12 @@ from .plan import (
 )
 from .probes import (
     REFUSED_DETAIL,
+    Deadline,
+    Dial,
     Outcome,
     ProbeFailure,
     State,
+    direct,
     guarded,
     http_get,
     pg_login,
@@ -57,8 +66,14 @@ CERTIFICATE_WARN_DAYS = 14
 DEFAULT_TIMEOUT = 5.0
 # Probes keep their own deadline; this is only the backstop for one that does not return.
 BACKSTOP_SECONDS = 2.0
+# What --ssh-user accepts: a POSIX login name (never an ssh option).
+SSH_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 
-Probe = Callable[[float], Outcome]
+
+class Probe(Protocol):
+    """A check's work: one probe within ``timeout``, its connections opened by ``dial``."""
+
+    def __call__(self, timeout: float, dial: Dial = direct) -> Outcome: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,10 @@ class Check:
     """One probe of one service: where it dials and what it runs (a closure over secrets).
 
     ``refused_hint`` is shown when nothing listens at the target (connection refused): the
-    likely reasons a generated host has for not serving there.
+    likely reasons a generated host has for not serving there; ``turned_away_hint`` when the
+    service itself turned the probe away (pg_hba). ``via`` is the host the service admits this
+    traffic from on a real fleet, where `--via ssh` opens the connection (None: nothing to
+    dial).
     """
 
     service: str
@@ -76,6 +94,8 @@ class Check:
     port: int
     run: Probe = field(repr=False, compare=False)
     refused_hint: str = ""
+    via: Host | None = field(default=None, repr=False)
+    turned_away_hint: str = ""
 
     @property
     def target(self) -> str:
@@ -125,8 +145,8 @@ def ollama_probe(
 ) -> Probe:
     """Ollama's model list, through its TLS terminator when ``tls`` is given."""
 
-    def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, "/api/tags", timeout, tls=tls)
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
+        answer = http_get(address, port, "/api/tags", timeout, tls=tls, dial=dial)
         if answer.status != 200:
             return Outcome(State.DOWN, f"GET /api/tags: HTTP {answer.status}")
         doc = _json_body(answer.body)
@@ -149,8 +169,10 @@ def ollama_probe(
 def qdrant_probe(address: str, port: int, api_key: str, tls: ssl.SSLContext | None = None) -> Probe:
     """Qdrant's collection list with the API key, over TLS when ``tls`` is given."""
 
-    def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, "/collections", timeout, {"api-key": api_key}, tls=tls)
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
+        answer = http_get(
+            address, port, "/collections", timeout, {"api-key": api_key}, tls=tls, dial=dial
+        )
         if answer.status in (401, 403):
             return Outcome(State.AUTH_FAILED, f"GET /collections: HTTP {answer.status}")
         if answer.status != 200:
@@ -173,8 +195,8 @@ def openwebui_probe(
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
 ) -> Probe:
-    def run(timeout: float) -> Outcome:
-        answer = http_get(address, port, path, timeout, tls=tls, server_name=server_name)
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
+        answer = http_get(address, port, path, timeout, tls=tls, server_name=server_name, dial=dial)
         if answer.status != 200:
             return Outcome(State.DOWN, f"GET {path}: HTTP {answer.status}")
         doc = _json_body(answer.body)
@@ -186,7 +208,7 @@ def openwebui_probe(
 
 
 def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
-    def run(timeout: float) -> Outcome:
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
         return Outcome(
             State.AUTH_FAILED, f"no {ref.name} in {secrets_file}: render the blueprint first"
         )
@@ -197,7 +219,7 @@ def missing_secret(ref: SecretRef, secrets_file: Path) -> Probe:
 def no_fleet_ca(detail: str) -> Probe:
     """A TLS service's probe without a CA to verify it by: never dialled in plain text."""
 
-    def run(timeout: float) -> Outcome:
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
         return Outcome(State.AUTH_FAILED, detail)
 
     return run
@@ -239,12 +261,12 @@ def certificate_probe(
     the one the CA file holds for it, and how long it has left."""
     renew = f"render (it issues a new one), then replace {host}"
 
-    def run(timeout: float) -> Outcome:
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
         if port:
             if tls is None:
                 return Outcome(State.AUTH_FAILED, "no fleet CA: render the blueprint first")
             served = served_certificate(
-                address, port, timeout, tls=tls, server_name=address, postgres=postgres
+                address, port, timeout, tls=tls, server_name=address, postgres=postgres, dial=dial
             )
             if served != ssl.PEM_cert_to_DER_cert(issued.cert):
                 return Outcome(
@@ -274,6 +296,22 @@ def postgres_refused_hint(plan: Plan) -> str:
     )
 
 
+def pg_hba_hint(plan: Plan, i: InstancePlan) -> str:
+    """Why PostgreSQL may turn an instance's login away: pg_hba admits its role from one
+    address only, the one its connections come from (`InstancePlan.source_network`)."""
+    source = i.source_network(plan.postgres_host).network_address
+    if i.host == plan.postgres_host:
+        # Its container's own address: no probe from outside that container can log in.
+        return (
+            f"pg_hba admits {i.db_role} only from its container ({source}), not from "
+            f"{i.host.name} itself: the openwebui-db row asks from inside the instance"
+        )
+    return (
+        f"pg_hba admits {i.db_role} only from {i.host.name} ({source}): run status there, "
+        "or with --via ssh"
+    )
+
+
 def plan_checks(
     plan: Plan,
     secrets: Mapping[str, str],
@@ -289,6 +327,10 @@ def plan_checks(
     certificates are verified with; without it (or with one that cannot be loaded) their rows
     say so and nothing is dialled. With ``pki`` (the CA file) the certificate rows come last:
     each one's end date against ``today``.
+
+    Each check's ``via`` is the host the fleet admits its traffic from: an instance's checks
+    (its database login, its Redis login, its /health) come from its own host, a shared
+    service's from the host that runs it (which dials its own address).
     """
     tls, no_tls = fleet_tls(fleet_ca)
 
@@ -312,24 +354,27 @@ def plan_checks(
             ollama_probe(str(host.address), OLLAMA_PORT, plan.ollama_models, tls)
             if tls is not None
             else no_fleet_ca(no_tls),
+            via=host,
         )
         for host in plan.ollama_hosts
     ]
 
-    def qdrant_check(address: str, host_name: str) -> Check:
+    def qdrant_check(host: Host) -> Check:
+        address = str(host.address)
         return Check(
             "qdrant",
             None,
-            host_name,
+            host.name,
             address,
             QDRANT_PORT,
             with_tls(
                 plan.qdrant_api_key,
                 lambda key, tls: qdrant_probe(address, QDRANT_PORT, key, tls),
             ),
+            via=host,
         )
 
-    checks += [qdrant_check(str(h.address), h.name) for h in plan.qdrant_hosts]
+    checks += [qdrant_check(h) for h in plan.qdrant_hosts]
     pg_address = str(plan.postgres_host.address)
     pg_host = plan.postgres_host.name
     pg_hint = postgres_refused_hint(plan)
@@ -337,16 +382,20 @@ def plan_checks(
     # Both verify the certificate against the planned address, which it names.
     def postgres(i: InstancePlan) -> Check:
         def make(password: str, tls: ssl.SSLContext) -> Probe:
-            return lambda t: pg_login(
-                pg_address,
-                POSTGRES_PORT,
-                i.db_role,
-                i.db_name,
-                password,
-                t,
-                tls=tls,
-                server_name=pg_address,
-            )
+            def run(timeout: float, dial: Dial = direct) -> Outcome:
+                return pg_login(
+                    pg_address,
+                    POSTGRES_PORT,
+                    i.db_role,
+                    i.db_name,
+                    password,
+                    timeout,
+                    tls=tls,
+                    server_name=pg_address,
+                    dial=dial,
+                )
+
+            return run
 
         return Check(
             "postgresql",
@@ -356,15 +405,27 @@ def plan_checks(
             POSTGRES_PORT,
             with_tls(i.db_password, make),
             pg_hint,
+            via=i.host,
+            turned_away_hint=pg_hba_hint(plan, i),
         )
 
     def redis(i: InstancePlan) -> Check:
         address = str(i.redis_address)
 
         def make(password: str, tls: ssl.SSLContext) -> Probe:
-            return lambda t: redis_ping(
-                address, i.redis_port, i.redis_user, password, t, tls=tls, server_name=address
-            )
+            def run(timeout: float, dial: Dial = direct) -> Outcome:
+                return redis_ping(
+                    address,
+                    i.redis_port,
+                    i.redis_user,
+                    password,
+                    timeout,
+                    tls=tls,
+                    server_name=address,
+                    dial=dial,
+                )
+
+            return run
 
         return Check(
             "redis",
@@ -373,6 +434,7 @@ def plan_checks(
             address,
             i.redis_port,
             with_tls(i.redis_password, make),
+            via=i.host,
         )
 
     door = plan.front_door
@@ -385,14 +447,14 @@ def plan_checks(
         address = str(i.host.address)
         if door is None:
             probe = openwebui_probe(address, i.port, path)
-            return Check(service, i.name, i.host.name, address, i.port, probe)
+            return Check(service, i.name, i.host.name, address, i.port, probe, via=i.host)
         # Through the front door, as a browser asks it: the instance's own port is on loopback.
         probe = (
             openwebui_probe(address, HTTPS_PORT, path, tls=door_tls, server_name=i.server_name)
             if door_tls is not None
             else no_fleet_ca(no_tls)
         )
-        return Check(service, i.name, i.host.name, address, HTTPS_PORT, probe)
+        return Check(service, i.name, i.host.name, address, HTTPS_PORT, probe, via=i.host)
 
     checks += [postgres(i) for i in plan.instances]
     checks += [redis(i) for i in plan.instances]
@@ -419,7 +481,7 @@ def certificate_checks(
             "-",
             "-",
             0,
-            lambda t: expiry_outcome(
+            lambda t, dial=direct: expiry_outcome(
                 pki.ca.not_after,
                 today,
                 "make a new CA (delete the CA file), render, then replace every host",
@@ -436,7 +498,8 @@ def certificate_checks(
         probe = certificate_probe(
             host.name, address, port, issued, today, tls, postgres=on_postgres
         )
-        checks.append(Check("certificate", None, host.name, address, port, probe))
+        via = host.host if port else None  # a certificate in the CA file only is not dialled
+        checks.append(Check("certificate", None, host.name, address, port, probe, via=via))
     return checks
 
 
@@ -449,23 +512,56 @@ def select(checks: Sequence[Check], only: Sequence[str]) -> list[Check]:
 # -- running them -----------------------------------------------------------------------------------
 
 
-def _timed(check: Check, timeout: float) -> tuple[Outcome, float]:
+def _attempt(
+    check: Check, timeout: float, jumps: Jumps | None, no_ssh: Mapping[Host, Outcome]
+) -> Outcome:
+    """One check: from this machine, or with ``jumps`` through its ``via`` host, where a
+    failure of ssh (``no_ssh``: the hosts it could not log in to) is the row's outcome."""
+    if jumps is None or check.via is None:
+        return guarded(lambda: check.run(timeout))
+    if check.via in no_ssh:
+        return no_ssh[check.via]
+    deadline = Deadline(timeout)
+    with jumps.route(check.via) as route:
+        outcome = guarded(lambda: check.run(timeout, route.dial))
+        return guarded(lambda: route.explain(outcome, deadline))
+
+
+def _timed(
+    check: Check, timeout: float, jumps: Jumps | None, no_ssh: Mapping[Host, Outcome]
+) -> tuple[Outcome, float]:
     start = time.monotonic()
-    outcome = guarded(lambda: check.run(timeout))
+    outcome = _attempt(check, timeout, jumps, no_ssh)
     return outcome, (time.monotonic() - start) * 1000
 
 
+def _hint(check: Check, outcome: Outcome, detail: str) -> str:
+    if outcome.hint:
+        return outcome.hint
+    if outcome.state is not State.REFUSED:
+        return ""
+    return check.refused_hint if detail == REFUSED_DETAIL else check.turned_away_hint
+
+
 def run_checks(
-    checks: Sequence[Check], timeout: float, secret_values: frozenset[str] = frozenset()
+    checks: Sequence[Check],
+    timeout: float,
+    secret_values: frozenset[str] = frozenset(),
+    jumps: Jumps | None = None,
 ) -> list[Result]:
-    """Run every check at once, each within ``timeout``; results in the order of ``checks``."""
+    """Run every check at once, each within ``timeout``; results in the order of ``checks``.
+
+    With ``jumps`` each check that dials opens its connections on its ``via`` host, after
+    one SSH master per such host was started (at once, within ``timeout``).
+    """
     redact = tuple(sorted(secret_values, key=len, reverse=True))
     results: list[Result] = []
     if not checks:
         return results
+    no_ssh = {} if jumps is None else jumps.connect(c.via for c in checks if c.via is not None)
     pool = ThreadPoolExecutor(max_workers=min(32, len(checks)), thread_name_prefix="probe")
     try:
-        futures = [pool.submit(_timed, c, timeout) for c in checks]
+        futures = [pool.submit(_timed, c, timeout, jumps, no_ssh) for c in checks]
         wait(futures, timeout=timeout + BACKSTOP_SECONDS)
         for check, future in zip(checks, futures, strict=True):
             if not future.done():
@@ -477,8 +573,7 @@ def run_checks(
             else:
                 outcome, ms = future.result()
             detail = scrub(outcome.detail, redact)
-            nothing_listens = outcome.state is State.REFUSED and detail == REFUSED_DETAIL
-            hint = check.refused_hint if nothing_listens else ""
+            hint = scrub(_hint(check, outcome, detail), redact)
             results.append(Result(check, outcome.state, round(ms, 1), detail, hint))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -553,6 +648,43 @@ def format_json(fleet: str, timeout: float, results: Sequence[Result]) -> str:
 # -- the command ------------------------------------------------------------------------------------
 
 
+def ssh_client(
+    via: str, *, ssh_user: str | None, ssh_key: Path | None, ssh_config: Path | None
+) -> str | None:
+    """The ssh program that --via ssh runs (None for direct), after checking the --ssh-*
+    options; a usage error ends the command."""
+    given = [
+        name
+        for name, value in (
+            ("--ssh-user", ssh_user),
+            ("--ssh-key", ssh_key),
+            ("--ssh-config", ssh_config),
+        )
+        if value is not None
+    ]
+    if via != "ssh":
+        if given:
+            fail(f"{', '.join(given)} needs --via ssh", EXIT_USAGE, "add --via ssh, or drop it")
+        return None
+    program = shutil.which("ssh")
+    if program is None:
+        fail(
+            "--via ssh: no ssh client on this machine",
+            EXIT_USAGE,
+            "install OpenSSH's client (Debian: openssh-client), or run status on a host of "
+            "the fleet without --via",
+        )
+    if ssh_user is not None and not SSH_USER.fullmatch(ssh_user):
+        fail(f"--ssh-user {ssh_user!r}: not a user name", EXIT_USAGE, "e.g. --ssh-user ops")
+    if ssh_key is not None and ssh_key.stat().st_mode & 0o077:
+        fail(
+            f"--ssh-key {ssh_key}: others can read it, and ssh refuses such a key",
+            EXIT_USAGE,
+            f"chmod 600 {ssh_key}",
+        )
+    return program
+
+
 @click.command()
 @click.argument("blueprint", type=click.Path(path_type=Path))
 @click.option(
@@ -577,7 +709,44 @@ def format_json(fleet: str, timeout: float, results: Sequence[Result]) -> str:
     metavar="NAME",
     help=f"Probe only this service ({', '.join(SERVICES)}) or instance; repeatable.",
 )
-def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> None:
+@click.option(
+    "--via",
+    type=click.Choice(["direct", "ssh"]),
+    default="direct",
+    show_default=True,
+    help="direct: dial every service from this machine. ssh: open each probe's connection on "
+    "the host the fleet admits it from (an instance's own host; a shared service's host), "
+    "with `ssh -W` as the admin user, one SSH connection per host.",
+)
+@click.option(
+    "--ssh-user",
+    metavar="NAME",
+    help="With --via ssh: log in as NAME instead of the blueprint's admin.user.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="With --via ssh: this private key only (IdentitiesOnly); default: ssh's agent and "
+    "configuration.",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="With --via ssh: ssh's configuration file (ssh -F) instead of the user's, e.g. to "
+    "map a host's address to another HostName, Port or ProxyJump.",
+)
+def status(
+    blueprint: Path,
+    fmt: str,
+    timeout: float,
+    only: tuple[str, ...],
+    via: str,
+    ssh_user: str | None,
+    ssh_key: Path | None,
+    ssh_config: Path | None,
+) -> None:
     """Probe every service of BLUEPRINT's running fleet at once and print one table: Ollama's
     models, Qdrant's collections with the API key, a PostgreSQL login of each instance's role
     to its own database, each instance's Redis PING as its ACL user (both over TLS, verified
@@ -593,13 +762,18 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
     Credentials come from <blueprint>.secrets.yml and are never printed; the fleet CA from
     <blueprint>.tls.secrets.yml. Probes dial from this machine: the fleet's firewall and
     pg_hba admit only instance hosts to the shared services, so elsewhere expect timeout and
-    refused.
+    refused. With --via ssh they run from the fleet's own hosts instead, through SSH (the
+    admin's key, host keys checked as your ssh configuration says, never a prompt, no secret
+    on ssh's command line); a failure of ssh is the row's detail, with a hint. An instance on
+    the PostgreSQL host logs in from its container only, so its postgresql row is refused
+    from the host; its openwebui-db row asks from inside.
 
     \b
     Example:
       owuibuild status fleet.yml
       owuibuild status fleet.yml --only postgresql --only redis --timeout 2
       owuibuild status fleet.yml --only webui3 --format json
+      owuibuild status fleet.yml --via ssh --ssh-key ~/.ssh/fleet_ed25519
     """
     from . import pki
     from . import secrets as secret_store
@@ -608,6 +782,7 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
     from .pipeline import check
     from .plan import make_plan
 
+    ssh_program = ssh_client(via, ssh_user=ssh_user, ssh_key=ssh_key, ssh_config=ssh_config)
     require_file(blueprint)
     checked = check(blueprint)
     if not checked.ok or checked.fleet is None:
@@ -659,7 +834,13 @@ def status(blueprint: Path, fmt: str, timeout: float, only: tuple[str, ...]) -> 
         ),
         only,
     )
-    results = run_checks(checks, timeout, frozenset(values.values()))
+    secret_values = frozenset(values.values())
+    if ssh_program is None:
+        results = run_checks(checks, timeout, secret_values)
+    else:
+        options = SshOptions(ssh_user or plan.fleet.admin.user, ssh_key, ssh_config, ssh_program)
+        with Jumps(options, timeout) as jumps:
+            results = run_checks(checks, timeout, secret_values, jumps)
     if fmt == "json":
         click.echo(format_json(plan.fleet.name, timeout, results))
     else:

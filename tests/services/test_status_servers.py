@@ -190,6 +190,34 @@ def _as_postgres(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[
     return subprocess.run([*prefix, *argv], check=True, text=True, capture_output=True, **kwargs)
 
 
+def cluster_conf(fleet: Fleet, base: Path, cert: Path, key: Path) -> str:
+    """What postgresql.conf gets: the generated TLS settings (ssl = on, the minimum version),
+    then this cluster's address, socket directory and paths."""
+    assert fleet.compiled.plan is not None
+    generated = postgres_section.postgresql_conf(fleet.compiled.plan)
+    tls = generated_lines(generated, r"ssl\w* *=")
+    assert re.search(r"^ssl = on$", tls, re.M), tls
+    return (
+        f"listen_addresses = '{fleet.shared}'\nport = 5432\n"
+        f"unix_socket_directories = '{base}'\npassword_encryption = 'scram-sha-256'\n"
+        f"fsync = off\n{tls}ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
+    )
+
+
+def instance_sql(fleet: Fleet) -> list[str]:
+    """psql's script for each instance's role (its password from the secrets file) and its
+    own database."""
+    sql = ["\\set ON_ERROR_STOP on"]
+    for name, _, _ in INSTANCES:
+        password = fleet.secrets[f"instances.{name}.db_password"]
+        sql += [
+            f"CREATE ROLE {name} LOGIN PASSWORD '{password}';",
+            f"CREATE DATABASE {name} OWNER {name} ENCODING 'UTF8';",
+            f"REVOKE CONNECT ON DATABASE {name} FROM PUBLIC;",
+        ]
+    return sql
+
+
 @pytest.fixture(scope="module")
 def postgres(fleet: Fleet) -> Iterator[None]:
     if not (PG_BIN / "initdb").exists():
@@ -206,16 +234,7 @@ def postgres(fleet: Fleet) -> Iterator[None]:
         if os.geteuid() == 0:
             for path in (cert, key):
                 shutil.chown(path, "postgres", "postgres")
-        assert fleet.compiled.plan is not None
-        generated = postgres_section.postgresql_conf(fleet.compiled.plan)
-        # The generated TLS settings (ssl = on, the minimum version), then this cluster's paths.
-        tls = generated_lines(generated, r"ssl\w* *=")
-        assert re.search(r"^ssl = on$", tls, re.M), tls
-        conf = (
-            f"listen_addresses = '{fleet.shared}'\nport = 5432\n"
-            f"unix_socket_directories = '{base}'\npassword_encryption = 'scram-sha-256'\n"
-            f"fsync = off\n{tls}ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
-        )
+        conf = cluster_conf(fleet, base, cert, key)
         # hostssl only, as generated: a connection without TLS matches no line but the last.
         hba = ["local all postgres trust"]
         hba += [f"hostssl {n} {n} 127.0.0.0/8 scram-sha-256" for n, _, _ in INSTANCES]
@@ -225,14 +244,7 @@ def postgres(fleet: Fleet) -> Iterator[None]:
         with (data / "postgresql.conf").open("a") as fh:
             fh.write(conf)
         (data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
-        sql = ["\\set ON_ERROR_STOP on"]
-        for name, _, _ in INSTANCES:
-            password = fleet.secrets[f"instances.{name}.db_password"]
-            sql += [
-                f"CREATE ROLE {name} LOGIN PASSWORD '{password}';",
-                f"CREATE DATABASE {name} OWNER {name} ENCODING 'UTF8';",
-                f"REVOKE CONNECT ON DATABASE {name} FROM PUBLIC;",
-            ]
+        sql = instance_sql(fleet)
         sql += [
             "CREATE ROLE stranger LOGIN PASSWORD 'stranger-password-000000000';",
             "CREATE ROLE legacy LOGIN PASSWORD 'legacy-password-0000000000';",
