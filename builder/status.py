@@ -35,8 +35,10 @@ from .model import Host
 from .pki import FleetPKI, Issued
 from .plan import (
     HTTPS_PORT,
+    NODE_EXPORTER_PORT,
     OLLAMA_PORT,
     POSTGRES_PORT,
+    PROMETHEUS_PORT,
     QDRANT_PORT,
     InstancePlan,
     Plan,
@@ -60,7 +62,16 @@ from .probes import (
 )
 
 # Every service `status` probes, in table order. `--only` takes these or instance names.
-SERVICES = ("ollama", "qdrant", "postgresql", "redis", "openwebui", "openwebui-db", "certificate")
+SERVICES = (
+    "ollama",
+    "qdrant",
+    "postgresql",
+    "redis",
+    "openwebui",
+    "openwebui-db",
+    "certificate",
+    "alerts",
+)
 # A certificate this close to its end is reported degraded.
 CERTIFICATE_WARN_DAYS = 14
 DEFAULT_TIMEOUT = 5.0
@@ -203,6 +214,51 @@ def openwebui_probe(
         if isinstance(doc, dict) and doc.get("status") is False:
             return Outcome(State.DEGRADED, f"GET {path}: status false")
         return Outcome(State.OK, f"GET {path}")
+
+    return run
+
+
+ALERTS_PATH = "/api/v1/alerts"
+
+
+def firing_outcome(doc: object) -> Outcome:
+    """What Prometheus's alerts say: ok when none fires; down when a critical one does, else
+    degraded; the detail names each firing alert with its target and host."""
+    data = doc.get("data") if isinstance(doc, dict) else None
+    alerts = data.get("alerts") if isinstance(data, dict) else None
+    if not isinstance(alerts, list):
+        return Outcome(State.DEGRADED, f"GET {ALERTS_PATH}: no alert list")
+    firing, pending = [], 0
+    critical = False
+    for alert in alerts:
+        if not isinstance(alert, dict):
+            continue
+        labels = alert.get("labels") if isinstance(alert.get("labels"), dict) else {}
+        assert isinstance(labels, dict)
+        if alert.get("state") == "pending":
+            pending += 1
+        if alert.get("state") != "firing":
+            continue
+        critical = critical or labels.get("severity") == "critical"
+        where = ", ".join(
+            str(labels[k]) for k in ("server", "openwebui", "instance", "host") if k in labels
+        )
+        firing.append(f"{labels.get('alertname', '?')} ({where})" if where else "?")
+    later = f"; {pending} pending" if pending else ""
+    if not firing:
+        return Outcome(State.OK, f"no alert firing{later}")
+    state = State.DOWN if critical else State.DEGRADED
+    return Outcome(state, f"{len(firing)} firing: {'; '.join(sorted(firing))}{later}")
+
+
+def alerts_probe(address: str, port: int, tls: ssl.SSLContext) -> Probe:
+    """The alerts the fleet's Prometheus holds, over HTTPS verified with the fleet CA."""
+
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
+        answer = http_get(address, port, ALERTS_PATH, timeout, tls=tls, dial=dial)
+        if answer.status != 200:
+            return Outcome(State.DOWN, f"GET {ALERTS_PATH}: HTTP {answer.status}")
+        return firing_outcome(_json_body(answer.body))
 
     return run
 
@@ -460,6 +516,24 @@ def plan_checks(
     checks += [redis(i) for i in plan.instances]
     checks += [webui(i, "openwebui", "/health") for i in plan.instances]
     checks += [webui(i, "openwebui-db", "/health/db") for i in plan.instances]
+    watch = plan.monitoring
+    if watch is not None:
+        # The alerts Prometheus holds, asked on the monitoring host's private address (the
+        # firewall admits admin.allow_from there; --via ssh asks on the host itself).
+        address = str(watch.host.address)
+        checks.append(
+            Check(
+                "alerts",
+                None,
+                watch.host.name,
+                address,
+                PROMETHEUS_PORT,
+                alerts_probe(address, PROMETHEUS_PORT, tls) if tls else no_fleet_ca(no_tls),
+                refused_hint="Prometheus (owui-prometheus.service) does not listen: see its "
+                "journal on the monitoring host",
+                via=watch.host,
+            )
+        )
     if pki is not None:
         checks += certificate_checks(
             plan, pki, today or datetime.datetime.now(datetime.UTC).date(), tls
@@ -471,9 +545,11 @@ def certificate_checks(
     plan: Plan, pki: FleetPKI, today: datetime.date, tls: ssl.SSLContext | None
 ) -> list[Check]:
     """The fleet CA's expiry, and each service host's certificate as it serves it: where
-    PostgreSQL runs, through its STARTTLS; else on its first Redis server. A host that serves
-    no TLS service is checked in the CA file only."""
+    PostgreSQL runs, through its STARTTLS; else on its first Redis server; else, with
+    monitoring, on its node exporter. A host that serves no TLS service is checked in the CA
+    file only."""
     first_redis = {plan.redis_host.name: plan.redis_servers[0].port} if plan.redis_servers else {}
+    exporter = NODE_EXPORTER_PORT if plan.monitoring is not None else 0
     checks = [
         Check(
             "certificate",
@@ -494,7 +570,7 @@ def certificate_checks(
         issued = pki.hosts[host.name]
         address = plan.certificate_hosts[host.name]
         on_postgres = "postgres" in host.services
-        port = POSTGRES_PORT if on_postgres else first_redis.get(host.name, 0)
+        port = POSTGRES_PORT if on_postgres else first_redis.get(host.name, exporter)
         probe = certificate_probe(
             host.name, address, port, issued, today, tls, postgres=on_postgres
         )
@@ -766,7 +842,9 @@ def status(
     admin's key, host keys checked as your ssh configuration says, never a prompt, no secret
     on ssh's command line); a failure of ssh is the row's detail, with a hint. An instance on
     the PostgreSQL host logs in from its container only, so its postgresql row is refused
-    from the host; its openwebui-db row asks from inside.
+    from the host; its openwebui-db row asks from inside. With monitoring, an alerts row
+    lists the alerts firing in the fleet's Prometheus (down for a critical one, degraded for
+    a warning).
 
     \b
     Example:

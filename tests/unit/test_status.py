@@ -52,9 +52,13 @@ def test_every_service_and_instance_gets_its_probes(render_example: Callable[[st
     checks = status.plan_checks(
         plan, rendered.secrets.values, Path("x.secrets.yml"), fleet_ca=rendered.secrets.tls.ca_cert
     )
-    assert len(checks) == 2 + 4 * len(plan.instances)
+    assert len(checks) == 2 + 4 * len(plan.instances) + 1
     assert [c.service for c in checks[:2]] == ["ollama", "qdrant"]
     by_key = {(c.service, c.instance): c for c in checks}
+    # multi-host has monitoring: the alerts of its Prometheus, asked on the monitoring host
+    alerts = by_key[("alerts", None)]
+    assert plan.monitoring is not None and alerts.via == plan.monitoring.host
+    assert (alerts.host, alerts.target) == ("ai-shared", "10.20.1.10:9090")
     assert by_key[("ollama", None)].target == "10.20.1.10:11434"
     assert by_key[("qdrant", None)].target == "10.20.1.10:6333"
     for i in plan.instances:
@@ -486,3 +490,67 @@ def test_certificate_expiry_thresholds(days: int, state: State) -> None:
     assert outcome.state is state
     if state is not State.OK:
         assert outcome.detail.endswith(": renew it")
+
+
+# -- the alerts of the fleet's Prometheus -----------------------------------------------------------
+
+
+def alert(name: str, state: str, severity: str, **labels: str) -> dict[str, object]:
+    return {"labels": {"alertname": name, "severity": severity, **labels}, "state": state}
+
+
+@pytest.mark.parametrize(
+    ("alerts", "expected"),
+    [
+        ([], Outcome(State.OK, "no alert firing")),
+        (
+            [alert("BackupMissing", "pending", "critical", host="shared")],
+            Outcome(State.OK, "no alert firing; 1 pending"),
+        ),
+        (
+            [alert("RedisMemory", "firing", "warning", server="alpha", host="shared")],
+            Outcome(State.DEGRADED, "1 firing: RedisMemory (alpha, shared)"),
+        ),
+        (
+            [
+                alert("RedisMemory", "firing", "warning", server="alpha", host="shared"),
+                alert("TargetDown", "firing", "critical", instance="10.0.5.24:9187", host="s"),
+                alert("DataVolumeFull", "pending", "critical", host="dock"),
+            ],
+            Outcome(
+                State.DOWN,
+                "2 firing: RedisMemory (alpha, shared); TargetDown (10.0.5.24:9187, s); 1 pending",
+            ),
+        ),
+    ],
+)
+def test_firing_alerts_set_the_alerts_row(
+    monkeypatch: pytest.MonkeyPatch, alerts: list[object], expected: Outcome
+) -> None:
+    answer(monkeypatch, 200, {"status": "success", "data": {"alerts": alerts}})
+    probe = status.alerts_probe("10.0.5.24", 9090, ssl.create_default_context())
+    assert status.guarded(lambda: probe(1.0)) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "state"),
+    [(200, {"data": {}}, State.DEGRADED), (200, b"<html>", State.DEGRADED), (503, b"", State.DOWN)],
+)
+def test_a_prometheus_that_answers_oddly_is_not_ok(
+    monkeypatch: pytest.MonkeyPatch, code: int, body: object, state: State
+) -> None:
+    answer(monkeypatch, code, body)
+    probe = status.alerts_probe("10.0.5.24", 9090, ssl.create_default_context())
+    assert status.guarded(lambda: probe(1.0)).state is state
+
+
+def test_no_alerts_row_without_monitoring(render_example: Callable[[str], Any]) -> None:
+    rendered = render_example("seed-example.yml")
+    assert rendered.plan.monitoring is None
+    checks = status.plan_checks(
+        rendered.plan,
+        rendered.secrets.values,
+        Path("x.secrets.yml"),
+        fleet_ca=rendered.secrets.tls.ca_cert,
+    )
+    assert "alerts" not in {c.service for c in checks}

@@ -102,7 +102,7 @@ def test_each_check_goes_through_the_host_the_fleet_admits_it_from(
     hosts = {h.name: h.host for h in plan.hosts}
     instances = {i.name: i for i in plan.instances}
     for c in checks:
-        if c.service in ("ollama", "qdrant"):
+        if c.service in ("ollama", "qdrant", "alerts"):
             # a shared service: from the host that runs it, to its own address
             assert c.via == hosts[c.host] and c.address == str(c.via.address), c
         elif c.service == "certificate":
