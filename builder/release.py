@@ -46,7 +46,9 @@ class Release:
     docker_archive_engine: int  # the major of the archive's docker.io (what its features allow)
     docker_default: str  # DOCKER_ARCHIVE or DOCKER_UPSTREAM
     base_image: BaseImage
-    # The archive's Prometheus (2.47 or later) has the OTLP receiver (otlp-write-receiver).
+    # The archive's Prometheus has the OTLP receiver (otlp-write-receiver), which Open WebUI's
+    # OpenTelemetry metrics need. None does yet: Debian 13's 2.53 is built without it (its
+    # patch 0019-Disable-OTLP-Ingestion-endpoint), Debian 12's 2.42 predates it.
     otlp_receiver: bool = False
 
     def docker_packages(self, source: str) -> tuple[str, ...]:
@@ -105,7 +107,6 @@ RELEASES: MappingProxyType[str, Release] = MappingProxyType(
             docker_archive_engine=26,
             docker_default=DOCKER_ARCHIVE,
             base_image=_debian_image(13, "trixie"),
-            otlp_receiver=True,  # prometheus 2.53
         ),
         "ubuntu-24.04": Release(
             distro="ubuntu-24.04",

@@ -933,14 +933,14 @@ def check_monitoring(data: dict[str, Any]) -> Iterator[Located]:
     named = _mapping(data, "os").get("distro", DEFAULT_DISTRO)
     release = RELEASES.get(named) if isinstance(named, str) else None
     if watch.get("openwebui_otel") is True and release is not None and not release.otlp_receiver:
+        having = [r.distro for r in RELEASES.values() if r.otlp_receiver]
         yield (
             error(
                 ("monitoring", "openwebui_otel"),
-                f"{release.distro}'s Prometheus has no OTLP receiver for Open WebUI's "
-                "OpenTelemetry metrics",
-                "use os.distro: "
-                + ", ".join(r.distro for r in RELEASES.values() if r.otlp_receiver)
-                + ", or set openwebui_otel: false",
+                f"{release.distro}'s Prometheus package has no OTLP receiver, which Open "
+                "WebUI's OpenTelemetry metrics need (Debian builds Prometheus without it)",
+                ("use os.distro: " + ", ".join(having) + ", or " if having else "")
+                + "set openwebui_otel: false; Prometheus still probes every instance's /health",
             ),
             False,
         )
