@@ -95,7 +95,8 @@ def blackbox_config(plan: Plan) -> dict[str, Any]:
         "fleet_tls": {
             "prober": "tcp",
             "timeout": "10s",
-            "tcp": {"preferred_ip_protocol": "ip4", "tls": True, "tls_config": fleet_tls},
+            # a copy: one dict in two places would be written as a YAML anchor and alias
+            "tcp": {"preferred_ip_protocol": "ip4", "tls": True, "tls_config": dict(fleet_tls)},
         },
     }
     door = plan.front_door

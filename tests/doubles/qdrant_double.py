@@ -15,6 +15,8 @@ payload indexes, points) in <storage_path>/test-double-collections.json:
   PUT  /collections/{name}/index            a payload index (field_name, field_schema)
   PUT  /collections/{name}/points           upsert; each vector's length must be the size
   POST /collections/{name}/points/count     the number of points
+  GET  /metrics                             Prometheus text: app_info, collections_total,
+                                            collections_vector_total (global access only)
 
 Answers are compact JSON, as Qdrant's ({"result":...,"status":"ok","time":...}); routing is on
 the path without its query (``?wait=true``).
@@ -29,7 +31,8 @@ token without `exp` (Qdrant's JwtParser decodes none: its test_no_exp). A token'
 collection-scoped token may read ("r") or read and write ("rw") its own collections only, and
 sees only those in GET /collections; creating or deleting a collection needs manage rights,
 so such a token gets 403 there, as for any other collection. A payload index needs "rw" on
-the collection.
+the collection. GET /metrics needs global access (the API key, or a JWT whose access is "r"
+or "m"): a collection-scoped token gets 403, as from Qdrant's metrics handler.
 
 Configuration, as Qdrant reads it: --config-path FILE (YAML: service.host, service.http_port,
 service.api_key, service.jwt_rbac, service.enable_tls, tls.cert, tls.key,
@@ -213,6 +216,10 @@ class Access:
             return
         raise Refused(403, f"Forbidden: Write access to collection {collection} is required")
 
+    def check_global(self) -> None:
+        if self.global_mode is None:
+            raise Refused(403, "Forbidden: Global access is required")
+
     def check_manage(self) -> None:
         if self.global_mode != "m":
             raise Refused(403, "Forbidden: Global manage access is required")
@@ -377,6 +384,27 @@ def route(
     raise Refused(404, "Not found")
 
 
+def metrics(store: Store, access: Access) -> str:
+    """Prometheus text exposition of a few of Qdrant's own metrics (names and types as its
+    /metrics answers them)."""
+    access.check_global()
+    with store.lock:
+        collections = list(store.collections.values())
+    vectors = sum(len(c["points"]) for c in collections)  # type: ignore[arg-type]
+    lines = [
+        "# HELP app_info information about qdrant server",
+        "# TYPE app_info gauge",
+        f'app_info{{name="qdrant",version="{VERSION}"}} 1',
+        "# HELP collections_total number of collections",
+        "# TYPE collections_total gauge",
+        f"collections_total {len(collections)}",
+        "# HELP collections_vector_total total number of vectors in all collections",
+        "# TYPE collections_vector_total gauge",
+        f"collections_vector_total {vectors}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # -- the server ------------------------------------------------------------------------------------
 
 
@@ -420,6 +448,14 @@ def handler(conf: dict[str, object]) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def reply_text(self, text: str) -> None:
+            data = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def record(self, status: int, note: dict[str, object]) -> None:
             entry = {
                 "method": self.command,
@@ -457,6 +493,11 @@ def handler(conf: dict[str, object]) -> type[BaseHTTPRequestHandler]:
                     self.reply(200, {"title": "qdrant TEST DOUBLE", "status": "ready"})
                     return
                 access, note = authenticate(conf, self.headers)
+                if self.command == "GET" and path == "/metrics":
+                    text = metrics(store, access)
+                    self.record(200, note)
+                    self.reply_text(text)
+                    return
                 status, result = route(store, access, self.command, path, body)
             except Refused as refused:
                 note = refused.note or note

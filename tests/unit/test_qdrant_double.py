@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -354,3 +354,64 @@ def test_decode_jwt_in_process() -> None:
     with pytest.raises(double.Refused) as refused:
         double.decode_jwt(token, KEY + "x")
     assert refused.value.status == 403
+
+
+def scrape(q: Qdrant, token: str | None = None) -> tuple[int, str, str]:
+    """GET /metrics as Prometheus asks it (an Authorization: Bearer header): the status, the
+    Content-Type and the body."""
+    context = ssl.create_default_context(cafile=str(q.ca_file))
+    conn = http.client.HTTPSConnection("127.0.0.1", q.port, timeout=10, context=context)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    try:
+        conn.request("GET", "/metrics", headers=headers)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type") or "", response.read().decode()
+    finally:
+        conn.close()
+
+
+def samples(text: str) -> dict[str, float]:
+    """A Prometheus text exposition's samples by metric name and labels, comments checked."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE"), line
+            continue
+        name, _, value = line.rpartition(" ")
+        found[name] = float(value)
+    return found
+
+
+def test_metrics_answer_prometheus_text_to_global_access(qdrant: Qdrant) -> None:
+    make_collections(qdrant, ALPHA)
+    for token in (KEY, sign({"access": "r"}), sign({"access": "m"}), sign({})):
+        status, content_type, text = scrape(qdrant, token)
+        assert status == 200, text
+        assert content_type.startswith("text/plain"), content_type
+        found = samples(text)
+        assert found["collections_total"] == len(ALPHA)
+        assert found[f'app_info{{name="qdrant",version="{double.VERSION}"}}'] == 1
+        assert "# TYPE collections_total gauge" in text
+
+
+def test_metrics_refuse_collection_tokens_and_strangers(qdrant: Qdrant) -> None:
+    make_collections(qdrant, ALPHA)
+    scoped = sign({"access": [{"collection": ALPHA[0], "access": "rw"}]})
+    assert scrape(qdrant, scoped)[0] == 403
+    assert scrape(qdrant)[0] == 401
+    assert scrape(qdrant, "not-the-key")[0] == 401
+    assert scrape(qdrant, sign({"access": "r"}, secret="another-key-0123456789abcdef"))[0] == 403
+    statuses = [entry["status"] for entry in qdrant.log() if entry["path"] == "/metrics"]
+    assert statuses == [403, 401, 401, 403]
+
+
+def test_metrics_take_the_token_prometheus_is_given(qdrant: Qdrant) -> None:
+    """prometheus.qdrant_token(): the generated credentials_file's text, newline and all
+    (Prometheus trims it), is a global read-only JWT that /metrics takes."""
+    from owuibuild.hostconfig import prometheus
+
+    plan = SimpleNamespace(qdrant_api_key=SimpleNamespace(name="shared.qdrant_api_key"))
+    token = prometheus.qdrant_token(plan, {"shared.qdrant_api_key": KEY})  # type: ignore[arg-type]
+    assert token.endswith("\n")
+    assert double.decode_jwt(token.strip(), KEY)["access"] == "r"
+    assert scrape(qdrant, token.strip())[0] == 200
