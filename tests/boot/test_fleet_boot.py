@@ -374,8 +374,15 @@ def test_instances_use_qdrant_with_their_own_tokens_only(
             for e in mine
         ), name
         assert qdrant_admin(shared, f"/collections/{knowledge}")["points_count"] == 1, name
-    # Nothing else came with a token: every token the log decoded was an instance's.
-    assert all(e["claims"] in own.values() for e in log if e["auth"] == "jwt")
+    # Nothing else came with a token: every token the log decoded was an instance's, or the
+    # read-only one Prometheus scrapes /metrics with, from the shared host, for /metrics only.
+    monitor = {"access": "r", "exp": qdrant_access.EXPIRY}
+    scrapes = [e for e in log if e["auth"] == "jwt" and e["claims"] == monitor]
+    assert scrapes, "Prometheus never scraped Qdrant"
+    assert {(e["client"], e["path"], e["status"]) for e in scrapes} == {
+        (SHARED_ADDRESS, "/metrics", 200)
+    }, scrapes
+    assert all(e["claims"] in own.values() for e in log if e["auth"] == "jwt" and e not in scrapes)
     keyed = [e for e in log if e["auth"] == "api-key"]
     assert keyed and {e["client"] for e in keyed} == {SHARED_ADDRESS}, keyed
     # The standin says so too: five collections and a point of the collections' size.
