@@ -335,7 +335,9 @@ class Rules:
             ],
         }
 
-    def test(self, label: str, cases: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    def promtool_test(
+        self, label: str, cases: list[dict[str, Any]]
+    ) -> subprocess.CompletedProcess[str]:
         doc = {
             "rule_files": [str(self.file)],
             "evaluation_interval": f"{self.step}s",
@@ -346,7 +348,7 @@ class Rules:
         return run("promtool", "test", "rules", str(path))
 
     def passes(self, label: str, cases: list[dict[str, Any]]) -> None:
-        result = self.test(label, cases)
+        result = self.promtool_test(label, cases)
         assert result.returncode == 0, said(result)
         assert "SUCCESS" in result.stdout, said(result)
 
@@ -502,7 +504,8 @@ def test_every_alert_has_its_promtool_test(homelab: Rules) -> None:
 @pytest.mark.parametrize("alert", ALERTS)
 def test_each_alert_fires_when_it_should_and_only_then(homelab: Rules, alert: str) -> None:
     require_tool("promtool")
-    homelab.passes(alert, alert_cases(homelab)[alert])
+    result = homelab.promtool_test(alert, alert_cases(homelab)[alert])
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, said(result)
 
 
 def variant(tmp_path: Path, backups: dict[str, Any], watch: dict[str, Any]) -> Rendered:
@@ -531,7 +534,8 @@ def test_the_backup_alerts_follow_the_schedule(
 ) -> None:
     require_tool("promtool")
     rules = Rules(variant(tmp_path, backups, watch), tmp_path / "rules", BACKUP_STEP)
-    rules.passes(alert, backup_cases(rules, duration(age))[alert])
+    result = rules.promtool_test(alert, backup_cases(rules, duration(age))[alert])
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, said(result)
 
 
 def test_no_backup_alert_without_backups(tmp_path: Path) -> None:
@@ -551,11 +555,11 @@ def test_promtool_test_rules_can_fail(homelab: Rules) -> None:
     early = homelab.case(
         "TargetDown", [("up", NODE, 0)], [(homelab.wait("TargetDown") - STEP, [NODE])]
     )
-    result = homelab.test("early", [early])
+    result = homelab.promtool_test("early", [early])
     assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr, said(result)
     wrong = homelab.case("TargetDown", [("up", NODE, 0)], [(homelab.wait("TargetDown"), [NODE])])
     wrong["alert_rule_test"][0]["exp_alerts"][0]["exp_annotations"]["summary"] += "!"
-    assert homelab.test("wrong", [wrong]).returncode != 0
+    assert homelab.promtool_test("wrong", [wrong]).returncode != 0
 
 
 # -- the backup script's metrics --------------------------------------------------------------
