@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network
 
 from ..alerts import rules
-from ..hostconfig import parts_for
+from ..hostconfig import exporters, parts_for, prometheus
 from ..hostconfig._upgrade import runbook as openwebui_upgrade_runbook
 from ..hostconfig.backup import restore_runbook
 from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
@@ -200,6 +200,9 @@ def _monitoring(plan: Plan) -> str:
             "`owuibuild status`, and delivered nowhere."
         )
     alerts = ", ".join(f"`{r['alert']}`" for r in rules(plan))
+    daemons = [prometheus.PROMETHEUS, prometheus.BLACKBOX, exporters.NODE, exporters.POSTGRES]
+    daemons += [exporters.REDIS, *([prometheus.ALERTMANAGER] if watch.alertmanager else [])]
+    units = ", ".join(f"`{d.unit_name.removesuffix('.service')}`" for d in daemons)
     return f"""## Monitoring
 
 Prometheus runs on `{watch.host.name}` at {watch.prometheus_url} (HTTPS with the fleet CA;
@@ -211,8 +214,7 @@ each host's certificate. Alerts: {alerts}. {delivery}
 
 To look: `curl --cacert {CA_FILE} {watch.prometheus_url}/api/v1/alerts`, or open
 {watch.prometheus_url} in a browser that trusts the fleet CA. The units are
-`owui-prometheus`, `owui-blackbox-exporter`, `owui-node-exporter`, `owui-postgres-exporter`,
-`owui-redis-exporter` and `owui-alertmanager` (`journalctl -u <unit>`).
+{units} (`journalctl -u <unit>`).
 """
 
 
