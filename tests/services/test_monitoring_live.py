@@ -616,17 +616,21 @@ def test_blackbox_probes_reach_the_instances_and_verify_every_host_certificate(
     """The instances' /health (the TEST DOUBLE) and each node exporter's certificate, checked
     against the fleet CA; Ollama does not run here, so its probe is left out."""
 
-    def probed() -> dict[tuple[str, str], float]:
-        return {
-            (s["metric"]["probe"], s["metric"]["host"]): value(s)
+    def probed() -> list[tuple[str, str, float]]:
+        return sorted(
+            (s["metric"]["probe"], s["metric"]["host"], value(s))
             for s in fleet.query('probe_success{probe=~"openwebui|certificate"}')
-        }
+        )
 
-    expected = {("openwebui", "web-a"), ("certificate", "ai-shared"), ("certificate", "web-a")}
+    # One series per instance (both live on web-a) and one per host's certificate: keyed by
+    # (probe, host) alone, the two instances' series would collapse into one.
+    expected = sorted(
+        [("openwebui", inst.host.name, 1.0) for inst in fleet.plan.instances]
+        + [("certificate", host, 1.0) for host in ("ai-shared", "web-a")]
+    )
     with contextlib.suppress(AssertionError):
-        wait_for("the probes", lambda: set(probed()) == expected, fleet.daemons, 45)
-    found = fleet.query('probe_success{probe=~"openwebui|certificate"}')
-    assert len(found) == 4 and all(value(s) == 1 for s in found), found
+        wait_for("the probes", lambda: probed() == expected, fleet.daemons, 60)
+    assert probed() == expected, fleet.query('probe_success{probe=~"openwebui|certificate"}')
 
 
 def test_the_rules_evaluate_and_their_ratios_match_series(fleet: Fleet) -> None:
