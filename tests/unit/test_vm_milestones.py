@@ -30,8 +30,10 @@ def test_each_milestone_gets_the_time_its_wait_ended(tmp_path: Path) -> None:
     vm = LocalVM(tmp_path)
     at = vm.wait_milestones([("done", "sleep 0.3"), ("ready", "sleep 0.6")], timeout=30)
     assert list(at) == ["done", "ready"]
+    # Each time is noted when its name is read back, never before its wait ended; it may be
+    # noted later (a loaded machine schedules the reader late), so only the lower bounds hold.
     assert 0.3 <= at["done"] < at["ready"]
-    assert at["ready"] - at["done"] >= 0.6
+    assert at["ready"] >= 0.3 + 0.6
 
 
 def test_a_failed_wait_is_an_error_naming_what_was_not_reached(tmp_path: Path) -> None:
