@@ -9,6 +9,7 @@ Secrets live only in the env file; compose.yaml names the env file and holds non
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from typing import Any
@@ -55,13 +56,51 @@ def _userinfo(user: str, password: str) -> str:
     return f"{quote(user, safe='')}:{quote(password, safe='')}"
 
 
+# Riding out a restart or a replacement of the shared services, without a container restart.
+# Open WebUI 0.12.4 already pings a pooled PostgreSQL connection before it uses it (SQLAlchemy's
+# pool_pre_ping), retries a Redis command once on a fresh connection when Redis closed the old
+# one, and Socket.IO's Redis listener subscribes again after an error. What it lacks is a bound
+# on waiting for a host that has gone quiet (replaced, rebooting): its connections would then hang
+# until the kernel gives up, 15 minutes for a send and 2 hours for an idle Socket.IO listener,
+# which would never hear from the replacement. So every connection to the fleet's services is
+# connected with a timeout and kept alive with probes, and a peer that stops answering is given
+# up within about a minute; the new host then answers the next try.
+CONNECT_TIMEOUT = 5  # seconds, for PostgreSQL and Redis
+KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 3
+USER_TIMEOUT_MS = 60_000  # PostgreSQL: unacknowledged data is given up after this long
+# Redis's clients take keep-alive on or off only, so the instance's own network namespace sets
+# the timing (these sysctls are per namespace), and bounds retransmission: 8 retries is about
+# 100 s (the kernel's default of 15 is about 15 minutes).
+TCP_RETRIES = 8
+SYSCTLS = {
+    "net.ipv4.tcp_keepalive_time": str(KEEPALIVE_IDLE),
+    "net.ipv4.tcp_keepalive_intvl": str(KEEPALIVE_INTERVAL),
+    "net.ipv4.tcp_keepalive_probes": str(KEEPALIVE_PROBES),
+    "net.ipv4.tcp_retries2": str(TCP_RETRIES),
+}
+# libpq's own per-connection settings (DATABASE_URL's query; psycopg hands them to libpq).
+POSTGRES_CONNECTION = (
+    f"connect_timeout={CONNECT_TIMEOUT}&keepalives=1&keepalives_idle={KEEPALIVE_IDLE}"
+    f"&keepalives_interval={KEEPALIVE_INTERVAL}&keepalives_count={KEEPALIVE_PROBES}"
+    f"&tcp_user_timeout={USER_TIMEOUT_MS}"
+)
+# Socket.IO's Redis connection takes its options from this JSON alone (Open WebUI's default is
+# {"socket_timeout": null}: its listener blocks on a read, so it must keep no read timeout).
+WEBSOCKET_REDIS_OPTIONS = json.dumps(
+    {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT, "socket_keepalive": True},
+    separators=(",", ":"),
+)
+
+
 def database_url(plan: Plan, inst: InstancePlan, secrets: Secrets) -> str:
     # postgresql+psycopg: plain postgresql:// needs psycopg2, which Open WebUI does not ship.
     # libpq verifies the server's certificate against the fleet CA and its name (the address).
     auth = _userinfo(inst.db_role, secrets[inst.db_password.name])
     return (
         f"postgresql+psycopg://{auth}@{plan.postgres_host.address}:{POSTGRES_PORT}/{inst.db_name}"
-        f"?sslmode=verify-full&sslrootcert={FLEET_CA}"
+        f"?sslmode=verify-full&sslrootcert={FLEET_CA}&{POSTGRES_CONNECTION}"
     )
 
 
@@ -89,8 +128,11 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("DATABASE_POOL_MAX_OVERFLOW", str(inst.db_max_overflow)),
         ("REDIS_URL", redis),
         ("REDIS_KEY_PREFIX", inst.redis_key_prefix),
+        ("REDIS_SOCKET_CONNECT_TIMEOUT", str(CONNECT_TIMEOUT)),
+        ("REDIS_SOCKET_KEEPALIVE", "true"),
         ("WEBSOCKET_MANAGER", "redis"),
         ("WEBSOCKET_REDIS_URL", redis),
+        ("WEBSOCKET_REDIS_OPTIONS", WEBSOCKET_REDIS_OPTIONS),
         ("VECTOR_DB", "qdrant"),
         # Five fixed collections per prefix (its default; the prefix keeps instances apart).
         ("ENABLE_QDRANT_MULTITENANCY_MODE", "true"),
@@ -230,6 +272,8 @@ def compose_document(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
             # healthy seconds after it first answers, not up to an interval later.
             **({"start_interval": START_INTERVAL} if _has_start_interval(plan) else {}),
         },
+        # Dead peers are given up within about a minute (see SYSCTLS).
+        "sysctls": dict(SYSCTLS),
         # A fixed address: a service on the same host admits exactly this one.
         "networks": {"default": {"ipv4_address": str(inst.container_address)}},
         "logging": {

@@ -333,7 +333,9 @@ sooner. Builders: {", ".join(fleet.images.builders)}.
    are kept.
 3. Replace the shared-services host(s) and the instance's host with VMs booted from their new
    seeds (the data volumes carry the existing data over), or, for a new Docker host, just boot
-   it.
+   it. Then restart the other instances (`systemctl restart owui-<name>` on their hosts):
+   that they recover by themselves from a replaced shared host is not shown yet (they do
+   from a restart of PostgreSQL or Redis).
 
 ## Where the secrets live
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import yaml
@@ -166,8 +167,19 @@ def test_environment_from_the_plan(rendered: Rendered) -> None:
     inst = {i.name: i for i in plan.instances}
     env = env_lines(rendered, "three")
     assert env["DATABASE_URL"].startswith("postgresql+psycopg://three:")
-    tls = f"sslmode=verify-full&sslrootcert={FLEET_CA}"
-    assert env["DATABASE_URL"].endswith(f"@10.9.0.10:5432/three?{tls}")
+    url = urlsplit(env["DATABASE_URL"])
+    assert (url.hostname, url.port, url.path) == ("10.9.0.10", 5432, "/three")
+    assert dict(parse_qsl(url.query, strict_parsing=True)) == {
+        "sslmode": "verify-full",
+        "sslrootcert": FLEET_CA,
+        # A quiet PostgreSQL host is given up on: see test_a_silent_peer_is_given_up_on.
+        "connect_timeout": "5",
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+    }
     assert env["DATABASE_POOL_SIZE"] == str(inst["three"].db_pool_size)
     assert env["DATABASE_POOL_MAX_OVERFLOW"] == str(inst["three"].db_max_overflow)
     port = inst["three"].redis_port
@@ -185,6 +197,36 @@ def test_environment_from_the_plan(rendered: Rendered) -> None:
     assert env["ENABLE_PERSISTENT_CONFIG"] == "false"
     assert env["UVICORN_WORKERS"] == "1"
     assert "WEBUI_URL" not in env
+
+
+def test_a_silent_peer_is_given_up_on(rendered: Rendered) -> None:
+    """Every connection to the shared services has a connect timeout and TCP keep-alive probes
+    that give up a host that went quiet (replaced, rebooting) within a minute, and Socket.IO's
+    listener keeps no read timeout (it blocks on a read between events)."""
+    plan = plan_of(rendered)
+    (inst,) = [i for i in plan.instances if i.name == "three"]
+    env = dict(bundle.environment(plan, inst, rendered.secrets))  # type: ignore[arg-type]
+    assert env["REDIS_SOCKET_CONNECT_TIMEOUT"] == "5"
+    assert env["REDIS_SOCKET_KEEPALIVE"] == "true"
+    assert json.loads(env["WEBSOCKET_REDIS_OPTIONS"]) == {
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
+    compose = yaml.safe_load(rendered.text("instances/three/compose.yaml"))
+    sysctls = {k: int(v) for k, v in compose["services"]["openwebui"]["sysctls"].items()}
+    silent = (
+        sysctls["net.ipv4.tcp_keepalive_time"]
+        + sysctls["net.ipv4.tcp_keepalive_intvl"] * sysctls["net.ipv4.tcp_keepalive_probes"]
+    )
+    assert silent <= 60, sysctls
+    # Retransmission gives up after about 100 s (RTO from 200 ms, doubling), not 15 minutes.
+    assert sysctls["net.ipv4.tcp_retries2"] == 8
+    query = dict(parse_qsl(urlsplit(env["DATABASE_URL"]).query))
+    pg_silent = int(query["keepalives_idle"]) + int(query["keepalives_interval"]) * int(
+        query["keepalives_count"]
+    )
+    assert pg_silent <= 60 and int(query["tcp_user_timeout"]) <= 60_000, query
 
 
 def test_pool_sizes_given_in_the_blueprint(rendered: Rendered) -> None:

@@ -1,0 +1,235 @@
+"""Containers tier: a running Open WebUI instance rides out a restart of its PostgreSQL and Redis
+without a container restart.
+
+A REAL Open WebUI 0.12.4 runs from its generated bundle against the REAL PostgreSQL and Redis of
+the shared-host container that tests/containers/test_instances_live.py starts from the generated
+configuration (its fixture and helpers are imported, not copied; see that module for the TEST
+DOUBLES of Qdrant and Ollama). Its admin signs in (the session used throughout) and makes a chat.
+
+While a poller asks the instance for the admin's chats twice a second with that session,
+PostgreSQL restarts (pg_ctl restart, fast) and the instance's Redis server is stopped and started
+again: the instance's connections are closed by the servers. The instance answers again by
+itself, with the same container (same id, start time, process and no restart); the session
+still works and the chat is there; Socket.IO's listener is subscribed to the instance's Redis
+again; and the app's own Redis use works again (signing a second session out revokes it in
+Redis, and the instance then refuses that session). The window of failed requests is printed.
+Traffic stays on the Docker network this test creates and on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from test_instances_live import Fleet, Running, http, live_fleet, run, sign_in_as_admin
+
+pytestmark = pytest.mark.containers
+
+SUBNET = "10.213.14.0/24"
+GATEWAY = "10.213.14.1"
+BLUEPRINT = """\
+apiVersion: owuibuild/v1
+name: ridetest
+os: {distro: debian-12, timezone: UTC}
+admin:
+  user: ops
+  ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeTestKeyOnlyNotARealKey00000000000000000 ops@laptop]
+  allow_from: [10.213.14.0/24]
+network: {cidr: 10.213.14.0/24, gateway: 10.213.14.1, dns: [10.213.14.1]}
+shared:
+  host: {name: shared, address: 10.213.14.24, memory_gb: 32, data_volume: {label: owui-data}}
+  postgres: {max_connections: 100}
+hosts:
+  - {name: web-a, address: 10.213.14.30, memory_gb: 8, data_volume: {label: owui-data}}
+instances:
+  - {name: rider, host: web-a, port: 3001, admin: {email: ada@rider.test, name: Ada}}
+"""
+CHAT_TITLE = "Kept across the shared host's restarts"
+PGBIN = "/usr/lib/postgresql/15/bin"
+PGDATA = "/srv/pgdata"
+# After the services answer again: a closed connection is retried at once, and Socket.IO's
+# listener subscribes again after its back-off.
+RECOVERY_SECONDS = 30
+
+
+@dataclass
+class Session:
+    running: Running
+    token: str
+    chat_id: str
+
+
+@dataclass
+class Poller:
+    """Asks for the session's chats twice a second: (monotonic time, answered with the chat)."""
+
+    session: Session
+    results: list[tuple[float, bool]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> bool:
+        try:
+            status, chats = http(
+                "GET", f"{self.session.running.url}/api/v1/chats/", token=self.session.token
+            )
+        except OSError:
+            return False
+        return status == 200 and any(c.get("id") == self.session.chat_id for c in chats or [])
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            self.results.append((time.monotonic(), self.check()))
+            self.stop.wait(0.5)
+
+    def failed_window(self) -> tuple[int, float]:
+        """The failed checks, and the seconds from the first failure to the next success."""
+        failed = [t for t, ok in self.results if not ok]
+        if not failed:
+            return 0, 0.0
+        after = [t for t, ok in self.results if ok and t > failed[0]]
+        end = after[0] if after else self.results[-1][0]
+        return len(failed), end - failed[0]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with live_fleet(BLUEPRINT, SUBNET, GATEWAY, tmp_path_factory.mktemp("ride")) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def session(fleet: Fleet) -> Session:
+    (running,) = fleet.instances.values()
+    status, admin = sign_in_as_admin(fleet, running)
+    assert status == 200 and admin["token"], status
+    chat = {
+        "title": CHAT_TITLE,
+        "models": [],
+        "messages": [{"id": "m1", "role": "user", "content": "still here?", "timestamp": 1}],
+        "history": {
+            "currentId": "m1",
+            "messages": {"m1": {"id": "m1", "role": "user", "content": "still here?"}},
+        },
+    }
+    status, created = http("POST", f"{running.url}/api/v1/chats/new", {"chat": chat},
+                           token=admin["token"])  # fmt: skip
+    assert status == 200 and created["id"], (status, created)
+    return Session(running, admin["token"], created["id"])
+
+
+def container(running: Running) -> dict[str, Any]:
+    (cid,) = running.compose("ps", "--quiet").stdout.split()
+    fmt = "{{.Id}} {{.State.StartedAt}} {{.State.Pid}} {{.RestartCount}} {{.State.Running}}"
+    ident, started, pid, restarts, up = run("docker", "inspect", "-f", fmt, cid).stdout.split()
+    return {"id": ident, "started": started, "pid": pid, "restarts": restarts, "running": up}
+
+
+def redis_server(running: Running) -> str:
+    """The name of the instance's Redis server in the shared container (its .conf and .pid)."""
+    return f"redis-{running.inst.name}"
+
+
+def stop_redis(fleet: Fleet, name: str) -> None:
+    """SIGTERM, as systemd stops it (Redis saves its data first), then wait for it to exit.
+    The container's first process (sleep) reaps no child: an exited server stays a zombie."""
+    fleet.in_shared(
+        "sh", "-c", f'pid=$(cat /srv/{name}.pid); kill "$pid"; '
+        f'while [ -e /proc/$pid ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; do sleep 0.1; done',
+    )  # fmt: skip
+
+
+def start_redis(fleet: Fleet, name: str) -> None:
+    fleet.in_shared(
+        "redis-server", f"/test/{name}.conf", "--pidfile", f"/srv/{name}.pid",
+        "--supervised", "no", "--daemonize", "yes", "--logfile", f"/srv/{name}.log",
+    )  # fmt: skip
+
+
+def wait_until(what: str, ready: Callable[[], bool], seconds: float) -> float:
+    """Seconds until ``ready()``; fails after ``seconds``."""
+    start = time.monotonic()
+    while not ready():
+        if time.monotonic() - start > seconds:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def socketio_subscribed(fleet: Fleet, running: Running) -> bool:
+    try:
+        reply = fleet.redis(running.inst.name, "PUBSUB", "NUMSUB", "socketio").split()
+    except AssertionError:
+        return False
+    return reply == ["socketio", "1"]
+
+
+def assert_redis_in_use(fleet: Fleet, session: Session) -> None:
+    """The app reads and writes its Redis again: a second session, signed out, is revoked
+    there (under the instance's key prefix) and refused, while the first still works."""
+    running = session.running
+    status, other = sign_in_as_admin(fleet, running)
+    assert status == 200, status
+    status, _ = http("POST", f"{running.url}/api/v1/auths/signout", token=other["token"])
+    assert status == 200, status
+    revoked = fleet.redis(
+        running.inst.name, "--scan", "--pattern", f"{running.inst.redis_key_prefix}:auth:token:*"
+    ).split()
+    assert len(revoked) >= 1, revoked
+    assert http("GET", f"{running.url}/api/v1/auths/", token=other["token"])[0] == 401
+    status, me = http("GET", f"{running.url}/api/v1/auths/", token=session.token)
+    assert status == 200 and me["email"] == running.inst.instance.admin.email, (status, me)
+
+
+def ride_out(fleet: Fleet, session: Session, kind: str, disrupt: Callable[[], None]) -> None:
+    running = session.running
+    before = container(running)
+    assert socketio_subscribed(fleet, running)
+    poller = Poller(session)
+    thread = threading.Thread(target=poller.loop, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2)
+        disrupt()
+        back = time.monotonic()
+        recovered = wait_until(f"the chats through the {kind}", poller.check,
+                               RECOVERY_SECONDS)  # fmt: skip
+        subscribed = wait_until(
+            f"Socket.IO's listener after the {kind}",
+            lambda: socketio_subscribed(fleet, running),
+            RECOVERY_SECONDS,
+        )
+        time.sleep(2)
+    finally:
+        poller.stop.set()
+        thread.join(10)
+    failed, window = poller.failed_window()
+    print(
+        f"\n{kind}: {failed} failed checks of {len(poller.results)}, failing for {window:.1f} s; "
+        f"answering {recovered:.1f} s and Socket.IO subscribed {subscribed:.1f} s after the "
+        "services were back"
+    )
+    assert poller.results[-1][1], poller.results[-5:]
+    assert container(running) == before, "the instance's container was restarted"
+    assert time.monotonic() - back < 2 * RECOVERY_SECONDS
+    assert_redis_in_use(fleet, session)
+
+
+def test_an_instance_rides_out_a_restart_of_postgres_and_redis(
+    fleet: Fleet, session: Session
+) -> None:
+    name = redis_server(session.running)
+    backends = fleet.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename IS NOT NULL "
+                          f"AND datname = '{session.running.inst.db_name}'")  # fmt: skip
+    assert int(backends) >= 1, "the instance holds no database connection to lose"
+
+    def restart() -> None:
+        pg_ctl = f"{PGBIN}/pg_ctl -D {PGDATA} -l {PGDATA}/postgres.log -w -m fast restart"
+        fleet.in_shared("su", "postgres", "-c", pg_ctl)
+        stop_redis(fleet, name)
+        start_redis(fleet, name)
+
+    ride_out(fleet, session, "restart", restart)
