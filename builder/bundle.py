@@ -56,15 +56,15 @@ def _userinfo(user: str, password: str) -> str:
     return f"{quote(user, safe='')}:{quote(password, safe='')}"
 
 
-# Riding out a restart or a replacement of the shared services, without a container restart.
-# Open WebUI 0.12.4 already pings a pooled PostgreSQL connection before it uses it (SQLAlchemy's
-# pool_pre_ping), retries a Redis command once on a fresh connection when Redis closed the old
-# one, and Socket.IO's Redis listener subscribes again after an error. What it lacks is a bound
-# on waiting for a host that has gone quiet (replaced, rebooting): its connections would then hang
-# until the kernel gives up, 15 minutes for a send and 2 hours for an idle Socket.IO listener,
-# which would never hear from the replacement. So every connection to the fleet's services is
-# connected with a timeout and kept alive with probes, and a peer that stops answering is given
-# up within about a minute; the new host then answers the next try.
+# Riding out a restart of the shared services without a container restart: Open WebUI 0.12.4
+# already pings a pooled PostgreSQL connection before it uses it (SQLAlchemy's pool_pre_ping),
+# retries a Redis command once on a fresh connection when Redis closed the old one, and
+# Socket.IO's Redis listener subscribes again after an error. What it lacks is a bound on waiting
+# for a host that has gone quiet (rebooting, replaced): its connections would hang until the
+# kernel gives up, 15 minutes for a send and 2 hours for an idle Socket.IO listener. So every
+# connection to the fleet's services is made with a timeout and kept alive with probes, and a
+# peer that stops answering is given up within about a minute. (That an instance then recovers
+# from a replaced shared host by itself is not shown yet; see the README.)
 CONNECT_TIMEOUT = 5  # seconds, for PostgreSQL and Redis
 KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
 KEEPALIVE_INTERVAL = 10

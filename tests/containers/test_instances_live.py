@@ -549,6 +549,22 @@ def sign_in_as_admin(fleet: Fleet, running: Running) -> tuple[int, Any]:
     return http("POST", f"{running.url}/api/v1/auths/signin", body)
 
 
+def make_chat(running: Running, token: str, title: str, content: str) -> str:
+    """A chat of one user message, made through Open WebUI's API with ``token``: its id."""
+    chat = {
+        "title": title,
+        "models": [],
+        "messages": [{"id": "m1", "role": "user", "content": content, "timestamp": 1}],
+        "history": {
+            "currentId": "m1",
+            "messages": {"m1": {"id": "m1", "role": "user", "content": content}},
+        },
+    }
+    status, created = http("POST", f"{running.url}/api/v1/chats/new", {"chat": chat}, token=token)
+    assert status == 200 and created["id"], (status, created)
+    return str(created["id"])
+
+
 def admins(fleet: Fleet) -> dict[str, dict[str, Any]]:
     """The admin each instance made at its first start, signed in once per test run."""
     if not fleet.admins:

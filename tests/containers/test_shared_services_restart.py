@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from test_instances_live import Fleet, Running, http, live_fleet, run, sign_in_as_admin
+from test_instances_live import (
+    Fleet,
+    Running,
+    http,
+    live_fleet,
+    make_chat,
+    run,
+    sign_in_as_admin,
+)
 
 pytestmark = pytest.mark.containers
 
@@ -106,19 +114,8 @@ def session(fleet: Fleet) -> Session:
     (running,) = fleet.instances.values()
     status, admin = sign_in_as_admin(fleet, running)
     assert status == 200 and admin["token"], status
-    chat = {
-        "title": CHAT_TITLE,
-        "models": [],
-        "messages": [{"id": "m1", "role": "user", "content": "still here?", "timestamp": 1}],
-        "history": {
-            "currentId": "m1",
-            "messages": {"m1": {"id": "m1", "role": "user", "content": "still here?"}},
-        },
-    }
-    status, created = http("POST", f"{running.url}/api/v1/chats/new", {"chat": chat},
-                           token=admin["token"])  # fmt: skip
-    assert status == 200 and created["id"], (status, created)
-    return Session(running, admin["token"], created["id"])
+    chat_id = make_chat(running, admin["token"], CHAT_TITLE, "still here?")
+    return Session(running, admin["token"], chat_id)
 
 
 def container(running: Running) -> dict[str, Any]:

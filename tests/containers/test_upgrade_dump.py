@@ -37,8 +37,8 @@ from test_instances_live import (
     SHARED_IMAGE,
     Fleet,
     Running,
-    http,
     live_fleet,
+    make_chat,
     run,
     sign_in_as_admin,
     write_bundle_files,
@@ -172,18 +172,7 @@ def test_a_new_version_starts_only_after_a_dump_of_the_old_one_that_restores(
     # Data through the real interfaces.
     status, admin = sign_in_as_admin(fleet, running)
     assert status == 200, (status, admin)
-    chat = {
-        "title": CHAT_TITLE,
-        "models": [],
-        "messages": [{"id": "m1", "role": "user", "content": "keep me", "timestamp": 1}],
-        "history": {
-            "currentId": "m1",
-            "messages": {"m1": {"id": "m1", "role": "user", "content": "keep me"}},
-        },
-    }
-    status, created = http("POST", f"{running.url}/api/v1/chats/new", {"chat": chat},
-                           token=admin["token"])  # fmt: skip
-    assert status == 200 and created["id"], (status, created)
+    make_chat(running, admin["token"], CHAT_TITLE, "keep me")
 
     # The same start again (a reboot): same version, no dump.
     running.compose("down", "--timeout", "20")  # the unit's ExecStop
