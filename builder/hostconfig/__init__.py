@@ -36,7 +36,11 @@ class File:
     """A write_files entry. ``defer`` writes it in the final stage, after packages and users
     exist (needed for files owned by a service user or placed under the data volume).
     ``install``: a package reads it when it installs, so a golden image's install steps write
-    it before the packages too (cloud-init's write_files always runs before them)."""
+    it before the packages too (cloud-init's write_files always runs before them).
+    ``live``: a running host can take a new version of it without being replaced (the service
+    that reads it reloads, or what it defines is added or removed alone): the files that adding
+    or removing an instance, changing Ollama models or raising limits change. Every other file
+    is part of the host's replacement key (see replacement_components)."""
 
     path: str
     content: str
@@ -44,6 +48,7 @@ class File:
     owner: str = "root:root"
     defer: bool = False
     install: bool = False
+    live: bool = False
 
     def as_cloud_config(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -70,6 +75,9 @@ class Part:
     files: tuple[File, ...] = ()
     install: tuple[Command, ...] = ()  # idempotent; also run by Packer for golden images
     configure: tuple[Command, ...] = ()  # idempotent; run at every first boot
+    # Configuration steps that run right after ``configure`` and only start or stop what live
+    # files define (an instance's unit, say): their arguments may change on a running host.
+    live_configure: tuple[Command, ...] = ()
     bootcmd: tuple[Command, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # other top-level cloud-config keys
     # Units a configure step started in the background (start_units(wait=False)) that the
@@ -315,7 +323,7 @@ def merge(parts: Iterable[Part]) -> dict[str, Any]:
     runcmd = [list(check_packages(packages))] if packages else []
     if install:
         runcmd.append(list(run_install(digest, install)))
-    configure = [list(c) for p in parts for c in p.configure]
+    configure = [list(c) for p in parts for c in (*p.configure, *p.live_configure)]
     awaited = [u for p in parts for u in p.awaited]
     if awaited:
         configure.append(["systemctl", "start", *awaited])
@@ -398,3 +406,36 @@ def install_steps(parts: Iterable[Part]) -> InstallSteps:
         commands=tuple(commands),
         sections=tuple(p.name for p in parts if p.packages or p.apt_sources or p.install),
     )
+
+
+# What merge() makes of the parts' own steps and files, not a choice of any section: the reload
+# check, the awaited starts and the first-boot list only name units the parts' files define,
+# and the package check and install step are the install steps'.
+_DERIVED_KEYS = frozenset({"write_files", "runcmd", "packages", "package_update"})
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replacement_components(parts: Iterable[Part], doc: Mapping[str, Any]) -> dict[str, str]:
+    """What of a host's configuration only a new host can take, each by a name and a sha256:
+    the install steps (``install-steps``), every file not marked ``live`` (by its path), every
+    other top-level cloud-config key (``cloud-config:<key>``) and each part's configuration
+    steps except its ``live_configure`` (``steps:<part>``). ``doc`` is merge(parts). The names
+    are no secret; what each covers may be, so only digests are kept. Pure."""
+    parts = list(parts)
+    found: dict[str, str] = {}
+    if any(p.install or p.packages or p.apt_sources for p in parts):
+        found["install-steps"] = install_steps(parts).digest
+    for f in (f for p in parts for f in p.files):
+        if not f.live:
+            found[f.path] = _digest([f.content, f.permissions, f.owner, f.defer])
+    for key in sorted(doc.keys() - _DERIVED_KEYS):
+        found[f"cloud-config:{key}"] = _digest(doc[key])
+    for p in parts:
+        steps = [*p.configure, *p.first_boot_run]
+        if steps:
+            found[f"steps:{p.name}"] = _digest(steps)
+    return found

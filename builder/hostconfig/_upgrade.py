@@ -109,7 +109,7 @@ def files(plan: Plan, instances: tuple[InstancePlan, ...], secrets: Secrets) -> 
     return (
         File(GUARD_SCRIPT, guard_script(plan), "0755"),
         *(
-            File(passfile(i), pgpass(plan, i, secrets), "0600")
+            File(passfile(i), pgpass(plan, i, secrets), "0600", live=True)
             for i in instances
             if not colocated(plan, i)
         ),

@@ -124,7 +124,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             File(
                 KEY_FILE, qdrant_section.key_header(plan, secrets), permissions="0600", defer=True
             ),
-            File(SCRIPT, script(plan, host), permissions="0755"),
+            File(SCRIPT, script(plan, host), permissions="0755", live=True),
             File(SERVICE, service_unit(plan)),
             File(TIMER, timer_unit(plan)),
         ),

@@ -220,9 +220,14 @@ def load_image(plan: Plan) -> tuple[tuple[File, ...], tuple[Command, ...]]:
 
 def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[File, ...]:
     return (
-        File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst)),
-        File(f"{inst.bundle_dir}/{env_file_name(inst)}", env_file(plan, inst, secrets), "0600"),
-        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(plan, inst)),
+        File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst), live=True),
+        File(
+            f"{inst.bundle_dir}/{env_file_name(inst)}",
+            env_file(plan, inst, secrets),
+            "0600",
+            live=True,
+        ),
+        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(plan, inst), live=True),
     )
 
 
@@ -247,17 +252,15 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         files += instance_files(plan, inst, secrets)
     files += upgrade.files(plan, host.instances, secrets)
     if any(i.instance.signup.enabled for i in host.instances):
-        files.append(File(OPEN_SIGNUP_SCRIPT, open_signup_script(), "0755"))
+        files.append(File(OPEN_SIGNUP_SCRIPT, open_signup_script(), "0755", live=True))
     load_files, install = load_image(plan)
     files += load_files
-    configure: list[Command] = [start_packaged_units("docker.service")]
     units = tuple(i.unit_name for i in host.instances)
     # A golden image starts them as soon as dockerd is up at its first boot; on a host that also
     # runs shared services they start after those are set up, from runcmd only.
     first_boot = units if not host.services else ()
-    if units:
-        # wait=False: a first pull can take minutes; cloud-init need not wait for it.
-        configure.append(start_units(*units, wait=False))
+    # wait=False: a first pull can take minutes; cloud-init need not wait for it.
+    starts = (start_units(*units, wait=False),) if units else ()
     return Part(
         name="docker",
         packages=(
@@ -271,6 +274,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         apt_sources=apt_source(plan),
         files=tuple(files),
         install=install,
-        configure=tuple(configure),
+        configure=(start_packaged_units("docker.service"),),
+        live_configure=starts,
         first_boot=first_boot,
     )

@@ -146,7 +146,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
             # only in runcmd. Written (again, the same) before the ruleset, whose appearance
             # starts them: never rewritten while they run.
             *first_boot_files(),
-            File(RULESET, ruleset(host), permissions="0600"),
+            # Openings come and go with instances: nft loads a new ruleset atomically.
+            File(RULESET, ruleset(host), permissions="0600", live=True),
             File(UNIT, unit()),
         ),
         # The distribution's nftables.service loads /etc/nftables.conf, which begins with

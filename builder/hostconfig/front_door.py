@@ -236,12 +236,13 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     files = [
         File(PACKAGED_UNIT, "", install=True),
         File(UNIT, unit()),
-        File(CONFIG, config_text(plan, host)),
+        # The instances it serves, and a certificate naming them: Caddy reloads both.
+        File(CONFIG, config_text(plan, host), live=True),
     ]
     internal = door.tls == "internal"
     if internal:
         issued = secrets.tls.front_doors[host.name]
-        files += [File(CERT, issued.cert), File(KEY, issued.key, "0600")]
+        files += [File(CERT, issued.cert, live=True), File(KEY, issued.key, "0600", live=True)]
     elif door.acme is not None and door.acme.directory_ca is not None:
         files.append(File(ACME_DIRECTORY_CA, door.acme.directory_ca))
     return Part(

@@ -104,7 +104,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             script,
             File(UNIT, unit(plan, host)),
             File(MODELS_UNIT, models_unit(host)),
-            File(MODELS_SCRIPT, models_script(plan), permissions="0755"),
+            File(MODELS_SCRIPT, models_script(plan), permissions="0755", live=True),
         ),
         install=(install_command,),
         configure=(

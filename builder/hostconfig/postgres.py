@@ -240,7 +240,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                 ),
             ),
             File(f"{SOURCE_DIR}/postgresql.conf", postgresql_conf(plan)),
-            File(f"{SOURCE_DIR}/pg_hba.conf", pg_hba_conf(plan)),
+            # Each instance's role and database: PostgreSQL reloads both without a restart.
+            File(f"{SOURCE_DIR}/pg_hba.conf", pg_hba_conf(plan), live=True),
             File(f"{SOURCE_DIR}/pg_ident.conf", "# no user name maps\n"),
             File(f"{SOURCE_DIR}/start.conf", "auto\n"),
             File(
@@ -249,6 +250,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                 permissions="0600",
                 owner="postgres:postgres",
                 defer=True,
+                live=True,
             ),
             File(GUARD_SCRIPT, guard_script(plan), permissions="0755"),
             File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),

@@ -314,10 +314,11 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     daemons = [PROMETHEUS, BLACKBOX]
     files = [
         File(PROMETHEUS.unit_path, prometheus_unit(plan, host)),
-        File(CONFIG, yaml_file(config(plan))),
-        File(RULES, yaml_file(rules_document(plan))),
+        # Targets and rules follow the instances; Prometheus reloads them.
+        File(CONFIG, yaml_file(config(plan)), live=True),
+        File(RULES, yaml_file(rules_document(plan)), live=True),
         File(BLACKBOX.unit_path, blackbox_unit()),
-        File(BLACKBOX_CONFIG, yaml_file(blackbox_config(plan))),
+        File(BLACKBOX_CONFIG, yaml_file(blackbox_config(plan)), live=True),
         File(
             QDRANT_TOKEN,
             qdrant_token(plan, secrets),

@@ -143,10 +143,11 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                     permissions="0600",
                     owner="redis:redis",
                     defer=True,
+                    live=True,  # one server per file: a new one starts beside the others
                 )
                 for s in plan.redis_servers
             ),
-            File(SETUP_SCRIPT, setup_script(plan), permissions="0755"),
+            File(SETUP_SCRIPT, setup_script(plan), permissions="0755", live=True),
         ),
         # The distribution's default server (no password, port 6379 on localhost) never runs:
         # masked where the package is installed, so a golden image does not start it at boot.
