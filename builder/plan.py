@@ -137,6 +137,13 @@ class SecretRef:
     name: str
 
 
+SEED_SIGNING_KEY = SecretRef("fleet.seed_signing_key")
+# Platforms whose seed is a NoCloud cidata medium that can be swapped under a running VM (a
+# CD-ROM): only there can a host take a new seed live. Clouds' user-data cannot change on a
+# running instance, so there every new seed means a new host.
+SWAPPABLE_SEED_PLATFORMS = frozenset({"nocloud", "proxmox", "libvirt"})
+
+
 @dataclass(frozen=True)
 class InstancePlan:
     index: int
@@ -300,14 +307,22 @@ class Plan:
     embedding_dimensions: int
     front_door: FrontDoor | None = None
     monitoring: MonitoringPlan | None = None
+    # The fleet's Ed25519 seed-signing key (owuibuild.seed_signing): every host trusts the seeds
+    # it signs, from its first boot on.
+    seed_signing_key: SecretRef = SEED_SIGNING_KEY
 
     @property
     def hosts(self) -> tuple[HostPlan, ...]:
         return (self.shared, *self.docker_hosts)
 
     @property
+    def seeds_swappable(self) -> bool:
+        """Whether a running host could take a new seed (SWAPPABLE_SEED_PLATFORMS)."""
+        return self.fleet.platform in SWAPPABLE_SEED_PLATFORMS
+
+    @property
     def secrets(self) -> tuple[SecretRef, ...]:
-        refs = [self.qdrant_api_key]
+        refs = [self.qdrant_api_key, self.seed_signing_key]
         for i in self.instances:
             refs += [i.db_password, i.redis_password, i.webui_secret_key, i.admin_password]
         if self.monitoring is not None:

@@ -3,6 +3,11 @@
 The only room with randomness. Secrets are generated once, on the first render, and reused on
 every later render so output stays byte-identical. Values never leave this module except as
 the `Secrets` mapping handed to the pure targets.
+
+The file also keeps one thing that is not secret, under its own top-level key (SEEDS_KEY): the
+record of each host's latest seed (owuibuild.seed_manifest.SeedRecord). It lives here because
+this is the one file users must keep: a host refuses a seed older than the one it applied, so
+losing the records would make the next seeds unusable on running hosts. Every write keeps them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import re
 import secrets as random_source
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +26,7 @@ import yaml
 
 from . import scram
 from .diagnostics import Diagnostic, error
+from .seed_manifest import SeedRecord
 
 if TYPE_CHECKING:
     from .pki import FleetPKI
@@ -66,6 +72,8 @@ class Secrets:
     values: Mapping[str, str]
     # The fleet CA and host certificates (owuibuild.pki), kept in a file of their own.
     pki: FleetPKI | None = None
+    # Not secret: the stored record of each host's latest seed, by host name (see SEEDS_KEY).
+    seeds: Mapping[str, SeedRecord] = field(default_factory=dict)
 
     @property
     def tls(self) -> FleetPKI:
@@ -185,41 +193,137 @@ def _values(
     return found, problems
 
 
+# The top-level key of the seed records: no secret's name (the plan's names begin with fleet.,
+# instances., monitoring. or qdrant.).
+SEEDS_KEY = "seed_generations"
+SEEDS_HEADER = (
+    "# Not secret: the generation of each host's latest seed and digests of its content. Keep it:\n"
+    "# a host refuses a seed older than the one it applied.\n"
+)
+SEEDS_HINT = (
+    "restore the file from backup; deleting this entry starts the host's seeds at generation 1 "
+    "again, which a running host refuses as older"
+)
+_HEX = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def _seed_records(node: yaml.Node, name: str) -> tuple[dict[str, SeedRecord], list[Diagnostic]]:
+    """The seed records under SEEDS_KEY, with a located diagnostic for each unreadable one."""
+    records: dict[str, SeedRecord] = {}
+    problems: list[Diagnostic] = []
+    if not isinstance(node, yaml.MappingNode):
+        return {}, [
+            error((SEEDS_KEY,), "must be a mapping", SEEDS_HINT).located(name, *_mark(node))
+        ]
+    for host_node, record_node in node.value:
+        host = str(host_node.value)
+        path = (SEEDS_KEY, host)
+        fields = (
+            {k.value: v for k, v in record_node.value if isinstance(k, yaml.ScalarNode)}
+            if isinstance(record_node, yaml.MappingNode)
+            else {}
+        )
+        generation, content = fields.get("generation"), fields.get("content")
+        replacement = fields.get("replacement", yaml.MappingNode("", []))
+        ok = (
+            isinstance(generation, yaml.ScalarNode)
+            and generation.value.isdigit()
+            and int(generation.value) >= 1
+            and isinstance(content, yaml.ScalarNode)
+            and len(content.value) == 64
+            and bool(_HEX.match(content.value))
+            and isinstance(replacement, yaml.MappingNode)
+            and all(
+                isinstance(k, yaml.ScalarNode)
+                and isinstance(v, yaml.ScalarNode)
+                and _HEX.match(v.value)
+                for k, v in replacement.value
+            )
+        )
+        if not ok or not isinstance(host_node, yaml.ScalarNode):
+            problems.append(
+                error(path, "the seed record is unreadable", SEEDS_HINT).located(
+                    name, *_mark(host_node)
+                )
+            )
+            continue
+        assert isinstance(generation, yaml.ScalarNode) and isinstance(content, yaml.ScalarNode)
+        assert isinstance(replacement, yaml.MappingNode)
+        records[host] = SeedRecord(
+            int(generation.value),
+            content.value,
+            {str(k.value): str(v.value) for k, v in replacement.value},
+        )
+    return records, problems
+
+
 def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
     """Read an existing secrets file; None when there is none. Nothing is written."""
+    values, _, diagnostics = read_store(path)
+    return values, diagnostics
+
+
+def read_store(
+    path: Path,
+) -> tuple[dict[str, str] | None, dict[str, SeedRecord], list[Diagnostic]]:
+    """An existing secrets file's secrets and seed records (None when there is no file)."""
     name = str(path)
     try:
         st = path.stat()
     except FileNotFoundError:
-        return None, []
+        return None, {}, []
     if not stat.S_ISREG(st.st_mode):
-        return None, [error((), "the secrets file is not a regular file").located(name, None, None)]
+        return (
+            None,
+            {},
+            [error((), "the secrets file is not a regular file").located(name, None, None)],
+        )
     if st.st_mode & 0o077:
-        return None, [
-            error(
-                (),
-                f"the secrets file is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                f"run: chmod 600 {name}",
-            ).located(name, None, None)
-        ]
+        return (
+            None,
+            {},
+            [
+                error(
+                    (),
+                    f"the secrets file is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+                    f"run: chmod 600 {name}",
+                ).located(name, None, None)
+            ],
+        )
     unparsable = error((), "the secrets file cannot be parsed", "restore it from backup")
     try:
         root = yaml.compose(path.read_text("utf-8"), Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if mark is None:
-            return None, [unparsable.located(name, None, None)]
-        return None, [unparsable.located(name, mark.line + 1, mark.column + 1)]
+            return None, {}, [unparsable.located(name, None, None)]
+        return None, {}, [unparsable.located(name, mark.line + 1, mark.column + 1)]
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return None, [unparsable.located(name, None, None)]
+        return None, {}, [unparsable.located(name, None, None)]
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
-        return {}, []
+        return {}, {}, []
     if not isinstance(root, yaml.MappingNode):
-        return None, [error((), "the secrets file must be a mapping").located(name, *_mark(root))]
-    values, diagnostics = _values(root, (), name)
+        return (
+            None,
+            {},
+            [error((), "the secrets file must be a mapping").located(name, *_mark(root))],
+        )
+    seed_nodes = [v for k, v in root.value if getattr(k, "value", None) == SEEDS_KEY]
+    secret_nodes = [(k, v) for k, v in root.value if getattr(k, "value", None) != SEEDS_KEY]
+    values, diagnostics = _values(yaml.MappingNode(root.tag, secret_nodes), (), name)
+    seeds: dict[str, SeedRecord] = {}
+    if seed_nodes:
+        seeds, problems = _seed_records(seed_nodes[0], name)
+        diagnostics += problems
+    for node in seed_nodes[1:]:
+        diagnostics.append(
+            error((SEEDS_KEY,), "the seed records are defined twice", SEEDS_HINT).located(
+                name, *_mark(node)
+            )
+        )
     if diagnostics:
-        return None, diagnostics
-    return values, []
+        return None, {}, diagnostics
+    return values, seeds, []
 
 
 def complete(
@@ -262,12 +366,39 @@ def _seal_all(values: Mapping[str, str], logins: list[tuple[str, str]]) -> list[
         return list(pool.map(lambda login: scram.seal(values[login[0]], login[1]), logins))
 
 
-def write(path: Path, values: Mapping[str, str], blueprint_name: str) -> None:
-    """Write the secrets file atomically with mode 0600 from the start."""
+def write(
+    path: Path,
+    values: Mapping[str, str],
+    blueprint_name: str,
+    seeds: Mapping[str, SeedRecord] | None = None,
+) -> None:
+    """Write the secrets file atomically with mode 0600 from the start; the seed records after
+    the secrets, under a comment that says they are none."""
     text = HEADER.format(blueprint=blueprint_name) + yaml.safe_dump(
         _nest(values), sort_keys=True, default_flow_style=False
     )
+    if seeds:
+        records = {SEEDS_KEY: {host: seeds[host].to_data() for host in sorted(seeds)}}
+        text += SEEDS_HEADER + yaml.safe_dump(records, sort_keys=True, default_flow_style=False)
     write_private(path, text)
+
+
+def save_seed_records(
+    blueprint: Path, secrets: Secrets, records: Mapping[str, SeedRecord]
+) -> list[Diagnostic]:
+    """Keep ``records`` in the secrets file beside the stored ones (a host no longer in the
+    blueprint keeps its record: were it added again, its seeds go on from there)."""
+    path = secrets_path(blueprint)
+    try:
+        write(path, secrets.values, blueprint.name, {**secrets.seeds, **records})
+    except OSError as exc:
+        return [
+            error(
+                (),
+                f"cannot write the seed generations to the secrets file: {exc.strerror or exc}",
+            ).located(str(path), None, None)
+        ]
+    return []
 
 
 def write_private(path: Path, text: str) -> None:
@@ -304,14 +435,14 @@ def load_or_create(
     ``changed`` tells whether the file would gain secrets.
     """
     path = secrets_path(blueprint)
-    existing, diagnostics = read(path)
+    existing, seeds, diagnostics = read_store(path)
     if diagnostics:
         return None, False, diagnostics
     values, added = complete(existing, needed)
     sealed = seal_verifiers(values, scram_logins)
     if (added or sealed) and create:
         try:
-            write(path, values, blueprint.name)
+            write(path, values, blueprint.name, seeds)
         except OSError as exc:
             if added:
                 return (
@@ -323,4 +454,4 @@ def load_or_create(
                         )
                     ],
                 )
-    return Secrets(values), added, []
+    return Secrets(values, seeds=seeds), added, []

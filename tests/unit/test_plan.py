@@ -201,7 +201,8 @@ def test_image_models_urls_and_secrets() -> None:
     assert plan.qdrant_url == f"https://10.0.5.10:{QDRANT_PORT}"
     names = [s.name for s in plan.secrets]
     assert names[0] == "qdrant.api_key"
-    assert len(names) == len(set(names)) == 1 + 4 * len(plan.instances)
+    assert names[1] == "fleet.seed_signing_key"
+    assert len(names) == len(set(names)) == 2 + 4 * len(plan.instances)
 
 
 def test_embedding_model_is_not_pulled_twice() -> None:
