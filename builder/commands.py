@@ -126,6 +126,9 @@ def render(
     0600); both are reused afterwards, so the same blueprint and secrets always give
     byte-identical output. A certificate within 30 days of its end is issued again, and
     render says so.
+    Each host's seed carries a generation, signed with the fleet's key; it goes up when the
+    seed changes, and render says for each such host whether the change can be re-applied to
+    the running host or needs a host replacement (and what makes it one).
     The output directory is swapped in atomically: a failed render leaves it untouched.
 
     \b
@@ -150,6 +153,7 @@ def render(
         report(compiled.diagnostics, fmt, lines, shown)
         sys.exit(EXIT_INVALID)
     out_dir = output if output is not None else Path("out") / compiled.plan.fleet.name
+    seeds = [c.as_dict() for c in compiled.seed_changes]
     if check_only:
         try:
             check_target(out_dir)
@@ -171,10 +175,13 @@ def render(
             lines,
             shown,
             changes=[{"path": c.path, "change": c.kind} for c in changes],
+            seeds=seeds,
         )
         if fmt == "text":
             for c in changes:
                 click.echo(f"{c.kind:>8}  {out_dir / c.path}")
+            for seed_change in compiled.seed_changes:
+                click.echo(seed_change.describe())
             if not changes:
                 click.echo(f"{out_dir}: up to date")
         sys.exit(EXIT_INVALID if changes else EXIT_OK)
@@ -192,10 +199,13 @@ def render(
         shown,
         output=str(out_dir),
         files=[a.path for a in compiled.artifacts],
+        seeds=seeds,
     )
     if fmt == "text":
         note = " (new secrets were added to the secrets files)" if compiled.secrets_changed else ""
         click.echo(f"rendered {len(compiled.artifacts)} files to {out_dir}{note}")
+        for seed_change in compiled.seed_changes:
+            click.echo(seed_change.describe())
 
 
 @click.command()
@@ -228,7 +238,8 @@ def init(path: Path) -> None:
 @click.command()
 @click.argument("host_dir", type=click.Path(path_type=Path, file_okay=False))
 def seed(host_dir: Path) -> None:
-    """Pack HOST_DIR's user-data, meta-data and network-config into HOST_DIR/seed.iso: an
+    """Pack HOST_DIR's user-data, meta-data and network-config (and the signed seed manifest,
+    owuibuild-seed.json and owuibuild-seed.sig, when present) into HOST_DIR/seed.iso: an
     ISO 9660 volume labelled cidata for cloud-init's NoCloud datasource, written with mode
     0600 because it carries user-data. The same files always give the same bytes.
 
@@ -239,13 +250,14 @@ def seed(host_dir: Path) -> None:
     import os
 
     from .seed_iso import make_seed_iso
+    from .seed_manifest import MANIFEST, SIGNATURE
 
     files: dict[str, bytes] = {}
-    for name in ("user-data", "meta-data", "network-config"):
+    for name in ("user-data", "meta-data", "network-config", MANIFEST, SIGNATURE):
         path = host_dir / name
         if path.is_file():
             files[name] = path.read_bytes()
-        elif name != "network-config":
+        elif name in ("user-data", "meta-data"):
             fail(f"{path}: missing; a NoCloud seed needs user-data and meta-data", EXIT_USAGE)
     target = host_dir / "seed.iso"
     tmp = host_dir / ".seed.iso.tmp"

@@ -19,6 +19,7 @@ from .diagnostics import Diagnostic, error, has_errors, promote_warnings, warnin
 from .model import Fleet
 from .plan import Plan, make_plan
 from .secrets import Secrets
+from .seed_manifest import SeedChange
 from .source import Source, load
 from .targets import Artifact
 from .writer import MANIFEST
@@ -46,6 +47,8 @@ class Compiled:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     secrets: Secrets | None = None
     notices: list[str] = field(default_factory=list)  # what the secret stores did, to tell
+    # Each host whose seed changed since the secret store's record of it, and how it changed.
+    seed_changes: list[SeedChange] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,8 +98,11 @@ def compile_blueprint(
     """``today`` is the date certificates are checked against (default: the clock's)."""
     from . import pki
     from . import secrets as secret_store
+    from .pki import key_fingerprint
+    from .seed_manifest import change
+    from .seed_signing import signing_key
     from .targets import render_all
-    from .targets.hosts import UserDataTooLarge, is_packed
+    from .targets.hosts import UserDataTooLarge, host_seed, is_packed
     from .verify import verify
 
     checked = check(path, strict=strict)
@@ -155,10 +161,22 @@ def compile_blueprint(
         compiled.diagnostics = promote_warnings(compiled.diagnostics)
         return compiled
     used = {secrets[name] for name in needed}
-    problems = verify(artifacts, used, tls.private_keys())
+    # The signing key goes to no host: neither its secret nor the key may be in any file.
+    signing_secret = secrets[plan.seed_signing_key.name]
+    signing_pem = key_fingerprint(signing_key(signing_secret).private_pem)
+    problems = verify(artifacts, used, tls.private_keys(), (signing_secret, signing_pem))
     if problems:
         compiled.diagnostics += [d.located("<output>", None, None) for d in problems]
         return compiled
+    records = {h.name: host_seed(plan, h, secrets).record for h in plan.hosts}
+    cloud = None if plan.seeds_swappable else plan.fleet.platform
+    changes = [change(name, secrets.seeds.get(name), r, cloud) for name, r in records.items()]
+    compiled.seed_changes = sorted((c for c in changes if c is not None), key=lambda c: c.host)
+    if write_secrets and any(secrets.seeds.get(name) != r for name, r in records.items()):
+        problems = secret_store.save_seed_records(path, secrets, records)
+        if problems:
+            compiled.diagnostics += problems
+            return compiled
     artifacts.append(manifest(artifacts, checked.source.sha256))
     compiled.plan = plan
     compiled.artifacts = sorted(artifacts, key=lambda a: a.path)

@@ -112,9 +112,16 @@ def leaked_secrets(data: bytes, secrets: frozenset[str], lengths: frozenset[int]
 
 
 def verify(
-    artifacts: Iterable[Artifact], secrets: Iterable[str], private_keys: Iterable[str] = ()
+    artifacts: Iterable[Artifact],
+    secrets: Iterable[str],
+    private_keys: Iterable[str] = (),
+    nowhere: Iterable[str] = (),
 ) -> list[Diagnostic]:
+    """Problems of the artifacts: a file that does not parse, a secret in a non-secret file, a
+    private key (each of ``private_keys``, PEM) in a non-secret file, or any of ``nowhere``
+    (the fleet's seed-signing secret and key, which no host may hold) in any file at all."""
     values = frozenset(secrets)
+    kept_back = [n.encode() for n in nowhere]
     lengths = frozenset(len(v) for v in values)
     # A line of each private key's PEM body (base64 has '+' and '/', so not a secret token).
     key_lines = [key_fingerprint(k).encode() for k in private_keys]
@@ -133,6 +140,14 @@ def verify(
                         "this is a bug in owuibuild; please report it",
                     )
                 )
+        if any(n in a.data for n in kept_back):
+            problems.append(
+                error(
+                    where,
+                    f"the fleet's seed-signing key would be written to {a.path}",
+                    "this is a bug in owuibuild; please report it",
+                )
+            )
         if never_secret(a.path) and a.secret:
             problems.append(error(where, f"{a.path} must never hold secrets but is marked secret"))
         if not a.secret and (

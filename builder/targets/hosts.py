@@ -1,19 +1,28 @@
-"""Target: the NoCloud seed files of every host: user-data, meta-data, network-config.
+"""Target: the NoCloud seed files of every host: user-data, meta-data, network-config, and the
+signed seed manifest (owuibuild-seed.json and owuibuild-seed.sig), each also packed into
+seed.iso.
 
 user-data is the merge of the host-configuration sections (see owuibuild.hostconfig) that
-apply to the host, serialized from data. It embeds secrets, so it is a secret file.
+apply to the host, serialized from data. It embeds secrets, so it is a secret file. Its
+generation, and so its applied-seed record, follows from the content of the seed without them
+and the secret store's record of the host (see owuibuild.seed_manifest).
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .. import yamldump
-from ..hostconfig import merge, parts_for
+from .. import seed_manifest, yamldump
+from ..hostconfig import File, merge, parts_for, replacement_components
 from ..plan import HostPlan, Plan
 from ..secrets import Secrets
+from ..seed_manifest import SeedRecord
+from ..seed_signing import signing_key
 from . import Artifact
 
 
@@ -68,9 +77,7 @@ def unpack_user_data(data: bytes) -> bytes:
 
 
 def user_data(plan: Plan, host: HostPlan, secrets: Secrets) -> bytes:
-    doc = merge(parts_for(plan, host, secrets))
-    raw = ("#cloud-config\n" + dump_yaml(doc)).encode()
-    return fit_user_data(raw, plan.fleet.platform, host.name)
+    return host_seed(plan, host, secrets).files["user-data"]
 
 
 def meta_data(host: HostPlan) -> bytes:
@@ -96,18 +103,79 @@ def network_config(plan: Plan, host: HostPlan) -> bytes:
 SEED_FILES = ("user-data", "meta-data", "network-config")
 
 
+@dataclass(frozen=True)
+class Seed:
+    """A host's seed: its files by name as they go on the cidata volume (SEED_FILES and the
+    signed manifest), and the record the secret store keeps of it."""
+
+    files: Mapping[str, bytes]
+    record: SeedRecord
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_seed(plan: Plan, host: HostPlan, secrets: Secrets) -> Seed:
+    parts = parts_for(plan, host, secrets)
+    doc = merge(parts)
+    meta, network = meta_data(host), network_config(plan, host)
+    # Everything but the generation decides the generation: the record file below is left out.
+    content = seed_manifest.content_digest(doc, meta, network)
+    components = {
+        **replacement_components(parts, doc),
+        "meta-data": _sha256(meta),
+        "network-config": _sha256(network),
+    }
+    record = seed_manifest.next_record(secrets.seeds.get(host.name), content, components)
+    key = seed_manifest.replacement_key(components)
+    fleet = plan.fleet.name
+    applied = File(
+        seed_manifest.APPLIED_PATH,
+        seed_manifest.applied(fleet, host.name, record.generation, content, key),
+    )
+    # Written with the seed's other files at first boot; the converge rewrites it.
+    doc.setdefault("write_files", []).append(applied.as_cloud_config())
+    raw = ("#cloud-config\n" + dump_yaml(doc)).encode()
+    files = {
+        "user-data": fit_user_data(raw, plan.fleet.platform, host.name),
+        "meta-data": meta,
+        "network-config": network,
+    }
+    signed = seed_manifest.manifest(fleet, host.name, record.generation, content, files, key)
+    signature = signing_key(secrets[plan.seed_signing_key.name]).sign(signed)
+    files[seed_manifest.MANIFEST] = signed
+    files[seed_manifest.SIGNATURE] = signature
+    return Seed(files, record)
+
+
+# The pipeline asks for each host's record after rendering: one seed per host and render.
+# Entries hold their plan and secrets, so the ids in a key cannot be reused while they live.
+_SEEDS: OrderedDict[tuple[int, int, str], tuple[Plan, Secrets, Seed]] = OrderedDict()
+_SEEDS_SIZE = 64
+
+
+def host_seed(plan: Plan, host: HostPlan, secrets: Secrets) -> Seed:
+    """``host``'s seed (pure; memoized per render)."""
+    key = (id(plan), id(secrets), host.name)
+    hit = _SEEDS.get(key)
+    if hit is not None and hit[0] is plan and hit[1] is secrets:
+        return hit[2]
+    seed = make_seed(plan, host, secrets)
+    _SEEDS[key] = (plan, secrets, seed)
+    if len(_SEEDS) > _SEEDS_SIZE:
+        _SEEDS.popitem(last=False)
+    return seed
+
+
 def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:
     from ..seed_iso import make_seed_iso
 
     for host in plan.hosts:
         base = f"hosts/{host.name}"
-        seed = {
-            "user-data": user_data(plan, host, secrets),
-            "meta-data": meta_data(host),
-            "network-config": network_config(plan, host),
-        }
-        yield Artifact(f"{base}/user-data", seed["user-data"], secret=True)
-        yield Artifact(f"{base}/meta-data", seed["meta-data"])
-        yield Artifact(f"{base}/network-config", seed["network-config"])
+        seed = host_seed(plan, host, secrets)
+        for name, data in seed.files.items():
+            # user-data embeds secrets; the manifest and signature name only digests.
+            yield Artifact(f"{base}/{name}", data, secret=name == "user-data")
         # The ISO carries user-data, so it is as secret as user-data.
-        yield Artifact(f"{base}/seed.iso", make_seed_iso(seed), secret=True)
+        yield Artifact(f"{base}/seed.iso", make_seed_iso(seed.files), secret=True)
