@@ -75,13 +75,24 @@ def validate(blueprint: Path, fmt: str, strict: bool) -> None:
       owuibuild validate blueprints/seed-example.yml
       owuibuild validate fleet.yml --format json --strict
     """
+    from .allocation import allocate
     from .pipeline import check
-    from .secrets import read, secrets_path
+    from .secrets import open_store, secrets_path
 
     require_file(blueprint, fmt)
     checked = check(blueprint, strict=strict)
     lines = checked.source.lines if checked.source else []
-    _, secret_problems = read(secrets_path(blueprint))  # what render would refuse
+    stored = open_store(secrets_path(blueprint))  # what render would refuse
+    secret_problems = list(stored.diagnostics)
+    if (
+        checked.ok
+        and checked.fleet is not None
+        and checked.source is not None
+        and not secret_problems
+    ):
+        # A blueprint setting that contradicts what the store's records hold.
+        _, held = allocate(checked.fleet, stored.allocations)
+        secret_problems += [checked.source.locate(d) for d in held]
     diagnostics = [*checked.diagnostics, *secret_problems]
     report(diagnostics, fmt, lines, str(blueprint))
     if not checked.ok or secret_problems:

@@ -1,4 +1,5 @@
-"""The pipeline: load -> validate -> model -> plan -> secrets -> targets -> verify -> manifest.
+"""The pipeline: load -> validate -> model -> allocate -> plan -> secrets -> targets -> verify
+-> manifest.
 
 One-way and free of terminal output: it returns diagnostics and artifacts, and the CLI decides
 what to print and the writer what to write. The secret store is the only I/O here besides
@@ -98,6 +99,7 @@ def compile_blueprint(
     """``today`` is the date certificates are checked against (default: the clock's)."""
     from . import pki
     from . import secrets as secret_store
+    from .allocation import allocate
     from .pki import key_fingerprint
     from .seed_manifest import change
     from .seed_signing import signing_key
@@ -109,13 +111,24 @@ def compile_blueprint(
     compiled = Compiled(checked, diagnostics=list(checked.diagnostics))
     if not checked.ok or checked.fleet is None or checked.source is None:
         return compiled
-    plan = make_plan(checked.fleet)
+    # The store first: what each instance holds of the shared ranges is in it (allocation).
+    stored = secret_store.open_store(secret_store.secrets_path(path))
+    if stored.diagnostics:
+        compiled.diagnostics += stored.diagnostics
+        return compiled
+    allocations, problems = allocate(checked.fleet, stored.allocations)
+    if problems:
+        compiled.diagnostics += [checked.source.locate(d) for d in problems]
+        return compiled
+    plan = make_plan(checked.fleet, allocations)
     needed = [ref.name for ref in plan.secrets]
     secrets, changed, problems = secret_store.load_or_create(
         path,
         needed,
         create=write_secrets,
         scram_logins=[(ref.name, role) for ref, role in plan.scram_logins],
+        stored=stored,
+        allocations=allocations,
     )
     compiled.secrets_changed = changed
     compiled.diagnostics += problems

@@ -6,18 +6,21 @@ themselves: they ask the plan. This module is pure (no I/O, no clock, no randomn
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from . import artifacts, qdrant_access
+
+# The shared ranges' arithmetic lives in owuibuild.allocation; validation reads it from here.
+from .allocation import MAX_CONNECTIONS_PER_INSTANCE as MAX_CONNECTIONS_PER_INSTANCE
+from .allocation import RESERVED_CONNECTIONS as RESERVED_CONNECTIONS
+from .allocation import SUBNET_PREFIX as SUBNET_PREFIX
+from .allocation import Allocation, allocate, split_share
+from .allocation import connections_used as connections_used
+from .allocation import database_pools as database_pools
 from .artifacts import Artifact
 from .model import Fleet, FrontDoor, Host, Instance, Monitoring
-
-# Connections PostgreSQL keeps free of instance pools: superuser slots, backups, status probes.
-RESERVED_CONNECTIONS = 10
-# One instance's database pool never grows past this many connections (pool + overflow).
-MAX_CONNECTIONS_PER_INSTANCE = 20
 
 OLLAMA_PORT = 11434  # the TLS terminator's, on the private address
 QDRANT_PORT = 6333
@@ -86,42 +89,6 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # -- pure helpers shared by validation and planning -------------------------------------------------
 
 
-def database_pools(
-    max_connections: int, requested: Sequence[tuple[int | None, int | None]]
-) -> list[tuple[int, int]] | None:
-    """Pool size and overflow of each instance, fitted under ``max_connections`` minus a reserve.
-
-    Explicit values are kept; the rest share what is left. None when the budget cannot give
-    every auto-sized instance at least one connection.
-    """
-    budget = max_connections - RESERVED_CONNECTIONS
-    explicit = sum(
-        (p if p is not None else 0) + (o if o is not None else 0)
-        for p, o in requested
-        if p is not None
-    )
-    auto = [r for r in requested if r[0] is None]
-    share = (budget - explicit) // len(auto) if auto else 0
-    if auto and share < 1:
-        return None
-    per_auto = min(MAX_CONNECTIONS_PER_INSTANCE, share)
-    out: list[tuple[int, int]] = []
-    for pool, overflow in requested:
-        if pool is None:
-            auto_pool = max(1, per_auto // 2)
-            auto_overflow = per_auto - auto_pool
-            out.append(
-                (auto_pool, auto_overflow if overflow is None else min(overflow, auto_overflow))
-            )
-        else:
-            out.append((pool, overflow if overflow is not None else 0))
-    return out
-
-
-def connections_used(pools: Sequence[tuple[int, int]]) -> int:
-    return sum(p + o for p, o in pools)
-
-
 def identifier(name: str) -> str:
     """A DNS label as a PostgreSQL/Qdrant-friendly identifier ('-' is not valid unquoted)."""
     return name.replace("-", "_")
@@ -146,7 +113,6 @@ SWAPPABLE_SEED_PLATFORMS = frozenset({"nocloud", "proxmox", "libvirt"})
 
 @dataclass(frozen=True)
 class InstancePlan:
-    index: int
     instance: Instance
     host: Host
     port: int
@@ -371,14 +337,6 @@ def client_networks(
     return tuple(sorted({i.source_network(service_host) for i in instances}))
 
 
-SUBNET_PREFIX = 28  # one Docker network per instance: 14 addresses, plenty for one container
-
-
-def docker_subnet(pool: IPv4Network, index: int) -> IPv4Network:
-    size = 2 ** (32 - SUBNET_PREFIX)
-    return IPv4Network(f"{pool.network_address + index * size}/{SUBNET_PREFIX}")
-
-
 def container_address(subnet: IPv4Network) -> IPv4Address:
     """The instance container's address: the one after the bridge's gateway (the first)."""
     return subnet.network_address + 2
@@ -388,15 +346,18 @@ def _instance_id(fleet: Fleet, host: Host) -> str:
     return f"{fleet.name}-{host.name}"
 
 
-def make_plan(fleet: Fleet) -> Plan:
-    """Derive everything the targets need. Assumes a fleet that passed validation."""
+def make_plan(fleet: Fleet, allocations: Mapping[str, Allocation] | None = None) -> Plan:
+    """Derive everything the targets need. Assumes a fleet that passed validation.
+
+    ``allocations`` is what each instance holds of the fleet's shared ranges (its Redis port,
+    Docker network and connection share: owuibuild.allocation), by name; without them, what a
+    fleet with no records gets, which is each instance's positional values.
+    """
+    if allocations is None:
+        allocations, problems = allocate(fleet, {})
+        if problems:  # validation reports these; a plan cannot be made without them
+            raise ValueError(problems[0].message)
     hosts_by_name = {h.name: h for h in fleet.all_hosts}
-    pools = database_pools(
-        fleet.shared.postgres.max_connections,
-        [(i.pool_size, i.max_overflow) for i in fleet.instances],
-    )
-    if pools is None:  # validation reports this; a plan cannot be made without it
-        raise ValueError("database pools do not fit max_connections")
     placement = fleet.placement
     postgres_host = hosts_by_name[placement.postgres]
     redis_host = hosts_by_name[placement.redis]
@@ -404,12 +365,21 @@ def make_plan(fleet: Fleet) -> Plan:
     ollama_hosts = tuple(hosts_by_name[n] for n in placement.ollama)
     redis = fleet.shared.redis
     instances: list[InstancePlan] = []
-    for index, (inst, (pool, overflow)) in enumerate(zip(fleet.instances, pools, strict=True)):
+    for inst in fleet.instances:
         host = hosts_by_name[inst.host]
         ident = identifier(inst.name)
+        held = allocations[inst.name]
+        if inst.pool_size is not None:
+            pool, overflow = inst.pool_size, inst.max_overflow or 0
+        elif held.connections is not None:
+            pool, overflow = split_share(held.connections, inst.max_overflow)
+        else:
+            raise ValueError(f"instance {inst.name} has no connection share")
+        redis_port = held.redis_port if redis.mode == "per-instance" else redis.base_port
+        if redis_port is None:
+            raise ValueError(f"instance {inst.name} has no Redis port")
         instances.append(
             InstancePlan(
-                index=index,
                 instance=inst,
                 host=host,
                 port=inst.port,
@@ -427,7 +397,7 @@ def make_plan(fleet: Fleet) -> Plan:
                 db_pool_size=pool,
                 db_max_overflow=overflow,
                 redis_address=redis_host.address,
-                redis_port=redis.base_port + (index if redis.mode == "per-instance" else 0),
+                redis_port=redis_port,
                 redis_user=inst.name,
                 redis_key_prefix=inst.name,
                 qdrant_collection_prefix=ident,
@@ -438,10 +408,8 @@ def make_plan(fleet: Fleet) -> Plan:
                 redis_password=SecretRef(f"instances.{inst.name}.redis_password"),
                 webui_secret_key=SecretRef(f"instances.{inst.name}.webui_secret_key"),
                 admin_password=SecretRef(f"instances.{inst.name}.admin_password"),
-                docker_subnet=docker_subnet(fleet.network.container_pool, index),
-                container_address=container_address(
-                    docker_subnet(fleet.network.container_pool, index)
-                ),
+                docker_subnet=held.docker_subnet,
+                container_address=container_address(held.docker_subnet),
             )
         )
     all_instances = tuple(instances)

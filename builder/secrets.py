@@ -4,10 +4,12 @@ The only room with randomness. Secrets are generated once, on the first render, 
 every later render so output stays byte-identical. Values never leave this module except as
 the `Secrets` mapping handed to the pure targets.
 
-The file also keeps one thing that is not secret, under its own top-level key (SEEDS_KEY): the
-record of each host's latest seed (owuibuild.seed_manifest.SeedRecord). It lives here because
-this is the one file users must keep: a host refuses a seed older than the one it applied, so
-losing the records would make the next seeds unusable on running hosts. Every write keeps them.
+The file also keeps two things that are not secret, each under its own top-level key: the
+record of each host's latest seed (SEEDS_KEY, owuibuild.seed_manifest.SeedRecord) and what each
+instance holds of the fleet's shared ranges (ALLOCATIONS_KEY, owuibuild.allocation.Allocation).
+They live here because this is the one file users must keep: a host refuses a seed older than
+the one it applied, and an instance whose allocation is lost may be given another Redis port and
+Docker network, which restarts it. Every write keeps both; neither is among the secret values.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import scram
+from .allocation import SUBNET_PREFIX, Allocation
 from .diagnostics import Diagnostic, error
 from .seed_manifest import SeedRecord
 
@@ -74,6 +78,8 @@ class Secrets:
     pki: FleetPKI | None = None
     # Not secret: the stored record of each host's latest seed, by host name (see SEEDS_KEY).
     seeds: Mapping[str, SeedRecord] = field(default_factory=dict)
+    # Not secret: what each instance holds of the shared ranges, by name (see ALLOCATIONS_KEY).
+    allocations: Mapping[str, Allocation] = field(default_factory=dict)
 
     @property
     def tls(self) -> FleetPKI:
@@ -257,32 +263,158 @@ def _seed_records(node: yaml.Node, name: str) -> tuple[dict[str, SeedRecord], li
     return records, problems
 
 
+# The top-level key of the allocation records: no secret's name either.
+ALLOCATIONS_KEY = "instance_allocations"
+ALLOCATIONS_HEADER = (
+    "# Not secret: what each instance holds of the fleet's shared ranges (its Docker network,\n"
+    "# its Redis server's port, its share of PostgreSQL's connections), kept so that adding or\n"
+    "# removing an instance moves no other. Keep it; a removed instance's entry keeps its slot\n"
+    "# from newcomers until you delete the entry (after its data is gone).\n"
+)
+ALLOCATIONS_HINT = (
+    "restore the file from backup; deleting the entry gives the instance its values anew at the "
+    "next render, which may move its Redis server and Docker network and restart it"
+)
+_INSTANCE_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NUMBER = re.compile(r"^[0-9]{1,5}$")
+_ALLOCATION_FIELDS = frozenset({"docker_subnet", "redis_port", "connections"})
+
+
+def _allocation(node: yaml.Node) -> Allocation | None:
+    """One instance's record, or None when it is not one owuibuild writes."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    fields: dict[str, str] = {}
+    for key, value in node.value:
+        if not (
+            isinstance(key, yaml.ScalarNode)
+            and key.value in _ALLOCATION_FIELDS
+            and key.value not in fields
+            and isinstance(value, yaml.ScalarNode)
+        ):
+            return None
+        fields[key.value] = value.value
+    subnet_text, port, connections = (
+        fields.get("docker_subnet", ""),
+        fields.get("redis_port"),
+        fields.get("connections"),
+    )
+    try:
+        subnet = IPv4Network(subnet_text)  # strict: no host bits
+    except ValueError:
+        return None
+    if subnet.prefixlen != SUBNET_PREFIX:
+        return None
+    for number in (port, connections):
+        if number is not None and not (_NUMBER.match(number) and 1 <= int(number) <= 65535):
+            return None
+    return Allocation(
+        subnet,
+        int(port) if port is not None else None,
+        int(connections) if connections is not None else None,
+    )
+
+
+def _allocation_records(
+    node: yaml.Node, name: str
+) -> tuple[dict[str, Allocation], list[Diagnostic]]:
+    """The allocation records under ALLOCATIONS_KEY, with a located diagnostic for each
+    unreadable one and for each that holds what another holds."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}, [
+            error((ALLOCATIONS_KEY,), "must be a mapping", ALLOCATIONS_HINT).located(
+                name, *_mark(node)
+            )
+        ]
+    records: dict[str, Allocation] = {}
+    problems: list[Diagnostic] = []
+    subnets: dict[IPv4Network, str] = {}
+    ports: dict[int, str] = {}
+    for key_node, record_node in node.value:
+        instance = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        record = _allocation(record_node)
+        if instance is None or not _INSTANCE_NAME.match(instance) or record is None:
+            shown = (
+                instance if isinstance(instance, str) and _INSTANCE_NAME.match(instance) else "?"
+            )
+            problems.append(
+                error(
+                    (ALLOCATIONS_KEY, shown),
+                    "the allocation record is unreadable: an instance name with docker_subnet "
+                    f"(a /{SUBNET_PREFIX}), and redis_port and connections as numbers, if any",
+                    ALLOCATIONS_HINT,
+                ).located(name, *_mark(key_node))
+            )
+            continue
+        clash = (
+            "is recorded twice"
+            if instance in records
+            else f"holds Docker network {record.docker_subnet}, as '{subnets[record.docker_subnet]}' does"
+            if record.docker_subnet in subnets
+            else f"holds Redis port {record.redis_port}, as '{ports[record.redis_port]}' does"
+            if record.redis_port is not None and record.redis_port in ports
+            else None
+        )
+        if clash is not None:
+            problems.append(
+                error(
+                    (ALLOCATIONS_KEY, instance), f"instance '{instance}' {clash}", ALLOCATIONS_HINT
+                ).located(name, *_mark(key_node))
+            )
+            continue
+        records[instance] = record
+        subnets[record.docker_subnet] = instance
+        if record.redis_port is not None:
+            ports[record.redis_port] = instance
+    return records, problems
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A secrets file as read: its secrets (None when there is no file, or it is unreadable),
+    its records, and what is wrong with it."""
+
+    values: dict[str, str] | None
+    seeds: dict[str, SeedRecord] = field(default_factory=dict)
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
 def read(path: Path) -> tuple[dict[str, str] | None, list[Diagnostic]]:
     """Read an existing secrets file; None when there is none. Nothing is written."""
-    values, _, diagnostics = read_store(path)
-    return values, diagnostics
+    stored = open_store(path)
+    return stored.values, stored.diagnostics
 
 
 def read_store(
     path: Path,
 ) -> tuple[dict[str, str] | None, dict[str, SeedRecord], list[Diagnostic]]:
     """An existing secrets file's secrets and seed records (None when there is no file)."""
+    stored = open_store(path)
+    return stored.values, stored.seeds, stored.diagnostics
+
+
+_RECORD_KEYS = (SEEDS_KEY, ALLOCATIONS_KEY)
+
+
+def open_store(path: Path) -> Stored:
+    """An existing secrets file's secrets and records; nothing is written."""
     name = str(path)
     try:
         st = path.stat()
     except FileNotFoundError:
-        return None, {}, []
+        return Stored(None)
     if not stat.S_ISREG(st.st_mode):
-        return (
+        return Stored(
             None,
-            {},
-            [error((), "the secrets file is not a regular file").located(name, None, None)],
+            diagnostics=[
+                error((), "the secrets file is not a regular file").located(name, None, None)
+            ],
         )
     if st.st_mode & 0o077:
-        return (
+        return Stored(
             None,
-            {},
-            [
+            diagnostics=[
                 error(
                     (),
                     f"the secrets file is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
@@ -296,34 +428,47 @@ def read_store(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if mark is None:
-            return None, {}, [unparsable.located(name, None, None)]
-        return None, {}, [unparsable.located(name, mark.line + 1, mark.column + 1)]
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return None, {}, [unparsable.located(name, None, None)]
+            return Stored(None, diagnostics=[unparsable.located(name, None, None)])
+        return Stored(None, diagnostics=[unparsable.located(name, mark.line + 1, mark.column + 1)])
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError):
+        return Stored(None, diagnostics=[unparsable.located(name, None, None)])
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
-        return {}, {}, []
+        return Stored({})
     if not isinstance(root, yaml.MappingNode):
-        return (
+        return Stored(
             None,
-            {},
-            [error((), "the secrets file must be a mapping").located(name, *_mark(root))],
+            diagnostics=[
+                error((), "the secrets file must be a mapping").located(name, *_mark(root))
+            ],
         )
-    seed_nodes = [v for k, v in root.value if getattr(k, "value", None) == SEEDS_KEY]
-    secret_nodes = [(k, v) for k, v in root.value if getattr(k, "value", None) != SEEDS_KEY]
+    sections: dict[str, list[yaml.Node]] = {key: [] for key in _RECORD_KEYS}
+    secret_nodes = []
+    for k, v in root.value:
+        key = getattr(k, "value", None)
+        if key in sections:
+            sections[key].append(v)
+        else:
+            secret_nodes.append((k, v))
     values, diagnostics = _values(yaml.MappingNode(root.tag, secret_nodes), (), name)
     seeds: dict[str, SeedRecord] = {}
-    if seed_nodes:
-        seeds, problems = _seed_records(seed_nodes[0], name)
+    allocations: dict[str, Allocation] = {}
+    if sections[SEEDS_KEY]:
+        seeds, problems = _seed_records(sections[SEEDS_KEY][0], name)
         diagnostics += problems
-    for node in seed_nodes[1:]:
-        diagnostics.append(
-            error((SEEDS_KEY,), "the seed records are defined twice", SEEDS_HINT).located(
-                name, *_mark(node)
+    if sections[ALLOCATIONS_KEY]:
+        allocations, problems = _allocation_records(sections[ALLOCATIONS_KEY][0], name)
+        diagnostics += problems
+    for key, what, hint in (
+        (SEEDS_KEY, "the seed records", SEEDS_HINT),
+        (ALLOCATIONS_KEY, "the allocation records", ALLOCATIONS_HINT),
+    ):
+        for node in sections[key][1:]:
+            diagnostics.append(
+                error((key,), f"{what} are defined twice", hint).located(name, *_mark(node))
             )
-        )
     if diagnostics:
-        return None, {}, diagnostics
-    return values, seeds, []
+        return Stored(None, diagnostics=diagnostics)
+    return Stored(values, seeds, allocations)
 
 
 def complete(
@@ -371,15 +516,19 @@ def write(
     values: Mapping[str, str],
     blueprint_name: str,
     seeds: Mapping[str, SeedRecord] | None = None,
+    allocations: Mapping[str, Allocation] | None = None,
 ) -> None:
-    """Write the secrets file atomically with mode 0600 from the start; the seed records after
-    the secrets, under a comment that says they are none."""
+    """Write the secrets file atomically with mode 0600 from the start; the records after the
+    secrets, each section under a comment that says it is none."""
     text = HEADER.format(blueprint=blueprint_name) + yaml.safe_dump(
         _nest(values), sort_keys=True, default_flow_style=False
     )
     if seeds:
         records = {SEEDS_KEY: {host: seeds[host].to_data() for host in sorted(seeds)}}
         text += SEEDS_HEADER + yaml.safe_dump(records, sort_keys=True, default_flow_style=False)
+    if allocations:
+        held = {ALLOCATIONS_KEY: {n: allocations[n].to_data() for n in sorted(allocations)}}
+        text += ALLOCATIONS_HEADER + yaml.safe_dump(held, sort_keys=True, default_flow_style=False)
     write_private(path, text)
 
 
@@ -390,7 +539,13 @@ def save_seed_records(
     blueprint keeps its record: were it added again, its seeds go on from there)."""
     path = secrets_path(blueprint)
     try:
-        write(path, secrets.values, blueprint.name, {**secrets.seeds, **records})
+        write(
+            path,
+            secrets.values,
+            blueprint.name,
+            {**secrets.seeds, **records},
+            secrets.allocations,
+        )
     except OSError as exc:
         return [
             error(
@@ -424,34 +579,42 @@ def load_or_create(
     *,
     create: bool = True,
     scram_logins: Iterable[tuple[str, str]] = (),
+    stored: Stored | None = None,
+    allocations: Mapping[str, Allocation] | None = None,
 ) -> tuple[Secrets | None, bool, list[Diagnostic]]:
     """The secrets for a blueprint: read, completed, and written back when new ones were needed.
 
     The SCRAM verifiers of ``scram_logins`` (password name, role) are sealed into the file too,
     so later renders need not compute them; a file that lacks only those is still written,
     but failing to write it then is no error (the next render computes them again).
+    ``stored`` is the file as the caller read it already (else it is read here), and
+    ``allocations`` the allocation records to keep (else the stored ones); records that differ
+    from the stored ones are written too, and failing to write them is an error.
 
     Returns (secrets, changed, diagnostics). With ``create`` False nothing is written, and
     ``changed`` tells whether the file would gain secrets.
     """
     path = secrets_path(blueprint)
-    existing, seeds, diagnostics = read_store(path)
-    if diagnostics:
-        return None, False, diagnostics
-    values, added = complete(existing, needed)
+    if stored is None:
+        stored = open_store(path)
+    if stored.diagnostics:
+        return None, False, stored.diagnostics
+    held = dict(stored.allocations if allocations is None else allocations)
+    values, added = complete(stored.values, needed)
     sealed = seal_verifiers(values, scram_logins)
-    if (added or sealed) and create:
+    moved = held != stored.allocations
+    if (added or sealed or moved) and create:
         try:
-            write(path, values, blueprint.name, seeds)
+            write(path, values, blueprint.name, stored.seeds, held)
         except OSError as exc:
-            if added:
+            if added or moved:
                 return (
                     None,
-                    True,
+                    added,
                     [
                         error((), f"cannot write the secrets file: {exc.strerror or exc}").located(
                             str(path), None, None
                         )
                     ],
                 )
-    return Secrets(values, seeds=seeds), added, []
+    return Secrets(values, seeds=stored.seeds, allocations=held), added, []

@@ -855,6 +855,7 @@ def status(
     """
     from . import pki
     from . import secrets as secret_store
+    from .allocation import allocate
     from .commands import report, require_file
     from .diagnostics import has_errors
     from .pipeline import check
@@ -867,13 +868,18 @@ def status(
         errors = [d for d in checked.diagnostics if d.is_error] or checked.diagnostics
         report(errors, fmt, checked.source.lines if checked.source else [])
         sys.exit(EXIT_INVALID)
-    plan = make_plan(checked.fleet)
-
     secrets_file = secret_store.secrets_path(blueprint)
-    values, problems = secret_store.read(secrets_file)
+    stored_secrets = secret_store.open_store(secrets_file)
+    values, problems = stored_secrets.values, stored_secrets.diagnostics
     if problems or has_errors(problems):
         report(problems, "text", [])
         sys.exit(EXIT_USAGE)
+    # The hosts run what the render gave each instance of the shared ranges: ask the records.
+    allocations, problems = allocate(checked.fleet, stored_secrets.allocations)
+    if problems and checked.source is not None:
+        report([checked.source.locate(d) for d in problems], "text", checked.source.lines)
+        sys.exit(EXIT_INVALID)
+    plan = make_plan(checked.fleet, allocations)
     if values is None:
         fail(
             f"no secrets file at {secrets_file}",

@@ -108,7 +108,9 @@ def test_identifier() -> None:
 def test_instances_get_their_own_names_ports_and_paths() -> None:
     plan = plan_of(edit(BASE, "{name: two, host: web-b", "{name: two-b, host: web-b"))
     one, two = plan.instances
-    assert (one.index, two.index) == (0, 1)
+    # Without allocation records, the first instance takes the first slot of each range.
+    assert (one.redis_port, two.redis_port) == (6379, 6380)
+    assert (str(one.docker_subnet), str(two.docker_subnet)) == ("172.31.0.0/28", "172.31.0.16/28")
     assert two.db_name == two.db_role == two.qdrant_collection_prefix == "two_b"
     assert two.redis_user == two.redis_key_prefix == "two-b"
     assert two.bundle_dir == "/opt/owuibuild/two-b"

@@ -102,8 +102,8 @@ def render_once(blueprint: Path) -> tuple[Path, dict[str, str]]:
 def drop_seals(secrets_file: Path, values: dict[str, str], blueprint: Path) -> None:
     """Rewrite the secrets file as an older owuibuild wrote it: no sealed verifiers."""
     old = {k: v for k, v in values.items() if not k.endswith(store.SEALED_SUFFIX)}
-    _, seeds, _ = store.read_store(secrets_file)  # the seed records stay: only seals go
-    store.write(secrets_file, old, blueprint.name, seeds)
+    kept = store.open_store(secrets_file)  # the records stay: only seals go
+    store.write(secrets_file, old, blueprint.name, kept.seeds, kept.allocations)
 
 
 def test_render_seals_verifiers_once_and_the_output_is_the_same_without_them(
