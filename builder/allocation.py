@@ -159,29 +159,40 @@ def allocate(
                     "to number every instance's network anew, which restarts every instance",
                 )
             )
-        if per_instance and record.redis_port is not None:
-            if record.redis_port < base:
-                problems.append(
-                    error(
-                        ("shared", "redis", "base_port"),
-                        f"instance '{inst.name}' holds Redis port {record.redis_port}, below "
-                        f"base_port {base}",
-                        f"set base_port back to at most {record.redis_port}; or delete the "
-                        f"redis_port entries of {RECORDS} to number the Redis servers anew, "
-                        "which restarts them and every instance",
-                    )
+        if per_instance and record.redis_port is not None and record.redis_port < base:
+            problems.append(
+                error(
+                    ("shared", "redis", "base_port"),
+                    f"instance '{inst.name}' holds Redis port {record.redis_port}, below "
+                    f"base_port {base}",
+                    f"set base_port back to at most {record.redis_port}; or delete the "
+                    f"redis_port entries of {RECORDS} to number the Redis servers anew, "
+                    "which restarts them and every instance",
                 )
-            if record.redis_port in pinned:
-                at, other = pinned[record.redis_port]
-                problems.append(
-                    error(
-                        ("instances", at, "port"),
-                        f"port {record.redis_port} on host '{other.host}' is held by the Redis "
-                        f"server of instance '{inst.name}'",
-                        "pick another port: the secret store keeps that Redis server on it, so "
-                        "that a new render does not restart it",
-                    )
+            )
+
+    # No instance may be pinned to a port a record holds on the Redis host, not even one of an
+    # instance the blueprint no longer names: were it added again, its server would want it.
+    for name in sorted(records) if per_instance else ():
+        port = records[name].redis_port
+        if port is not None and port in pinned:
+            at, other = pinned[port]
+            whose = f"instance '{name}'" + (
+                "" if name in current else " (no longer in the blueprint)"
+            )
+            problems.append(
+                error(
+                    ("instances", at, "port"),
+                    f"port {port} on host '{other.host}' is held by the Redis server of {whose}",
+                    "pick another port: the secret store's allocation records keep that Redis "
+                    "server on it, so that a new render does not move it"
+                    + (
+                        ""
+                        if name in current
+                        else f" (or delete the entry of {name} under {RECORDS})"
+                    ),
                 )
+            )
 
     # New instances, in blueprint order, each at the lowest slot nobody holds.
     allocated: dict[str, Allocation] = {}

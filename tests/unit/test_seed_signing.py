@@ -340,8 +340,8 @@ def test_an_unreadable_record_is_a_located_error(blueprint: Path, tmp_path: Path
 )
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_adding_an_instance_is_live_on_every_host(example: str, where: str, tmp_path: Path) -> None:
-    """At the end of the list, or at its head (which moves every other instance's Redis port and
-    Docker network: still only live files)."""
+    """At the end of the list, or at its head (the others keep their Redis ports and Docker
+    networks by name: test_sticky_allocations holds their files byte-identical)."""
     doc = yaml.safe_load((REPO / "blueprints" / example).read_text())
     doc["platform"] = "nocloud"  # a platform that takes seeds live (multi-host's is a cloud)
     blueprint = tmp_path / example
