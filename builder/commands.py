@@ -136,7 +136,9 @@ def render(
     with a certificate for each service host into <blueprint>.tls.secrets.yml (both mode
     0600); both are reused afterwards, so the same blueprint and secrets always give
     byte-identical output. A certificate within 30 days of its end is issued again, and
-    render says so.
+    render says so. The secrets file also records, not as secrets, each instance's Redis port,
+    Docker network and connection share by name, so that adding or removing an instance moves
+    no other; a removed instance's record keeps its slot from newcomers.
     Each host's seed carries a generation, signed with the fleet's key; it goes up when the
     seed changes, and render says for each such host whether the change can be re-applied to
     the running host or needs a host replacement (and what makes it one).
