@@ -88,8 +88,11 @@ def manifest(
     content: str,
     files: Mapping[str, bytes],
     replacement: str,
+    live: Mapping[str, Any],
 ) -> bytes:
-    """The exact bytes of owuibuild-seed.json, which the signature covers."""
+    """The exact bytes of owuibuild-seed.json, which the signature covers. ``live`` is what a
+    running host's converge applies (hostconfig.live_plan): live files' paths and the units
+    that read them, and the live configuration steps."""
     doc = {
         "format": FORMAT,
         "fleet": fleet,
@@ -98,20 +101,43 @@ def manifest(
         "content": content,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
         "replacement_key": replacement,
+        "live": live,
     }
     return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
 
 
-def applied(fleet: str, host: str, generation: int, content: str, replacement: str) -> str:
-    """The host's record of the seed it applied (seed-applied.json), as its first boot writes it."""
+def applied(
+    fleet: str,
+    host: str,
+    generation: int,
+    content: str,
+    replacement: str,
+    live_files: Mapping[str, str],
+) -> str:
+    """The host's record of the seed it applied (seed-applied.json), as its first boot writes it
+    (the converge writes the same from a manifest it applied). ``live_files``: the live files'
+    paths and their readers, so that the next converge knows which ones went away."""
     doc = {
         "fleet": fleet,
         "host": host,
         "generation": generation,
         "content": content,
         "replacement_key": replacement,
+        "live_files": dict(sorted(live_files.items())),
     }
     return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+SEED_METRIC = "owuibuild_seed_generation"
+
+
+def generation_metric(generation: int) -> str:
+    """The node exporter's textfile of the applied generation (the converge writes the same)."""
+    return (
+        f"# HELP {SEED_METRIC} The owuibuild seed generation this host applied.\n"
+        f"# TYPE {SEED_METRIC} gauge\n"
+        f"{SEED_METRIC} {generation}\n"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """owuibuild-seed-verify: may this host take the seed on a mounted cidata volume?
 
-Installed by owuibuild's install steps (so baked into golden images) as
+Written by every seed (on platforms whose seed medium a running VM can swap) as
 /usr/local/lib/owuibuild/seed-verify; Python 3 standard library and OpenSSL 3 only. It changes
 nothing: it reads the seed's manifest and signature, the fleet's public key and the record of
 the seed this host applied, and answers.

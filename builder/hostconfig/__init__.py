@@ -40,7 +40,10 @@ class File:
     ``live``: a running host can take a new version of it without being replaced (the service
     that reads it reloads, or what it defines is added or removed alone): the files that adding
     or removing an instance, changing Ollama models or raising limits change. Every other file
-    is part of the host's replacement key (see replacement_components)."""
+    is part of the host's replacement key (see replacement_components).
+    ``reader``: the unit that reads a live file, if one does. When a running host takes a new
+    version of the file, that unit is reloaded (or restarted, where it cannot reload) if it
+    runs; when the file goes away, the unit is stopped and disabled first (seed_converge)."""
 
     path: str
     content: str
@@ -49,6 +52,7 @@ class File:
     defer: bool = False
     install: bool = False
     live: bool = False
+    reader: str = ""
 
     def as_cloud_config(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -77,6 +81,8 @@ class Part:
     configure: tuple[Command, ...] = ()  # idempotent; run at every first boot
     # Configuration steps that run right after ``configure`` and only start or stop what live
     # files define (an instance's unit, say): their arguments may change on a running host.
+    # Idempotent, and safe on a running host: a converge runs them all again, in order, after it
+    # wrote the new live files (data/seed_converge.py).
     live_configure: tuple[Command, ...] = ()
     bootcmd: tuple[Command, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # other top-level cloud-config keys
@@ -439,3 +445,15 @@ def replacement_components(parts: Iterable[Part], doc: Mapping[str, Any]) -> dic
         if steps:
             found[f"steps:{p.name}"] = _digest(steps)
     return found
+
+
+def live_plan(parts: Iterable[Part]) -> dict[str, Any]:
+    """What a running host's converge applies of these parts (data/seed_converge.py): every live
+    file's path with the unit that reads it ("" for none), and the parts' live configuration
+    steps in order. Goes into the signed seed manifest; paths and argvs only, never content."""
+    parts = list(parts)
+    files = {f.path: f.reader for p in parts for f in p.files if f.live}
+    return {
+        "files": dict(sorted(files.items())),
+        "steps": [list(c) for p in parts for c in p.live_configure],
+    }

@@ -220,14 +220,25 @@ def load_image(plan: Plan) -> tuple[tuple[File, ...], tuple[Command, ...]]:
 
 def instance_files(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[File, ...]:
     return (
-        File(f"{inst.bundle_dir}/{COMPOSE_FILE}", compose_yaml(plan, inst), live=True),
+        File(
+            f"{inst.bundle_dir}/{COMPOSE_FILE}",
+            compose_yaml(plan, inst),
+            live=True,
+            reader=inst.unit_name,
+        ),
         File(
             f"{inst.bundle_dir}/{env_file_name(inst)}",
             env_file(plan, inst, secrets),
             "0600",
             live=True,
+            reader=inst.unit_name,
         ),
-        File(f"{UNIT_DIR}/{inst.unit_name}", instance_unit(plan, inst), live=True),
+        File(
+            f"{UNIT_DIR}/{inst.unit_name}",
+            instance_unit(plan, inst),
+            live=True,
+            reader=inst.unit_name,
+        ),
     )
 
 

@@ -37,6 +37,8 @@ ORDER = 260
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 BACKUP_METRICS = f"{TEXTFILE_DIR}/owuibuild-backup.prom"
+# The seed generation the host applied: its first boot writes it, the converge again.
+SEED_METRICS = f"{TEXTFILE_DIR}/owuibuild-seed.prom"
 CONFIG_DIR = "/etc/owuibuild/monitoring"
 # The exporters' (and Prometheus's) web configuration: HTTPS with the host's certificate.
 WEB_CONFIG = f"{CONFIG_DIR}/web.yml"

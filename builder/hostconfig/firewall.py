@@ -147,7 +147,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part:
             # starts them: never rewritten while they run.
             *first_boot_files(),
             # Openings come and go with instances: nft loads a new ruleset atomically.
-            File(RULESET, ruleset(host), permissions="0600", live=True),
+            File(RULESET, ruleset(host), permissions="0600", live=True, reader=UNIT_NAME),
             File(UNIT, unit()),
         ),
         # The distribution's nftables.service loads /etc/nftables.conf, which begins with

@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from ..plan import DATA_MOUNT, HTTP_PORT, HTTPS_PORT, LOOPBACK, HostPlan, InstancePlan, Plan
-from ..quoting import render_template
+from ..quoting import plain_words, render_template
 from ..secrets import Secrets
 from . import UNIT_DIR, Command, File, Part, start_units
 from .ollama_tls import CADDY, PACKAGED_UNIT, TLS_KEY_DIR
@@ -31,6 +31,11 @@ ORDER = 232
 UNIT_NAME = "owui-front-door.service"
 UNIT = f"{UNIT_DIR}/{UNIT_NAME}"
 CONFIG = "/etc/owuibuild/front-door.json"
+# Caddy's admin endpoint: only on a socket in the unit's own runtime directory (0700, caddy's),
+# for the unit's reload (a converge's new instance or certificate, without dropping a request).
+RUNTIME_DIR = "owui-front-door"
+ADMIN_SOCKET = f"/run/{RUNTIME_DIR}/admin.sock"
+ADMIN_ADDRESS = f"unix/{ADMIN_SOCKET}"
 # Caddy's storage (ACME account and certificates, OCSP staples, locks), on the data volume.
 STORAGE = f"{DATA_MOUNT}/caddy"
 # tls: internal: the certificate the fleet CA issued for the host's instance host names, and
@@ -181,7 +186,7 @@ def config(plan: Plan, host: HostPlan) -> dict[str, Any]:
     address = str(host.host.address)
     automatic, tls_app = _tls(plan, host)
     return {
-        "admin": {"disabled": True, "config": {"persist": False}},
+        "admin": {"listen": ADMIN_ADDRESS, "config": {"persist": False}},
         "storage": {"module": "file_system", "root": STORAGE},
         "apps": {
             "http": {
@@ -213,7 +218,15 @@ def config_text(plan: Plan, host: HostPlan) -> str:
 
 def unit() -> str:
     return render_template(
-        "front-door.service.j2", caddy=CADDY, config=CONFIG, storage=STORAGE, home=STORAGE
+        "front-door.service.j2",
+        caddy=CADDY,
+        config=CONFIG,
+        storage=STORAGE,
+        home=STORAGE,
+        runtime_dir=plain_words(RUNTIME_DIR),
+        reload=plain_words(
+            CADDY, "reload", "--config", CONFIG, "--address", ADMIN_ADDRESS, "--force"
+        ),
     )
 
 
@@ -237,18 +250,22 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         File(PACKAGED_UNIT, "", install=True),
         File(UNIT, unit()),
         # The instances it serves, and a certificate naming them: Caddy reloads both.
-        File(CONFIG, config_text(plan, host), live=True),
+        File(CONFIG, config_text(plan, host), live=True, reader=UNIT_NAME),
     ]
     internal = door.tls == "internal"
     if internal:
         issued = secrets.tls.front_doors[host.name]
-        files += [File(CERT, issued.cert, live=True), File(KEY, issued.key, "0600", live=True)]
+        files += [
+            File(CERT, issued.cert, live=True, reader=UNIT_NAME),
+            File(KEY, issued.key, "0600", live=True, reader=UNIT_NAME),
+        ]
     elif door.acme is not None and door.acme.directory_ca is not None:
         files.append(File(ACME_DIRECTORY_CA, door.acme.directory_ca))
     return Part(
         name="front-door",
         packages=("caddy",),
         files=tuple(files),
-        configure=(*key_commands(internal), start_units(UNIT_NAME, wait=False)),
+        # The key's copy again before a converge reloads Caddy for a new certificate.
+        live_configure=(*key_commands(internal), start_units(UNIT_NAME, wait=False)),
         awaited=(UNIT_NAME,),
     )

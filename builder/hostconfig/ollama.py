@@ -110,8 +110,10 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         configure=(
             state_dir_command("ollama", "0750", OLLAMA_DATA, MODELS),
             start_units("ollama.service", wait=False),
-            ("systemctl", "start", "--no-block", MODELS_UNIT_NAME),
         ),
+        # Pulls what the blueprint lists now (a converge's new models too); a model already
+        # there is only checked.
+        live_configure=(("systemctl", "start", "--no-block", MODELS_UNIT_NAME),),
         awaited=("ollama.service",),
         extra={"users": [system_user("ollama", OLLAMA_DATA, groups)]},
     )

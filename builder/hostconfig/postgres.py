@@ -257,7 +257,9 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
             File(TEMPLATE_SCRIPT, template_script(plan), permissions="0755"),
         ),
         install=(("/bin/sh", TEMPLATE_SCRIPT),),
-        configure=(("/bin/sh", SETUP_SCRIPT),),
+        # Also a converge's step: creates a new instance's role and database, and reloads (never
+        # restarts) the server for a new pg_hba.conf.
+        live_configure=(("/bin/sh", SETUP_SCRIPT),),
         # A golden first boot prepares the cluster and queues its start right after cloud-init's
         # network stage (the slowest start of the shared host: it overlaps cloud-init's config
         # stage); the setup step above then only waits for it and applies init.sql.

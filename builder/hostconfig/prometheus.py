@@ -315,10 +315,12 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
     files = [
         File(PROMETHEUS.unit_path, prometheus_unit(plan, host)),
         # Targets and rules follow the instances; Prometheus reloads them.
-        File(CONFIG, yaml_file(config(plan)), live=True),
-        File(RULES, yaml_file(rules_document(plan)), live=True),
+        File(CONFIG, yaml_file(config(plan)), live=True, reader=PROMETHEUS.unit_name),
+        File(RULES, yaml_file(rules_document(plan)), live=True, reader=PROMETHEUS.unit_name),
         File(BLACKBOX.unit_path, blackbox_unit()),
-        File(BLACKBOX_CONFIG, yaml_file(blackbox_config(plan)), live=True),
+        File(
+            BLACKBOX_CONFIG, yaml_file(blackbox_config(plan)), live=True, reader=BLACKBOX.unit_name
+        ),
         File(
             QDRANT_TOKEN,
             qdrant_token(plan, secrets),

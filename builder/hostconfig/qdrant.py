@@ -137,7 +137,13 @@ def collections_unit() -> str:
 def collections_files(plan: Plan, secrets: Secrets) -> tuple[File, ...]:
     return (
         File(KEY_FILE, key_header(plan, secrets), permissions="0600", defer=True),
-        File(COLLECTIONS_SCRIPT, collections_script(plan), permissions="0755", live=True),
+        File(
+            COLLECTIONS_SCRIPT,
+            collections_script(plan),
+            permissions="0755",
+            live=True,
+            reader=COLLECTIONS_UNIT_NAME,  # runs again: makes a new instance's collections
+        ),
         File(COLLECTIONS_UNIT, collections_unit()),
     )
 

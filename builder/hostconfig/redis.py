@@ -144,6 +144,7 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
                     owner="redis:redis",
                     defer=True,
                     live=True,  # one server per file: a new one starts beside the others
+                    reader=unit(s),
                 )
                 for s in plan.redis_servers
             ),
@@ -152,7 +153,8 @@ def part(plan: Plan, host: HostPlan, secrets: Secrets) -> Part | None:
         # The distribution's default server (no password, port 6379 on localhost) never runs:
         # masked where the package is installed, so a golden image does not start it at boot.
         install=(("systemctl", "mask", "--no-reload", "--now", "redis-server.service"),),
-        configure=(("/bin/sh", SETUP_SCRIPT),),
+        # Starts the servers that are not running yet: a converge's new instance's too.
+        live_configure=(("/bin/sh", SETUP_SCRIPT),),
         awaited=units,
         template_units=units,
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import seed_manifest, yamldump
-from ..hostconfig import File, merge, parts_for, replacement_components
+from ..hostconfig import File, exporters, live_plan, merge, parts_for, replacement_components
 from ..plan import HostPlan, Plan
 from ..secrets import Secrets
 from ..seed_manifest import SeedRecord
@@ -130,19 +130,25 @@ def make_seed(plan: Plan, host: HostPlan, secrets: Secrets) -> Seed:
     record = seed_manifest.next_record(secrets.seeds.get(host.name), content, components)
     key = seed_manifest.replacement_key(components)
     fleet = plan.fleet.name
+    live = live_plan(parts)
     applied = File(
         seed_manifest.APPLIED_PATH,
-        seed_manifest.applied(fleet, host.name, record.generation, content, key),
+        seed_manifest.applied(fleet, host.name, record.generation, content, key, live["files"]),
     )
     # Written with the seed's other files at first boot; the converge rewrites it.
     doc.setdefault("write_files", []).append(applied.as_cloud_config())
+    if plan.monitoring is not None:  # the node exporter tells `owuibuild status` the generation
+        metric = File(
+            exporters.SEED_METRICS, seed_manifest.generation_metric(record.generation), defer=True
+        )
+        doc["write_files"].append(metric.as_cloud_config())
     raw = ("#cloud-config\n" + dump_yaml(doc)).encode()
     files = {
         "user-data": fit_user_data(raw, plan.fleet.platform, host.name),
         "meta-data": meta,
         "network-config": network,
     }
-    signed = seed_manifest.manifest(fleet, host.name, record.generation, content, files, key)
+    signed = seed_manifest.manifest(fleet, host.name, record.generation, content, files, key, live)
     signature = signing_key(secrets[plan.seed_signing_key.name]).sign(signed)
     files[seed_manifest.MANIFEST] = signed
     files[seed_manifest.SIGNATURE] = signature

@@ -15,7 +15,7 @@ from ..hostconfig._upgrade import runbook as openwebui_upgrade_runbook
 from ..hostconfig.backup import restore_runbook
 from ..hostconfig.postgres import INIT_SQL, upgrade_runbook
 from ..pki import key_fingerprint
-from ..plan import MONITOR_REDIS_USER, MONITOR_ROLE, Plan
+from ..plan import MONITOR_REDIS_USER, MONITOR_ROLE, SWAPPABLE_SEED_PLATFORMS, Plan
 from ..secrets import Secrets
 from . import Artifact
 from .ca import CA_FILE
@@ -331,11 +331,8 @@ sooner. Builders: {", ".join(fleet.images.builders)}.
 1. Add one line under `instances:` in the blueprint (a new name, a host, a free port).
 2. `owuibuild render <blueprint>`: new secrets are added to the secrets file; existing ones
    are kept.
-3. Replace the shared-services host(s) and the instance's host with VMs booted from their new
-   seeds (the data volumes carry the existing data over), or, for a new Docker host, just boot
-   it. Then restart the other instances (`systemctl restart owui-<name>` on their hosts):
-   that they recover by themselves from a replaced shared host is not shown yet (they do
-   from a restart of PostgreSQL or Redis).
+3. Render says, per host, `live` or `needs a host replacement`. {_add_instance_step(fleet.platform)}
+   For a new Docker host, just boot it from its seed.
 
 ## Where the secrets live
 
@@ -362,3 +359,23 @@ as its SHA-256, in its `/etc/redis/redis-<name>.conf` (0600, redis).
 
 def render(plan: Plan, secrets: Secrets) -> Iterable[Artifact]:
     yield Artifact("README.md", runbook(plan, secrets).encode())
+
+
+def _add_instance_step(platform: str) -> str:
+    """How a host takes a new seed on ``platform``: a swapped medium, or a new host."""
+    live = (
+        "Put each `live` host's new `hosts/<host>/seed.iso` in its VM's CD-ROM drive, "
+        "shared-services hosts first: the host verifies the seed's signature and applies it "
+        'without a reboot (see the README\'s "Re-applying a seed to a running host"; '
+        "`journalctl -u 'owuibuild-seed-converge@*'` says what it did or why it refused). "
+    )
+    replace = (
+        "Replace each host that changed with a VM booted from its new seed (the data volumes "
+        "carry the existing data over), then restart the other instances "
+        "(`systemctl restart owui-<name>` on their hosts): that they recover by themselves "
+        "from a replaced shared host is not shown yet (they do from a restart of PostgreSQL "
+        "or Redis)."
+    )
+    if platform in SWAPPABLE_SEED_PLATFORMS:
+        return live + "A host that needs a replacement: " + replace[0].lower() + replace[1:]
+    return replace

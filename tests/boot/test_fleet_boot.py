@@ -38,6 +38,8 @@ from __future__ import annotations
 import json
 import re
 import secrets as pysecrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -918,3 +920,185 @@ def test_new_root_disk_for_the_docker_host_keeps_every_instances_data(
     assert cross_credentials(new, fleet) == CROSS_CREDENTIALS
     # The new root disk's front door serves them, its state kept on the data volume.
     assert front_door_serves(vms[SHARED]) == dict.fromkeys(INSTANCES, "200")
+
+
+# -- 5. a new seed applied live, through the seed media ------------------------------------------
+
+NEW_INSTANCE, NEW_PORT = "gamma", 3003
+CONVERGE_UNIT = "owuibuild-seed-converge@sr0.service"
+
+
+def swap_seed(vm: VM, iso: Any) -> None:
+    """Put ``iso`` in the guest's CD-ROM drive through QEMU's monitor, as Proxmox or libvirt
+    swap a VM's seed medium."""
+    drives = [d for d in vm.qmp("query-block") if d.get("removable")]
+    assert len(drives) == 1, drives
+    vm.qmp(
+        "blockdev-change-medium",
+        {"device": drives[0]["device"], "filename": str(iso), "format": "raw",
+         "read-only-mode": "read-only", "force": True},
+    )  # fmt: skip
+
+
+def applied_record(vm: VM) -> dict[str, Any]:
+    out = vm.ssh("cat /etc/owuibuild/seed-applied.json", check=True).stdout
+    record: dict[str, Any] = json.loads(out)
+    return record
+
+
+def converge_runs(vm: VM) -> list[str]:
+    """What the converge logged, each run's last line (oldest first)."""
+    out = vm.ssh(
+        f"sudo journalctl --no-pager -o cat -u {CONVERGE_UNIT} | grep owuibuild-seed", timeout=60
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def wait_converged(vm: VM, marker: str, seen: int, timeout: float = 600) -> list[str]:
+    """Wait until the converge logged a new line holding ``marker`` after the first ``seen``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = converge_runs(vm)[seen:]
+        if any(marker in line for line in lines):
+            # and the run is over
+            state = vm.ssh(f"systemctl is-active {CONVERGE_UNIT}", timeout=60).stdout.strip()
+            if state != "activating":
+                return lines
+        time.sleep(3)
+    raise AssertionError(f"no converge logged {marker!r}: {converge_runs(vm)[seen:]}")
+
+
+def with_instance(text: str) -> str:
+    line = (
+        f"  - {{name: {NEW_INSTANCE}, host: {DOCK}, port: {NEW_PORT}, "
+        f"url: https://{NEW_INSTANCE}.{FLEET_DOMAIN}}}\n"
+    )
+    head, sep, tail = text.partition("images:")
+    assert sep, text
+    return head + line + sep + tail
+
+
+def render(blueprint: Any, out: Any) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "owuibuild.cli", "render", str(blueprint), "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+POLLER = (
+    "nohup sh -c 'while :; do "
+    'printf "%s %s\\n" "$(date +%s.%N)" '
+    '"$(curl -s -o /dev/null -w %{{http_code}} --max-time 2 {url})"; sleep 1; done\' '
+    ">/tmp/poll-alpha.log 2>&1 </dev/null & echo $! >/tmp/poll-alpha.pid"
+)
+
+
+def alpha_state(shared: VM, dock: VM, fleet: Fleet) -> dict[str, str]:
+    inst = fleet.instance("alpha")
+    container = dock.ssh(
+        "sudo docker inspect --format '{{.Id}} {{.State.StartedAt}} {{.State.Pid}}' "
+        "$(sudo docker compose -p alpha ps -q openwebui)",
+        check=True,
+    ).stdout.strip()
+    pg = shared.ssh(f"systemctl show --property=MainPID --value {postgres_unit(fleet)}").stdout
+    redis = shared.ssh("systemctl show --property=MainPID --value redis-server@alpha.service")
+    return {
+        "container": container,
+        "postgres": pg.strip(),
+        "redis": redis.stdout.strip(),
+        "unit": dock.ssh(f"systemctl show -p ActiveEnterTimestamp {inst.unit_name}").stdout,
+    }
+
+
+def postgres_unit(fleet: Fleet) -> str:
+    return f"postgresql@{pg_major(fleet)}-main.service"
+
+
+def test_a_new_seed_adds_an_instance_live_and_others_are_undisturbed(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """Add instance gamma to the blueprint, render, and swap both hosts' seed media through
+    QEMU's monitor: gamma comes up healthy with its own database and Redis, while alpha,
+    polled through the front door once a second, never fails and keeps its container, its
+    PostgreSQL server and its Redis server."""
+    shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    blueprint = fleet.workdir / "fleetboot.yml"
+    original = blueprint.read_text()
+    booted["blueprint_text"] = original
+    before = {h: applied_record(vm) for h, vm in booted["vms"].items()}
+    state = alpha_state(shared, dock, fleet)
+    seen = {h: len(converge_runs(vm)) for h, vm in booted["vms"].items()}
+    shared.ssh(POLLER.format(url=door_url("alpha")), check=True)
+
+    blueprint.write_text(with_instance(original))
+    out = fleet.workdir / "out-gamma"
+    said = render(blueprint, out)
+    for host in (SHARED, DOCK):
+        assert f"seed of {host}: generation {before[host]['generation']} -> " in said, said
+        assert "needs a host replacement" not in said, said
+
+    swap_seed(shared, out / "hosts" / SHARED / "seed.iso")
+    lines = wait_converged(shared, "applied generation", seen[SHARED])
+    swap_seed(dock, out / "hosts" / DOCK / "seed.iso")
+    lines += wait_converged(dock, "applied generation", seen[DOCK])
+
+    # gamma: healthy, its own database and Redis (the stand-in's checks), behind the front door
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = http_status(shared, door_url("alpha").replace("alpha", NEW_INSTANCE))
+        if status == "200":
+            break
+        time.sleep(5)
+    checks = dock.ssh(f"curl -s http://127.0.0.1:{NEW_PORT}/checks", check=True).stdout
+    assert status == "200", (status, checks, lines)
+    assert all(json.loads(checks).values()), checks
+
+    shared.ssh("kill $(cat /tmp/poll-alpha.pid)")
+    polls = shared.ssh("cat /tmp/poll-alpha.log", check=True).stdout.split("\n")
+    answers = [line.split()[1] for line in polls if line.strip()]
+    assert len(answers) >= 10, polls
+    assert set(answers) == {"200"}, [line for line in polls if not line.endswith(" 200")]
+    assert alpha_state(shared, dock, fleet) == state
+    for host, vm in booted["vms"].items():
+        assert applied_record(vm)["generation"] == before[host]["generation"] + 1
+    print(f"\nconverge: alpha answered {len(answers)} checks, none failed; {lines}")
+    booted["gamma_out"] = out
+
+
+def test_a_seed_the_host_may_not_take_is_refused_and_changes_nothing(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """On the shared host, after the live converge: the first seed (an older generation), a
+    seed signed with another fleet's key, and a seed whose change only a new host can take
+    are each refused with the verifier's reason, and the applied seed stays."""
+    shared = booted["vms"][SHARED]
+    blueprint = fleet.workdir / "fleetboot.yml"
+    current = blueprint.read_text()  # with gamma (the test above)
+    other = fleet.workdir / "other-fleet"
+    other.mkdir()
+    (other / "fleetboot.yml").write_text(current)
+    render(other / "fleetboot.yml", other / "out")  # its own secrets: its own signing key
+    blueprint.write_text(current.replace("timezone: UTC", "timezone: Europe/Paris"))
+    said = render(blueprint, fleet.workdir / "out-timezone")
+    assert f"seed of {SHARED}: generation" in said and "needs a host replacement" in said, said
+    seeds = {
+        "older": (fleet.seed(SHARED), "is older than the applied", 7),
+        "other key": (other / "out" / "hosts" / SHARED / "seed.iso", "does not verify", 4),
+        "replacement": (
+            fleet.workdir / "out-timezone" / "hosts" / SHARED / "seed.iso",
+            "needs a host replacement",
+            8,
+        ),
+    }
+    applied = applied_record(shared)
+    files = shared.ssh("sudo sha256sum /etc/owuibuild/firewall.nft", check=True).stdout
+    for what, (iso, reason, code) in seeds.items():
+        seen = len(converge_runs(shared))
+        swap_seed(shared, iso)
+        lines = wait_converged(shared, "nothing changed", seen)
+        assert any(reason in line for line in lines), (what, lines)
+        assert any(f"exit {code})" in line for line in lines), (what, lines)
+        assert applied_record(shared) == applied, what
+    assert shared.ssh("sudo sha256sum /etc/owuibuild/firewall.nft").stdout == files

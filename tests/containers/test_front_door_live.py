@@ -222,6 +222,8 @@ class DoorUnit:
     user: str
     environment: list[str]
     command: list[str]
+    reload: list[str]  # ExecReload: Caddy's reload through its admin socket
+    runtime_directory: str  # under /run, the admin socket's, made by systemd for the unit
 
 
 def user_data_file(r: Rendered, host: str, path: str) -> dict[str, Any]:
@@ -234,7 +236,11 @@ def door_unit(r: Rendered, host: str) -> DoorUnit:
     text = user_data_file(r, host, front_door.UNIT)["content"]
     settings = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     return DoorUnit(
-        settings["User"], shlex.split(settings["Environment"]), shlex.split(settings["ExecStart"])
+        settings["User"],
+        shlex.split(settings["Environment"]),
+        shlex.split(settings["ExecStart"]),
+        shlex.split(settings["ExecReload"]),
+        f"/run/{settings['RuntimeDirectory']}",
     )
 
 
@@ -272,6 +278,9 @@ def caddy_script(r: Rendered, host: HostPlan, run_name: str) -> str:
         lines.append(shlex.join(["install", "-D", "-m", mode, source, entry["path"]]))
     lines += [shlex.join(c) for c in door_commands(r, host.name, internal)]
     unit = door_unit(r, host.name)
+    # What systemd makes for the unit (RuntimeDirectory, RuntimeDirectoryMode=0700).
+    runtime = ["install", "-d", "-o", unit.user, "-g", unit.user, "-m", "0700"]
+    lines.append(shlex.join([*runtime, unit.runtime_directory]))
     caddy = ["runuser", "-u", unit.user, "--", "env", *unit.environment, *unit.command]
     log = caddy_log(run_name)
     lines.append(shlex.join(caddy) + f" >>{log} 2>&1 &")
@@ -906,7 +915,9 @@ def test_host_routing_reaches_each_instance_by_its_name(door: Door) -> None:
     # The Host header decides, as with any reverse proxy: alpha's name in TLS with beta's in
     # Host reaches beta, and only beta (both names are this host's, in one certificate).
     beta_host = door.sites["beta"].inst.server_name
-    crossed = door.probe("request", url=door.url("alpha", "/api/config"), headers={"Host": beta_host})
+    crossed = door.probe(
+        "request", url=door.url("alpha", "/api/config"), headers={"Host": beta_host}
+    )
     assert expected["beta"] in webui_name(crossed), crossed
     assert expected["alpha"] not in webui_name(crossed), crossed
     # A name with no certificate: no TLS at all. A served name's certificate with a Host the
@@ -919,6 +930,31 @@ def test_host_routing_reaches_each_instance_by_its_name(door: Door) -> None:
     assert fronted.get("status") == 421, fronted
     assert "no instance is served at this host name" in fronted["body"], fronted
     assert not headers(fronted, "Strict-Transport-Security"), fronted
+
+
+def test_the_front_door_reloads_through_its_admin_socket_only(door: Door) -> None:
+    """The unit's reload (a converge's new instance or certificate) loads the configuration
+    again in the running Caddy, through its admin socket: the same process serves on. Only
+    the unit's user (and root) reach the socket."""
+    unit = door_unit(door.rendered, door.host.name)
+
+    def caddy_pids() -> str:
+        return run("docker", "exec", door.front, "pgrep", "-u", unit.user, "-x", "caddy").stdout
+
+    before = caddy_pids()
+    assert before.strip(), "Caddy is not running"
+    as_user = ["docker", "exec", door.front, "runuser", "-u"]
+    reload = run(*as_user, unit.user, "--", "env", *unit.environment, *unit.reload, check=False)
+    assert reload.returncode == 0, reload.stderr
+    assert caddy_pids() == before
+    answer = door.probe("request", url=door.url("alpha", "/api/config"), connect=door.address)
+    assert WEBUI_NAMES["alpha"] in webui_name(answer), answer
+    stranger = run(*as_user, "nobody", "--", *unit.reload, check=False)
+    assert stranger.returncode != 0, stranger.stdout
+    # Refused at the socket (the configuration itself is readable: 0644).
+    assert "permission denied" in stranger.stderr.lower(), stranger.stderr
+    assert front_door.ADMIN_SOCKET in stranger.stderr, stranger.stderr
+    assert caddy_pids() == before
 
 
 def test_status_asks_each_instance_through_the_front_door(door: Door) -> None:

@@ -89,7 +89,9 @@ def test_an_instance_on_a_front_door_port_is_an_error(port: int) -> None:
 
 
 def test_public_instances_and_a_front_door_do_not_mix() -> None:
-    text = edit(INTERNAL, "url: https://one.fleet.test}", "url: https://one.fleet.test, public: true}")
+    text = edit(
+        INTERNAL, "url: https://one.fleet.test}", "url: https://one.fleet.test, public: true}"
+    )
     d = one(diagnose(text), "instances[0].public")
     assert d.severity is Severity.ERROR and d.hint and "allow_from: public" in d.hint
 
@@ -143,7 +145,11 @@ def test_schema_errors_in_the_section_are_located(setting: str, path: str) -> No
     "name", ["CORS_ALLOW_ORIGIN", "WEBUI_SESSION_COOKIE_SECURE", "FORWARDED_ALLOW_IPS"]
 )
 def test_proxy_settings_are_owned(name: str) -> None:
-    text = edit(INTERNAL, "url: https://one.fleet.test}", f"url: https://one.fleet.test, env: {{{name}: x}}}}")
+    text = edit(
+        INTERNAL,
+        "url: https://one.fleet.test}",
+        f"url: https://one.fleet.test, env: {{{name}: x}}}}",
+    )
     d = one(diagnose(text), f"instances[0].env.{name}")
     assert d.severity is Severity.ERROR and "owned by owuibuild" in d.message
 
@@ -234,7 +240,17 @@ def test_caddy_serves_each_instance_by_its_host_name(internal: Rendered) -> None
     config = json.loads(files[front_door.CONFIG]["content"])
     (server,) = config["apps"]["http"]["servers"].values()
     assert server["listen"] == ["10.0.5.21:443"]
-    assert config["admin"]["disabled"] is True
+    # The admin endpoint only on a socket in the unit's 0700 runtime directory, for its reload.
+    assert config["admin"] == {
+        "listen": "unix//run/owui-front-door/admin.sock",
+        "config": {"persist": False},
+    }
+    unit = files[front_door.UNIT]["content"]
+    assert "RuntimeDirectory=owui-front-door\nRuntimeDirectoryMode=0700\n" in unit
+    assert (
+        "ExecReload=/usr/bin/caddy reload --config /etc/owuibuild/front-door.json "
+        "--address unix//run/owui-front-door/admin.sock --force\n"
+    ) in unit
     assert config["storage"] == {"module": "file_system", "root": "/var/lib/owuibuild/caddy"}
     routes = site_routes(config)
     assert set(routes) == {"two.fleet.test"}
@@ -376,7 +392,10 @@ def test_status_asks_instances_through_the_front_door(internal: Rendered) -> Non
     for inst in plan.instances:
         assert rows[("openwebui", inst.name)].target == f"{inst.host.address}:443"
     no_ca = status.plan_checks(
-        plan, internal.secrets.values, Path("x.secrets.yml"), fleet_ca=None  # type: ignore[attr-defined]
+        plan,
+        internal.secrets.values,
+        Path("x.secrets.yml"),
+        fleet_ca=None,  # type: ignore[attr-defined]
     )
     row = next(c for c in no_ca if c.service == "openwebui")
     assert row.run(1.0).state.value != "ok"  # nothing dialled without the fleet CA
@@ -394,5 +413,9 @@ def test_a_host_without_a_data_volume_would_lose_its_acme_state() -> None:
     acme = "front_door: {tls: acme, acme: {email: ops@fleet.org}, allow_from: public}\n"
     (d,) = [d for d in diagnose(text + acme) if d.path == ("hosts", 0, "name")]
     assert "the front door's ACME account and certificates" in d.message
-    (d,) = [d for d in diagnose(text + "front_door: {tls: internal}\n") if d.path == ("hosts", 0, "name")]
+    (d,) = [
+        d
+        for d in diagnose(text + "front_door: {tls: internal}\n")
+        if d.path == ("hosts", 0, "name")
+    ]
     assert "ACME" not in d.message

@@ -184,6 +184,7 @@ def test_the_manifest_names_the_seed_and_its_signature_verifies(
             "generation": 1,
             "content": doc["content"],
             "replacement_key": doc["replacement_key"],
+            "live_files": doc["live"]["files"],
         }
         # non-secret files: the manifest and signature hold digests only
         assert stat.S_IMODE((base / "owuibuild-seed.json").stat().st_mode) == 0o644
@@ -213,7 +214,11 @@ def test_the_seed_command_packs_the_manifest_too(blueprint: Path, tmp_path: Path
     assert (host / "seed.iso").read_bytes() == rendered
 
 
-def test_the_verifier_is_baked_by_the_install_steps(blueprint: Path, tmp_path: Path) -> None:
+def test_the_seed_brings_the_verifier_and_no_image_holds_it(
+    blueprint: Path, tmp_path: Path
+) -> None:
+    """The verifier comes with each seed (a golden image need not be baked again for a new
+    one), and no image holds it or the fleet's key."""
     out = tmp_path / "out"
     render(blueprint, out)
     script = (REPO / "builder" / "data" / "seed_verify.py").read_text()
@@ -224,7 +229,7 @@ def test_the_verifier_is_baked_by_the_install_steps(blueprint: Path, tmp_path: P
         assert written((out / "hosts" / host / "user-data").read_bytes())[VERIFIER] == script
     for image in ("shared", "instance-host"):
         install = (out / "packer" / "scripts" / f"{image}-install.sh").read_text()
-        assert VERIFIER in install and "def verify_signature" in install, image
+        assert VERIFIER not in install and "def verify_signature" not in install, image
         assert public not in install  # an image holds no fleet's key
 
 

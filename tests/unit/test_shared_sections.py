@@ -15,7 +15,7 @@ import pytest
 from conftest import Rendered
 from owuibuild import hostconfig, quoting
 from owuibuild.hostconfig import _first_boot as first_boot
-from owuibuild.hostconfig import firewall, ollama, ollama_tls, postgres, qdrant, redis
+from owuibuild.hostconfig import firewall, ollama, ollama_tls, postgres, qdrant, redis, seed_trust
 from owuibuild.plan import DATA_MOUNT, SERVER_CERT, SERVER_KEY, FirewallRule
 from owuibuild.targets import hosts
 
@@ -287,6 +287,8 @@ def test_every_service_unit_requires_the_data_volume(seed: Rendered) -> None:
                 continue  # it only queues starts; its PostgreSQL step checks the mount itself
             if path in (ollama_tls.UNIT, ollama_tls.PACKAGED_UNIT, qdrant.COLLECTIONS_UNIT):
                 continue  # no state of their own (they ask services that require it); masked
+            if path == seed_trust.CONVERGE_UNIT:
+                continue  # writes the root disk; the steps it runs check the mount themselves
             assert f"RequiresMountsFor={DATA_MOUNT}" in f["content"], path
 
 
