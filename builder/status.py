@@ -29,6 +29,7 @@ from typing import Protocol
 import click
 
 from .cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail
+from .hostconfig import exporters as exporters_section
 from .hostconfig import postgres as postgres_section
 from .jumphost import Jumps, SshOptions
 from .model import Host
@@ -60,6 +61,7 @@ from .probes import (
     served_certificate,
     tls_context,
 )
+from .seed_manifest import SEED_METRIC
 
 # Every service `status` probes, in table order. `--only` takes these or instance names.
 SERVICES = (
@@ -71,6 +73,7 @@ SERVICES = (
     "openwebui-db",
     "certificate",
     "alerts",
+    "seed",
 )
 # A certificate this close to its end is reported degraded.
 CERTIFICATE_WARN_DAYS = 14
@@ -335,6 +338,125 @@ def certificate_probe(
     return run
 
 
+METRICS_PATH = "/metrics"
+# A sample's value in the Prometheus text format (no NaN or infinity: a generation is neither).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _after_labels(rest: str) -> str:
+    """What follows a sample's label set (``rest`` starts with its "{"); label values are
+    quoted and may hold "}" and escaped quotes."""
+    quoted = escaped = False
+    for i, c in enumerate(rest):
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == "}" and not quoted:
+            return rest[i + 1 :]
+    raise ValueError(f"{SEED_METRIC}: its labels do not end")
+
+
+def seed_generation(text: str) -> int | None:
+    """The seed generation in a node exporter's /metrics (the Prometheus text format): the value
+    of its `owuibuild_seed_generation` samples, None when it has none. Samples that disagree, or
+    a value that is not a whole number of at least 0, raise ValueError."""
+    found: set[int] = set()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line.startswith(SEED_METRIC):
+            continue  # comments (# HELP, # TYPE) and every other metric
+        rest = line[len(SEED_METRIC) :]
+        if rest.startswith("{"):
+            rest = _after_labels(rest)
+        elif rest and rest[0] not in " \t":
+            continue  # another metric whose name starts with ours
+        words = rest.split()  # the value, then an optional timestamp
+        if not words:
+            raise ValueError(f"{SEED_METRIC} has no value")
+        value = float(words[0]) if _NUMBER.fullmatch(words[0]) else -1.0
+        if value < 0 or not value.is_integer():
+            raise ValueError(f"{SEED_METRIC} is {words[0][:20]!r}, not a generation")
+        found.add(int(value))
+    if len(found) > 1:
+        listed = ", ".join(str(g) for g in sorted(found))
+        raise ValueError(f"{SEED_METRIC} has several values ({listed})")
+    return found.pop() if found else None
+
+
+def generation_outcome(
+    host: str, running: int | None, rendered: int | None, cloud: str | None = None
+) -> Outcome:
+    """What a host's reported seed generation (``running``, None when it reports none) says
+    against the render's latest for it (``rendered``, None when the secrets file has no record).
+    ``cloud`` names the platform when a running host there takes no new seed."""
+    if rendered is None:
+        runs = f"runs generation {running}" if running is not None else "reports no generation"
+        return Outcome(
+            State.DEGRADED,
+            f"{runs}, the secrets file records none for {host}: render the blueprint with the "
+            "secrets file that made its seed",
+        )
+    if running is None:
+        return Outcome(
+            State.DEGRADED,
+            "no seed generation reported: a host booted before owuibuild wrote one (or "
+            f"{exporters_section.SEED_METRICS} is gone); the render is at {rendered}: "
+            f"replace {host} to run it",
+        )
+    if running == rendered:
+        return Outcome(State.OK, f"generation {running}")
+    if running > rendered:
+        return Outcome(
+            State.DEGRADED,
+            f"runs generation {running}, newer than the render's {rendered}: the secrets file "
+            "is older than the one that rendered its seed; restore the latest from backup",
+        )
+    remedy = (
+        f"put its new seed.iso in its CD-ROM drive (live) or replace {host}"
+        if cloud is None
+        else f"replace {host} (a running {cloud} host takes no new seed)"
+    )
+    return Outcome(
+        State.DEGRADED, f"runs generation {running}, the render is at {rendered}: {remedy}"
+    )
+
+
+def seed_probe(
+    host: str,
+    address: str,
+    port: int,
+    rendered: int | None,
+    tls: ssl.SSLContext,
+    cloud: str | None = None,
+) -> Probe:
+    """The seed generation ``host`` reports on its node exporter (HTTPS, verified with the fleet
+    CA against ``address``), against the render's latest (``rendered``)."""
+
+    def run(timeout: float, dial: Dial = direct) -> Outcome:
+        answer = http_get(
+            address,
+            port,
+            METRICS_PATH,
+            timeout,
+            {"Accept": "text/plain; version=0.0.4"},
+            tls=tls,
+            server_name=address,
+            dial=dial,
+        )
+        if answer.status != 200:
+            return Outcome(State.DOWN, f"GET {METRICS_PATH}: HTTP {answer.status}")
+        try:
+            running = seed_generation(answer.body.decode("utf-8", "replace"))
+        except ValueError as exc:
+            return Outcome(State.DEGRADED, f"GET {METRICS_PATH}: {exc}")
+        return generation_outcome(host, running, rendered, cloud)
+
+    return run
+
+
 # -- the probes a plan implies ----------------------------------------------------------------------
 
 
@@ -376,13 +498,15 @@ def plan_checks(
     fleet_ca: str | None,
     pki: FleetPKI | None = None,
     today: datetime.date | None = None,
+    generations: Mapping[str, int] | None = None,
 ) -> list[Check]:
     """Every probe for the fleet, in table order: shared services, then each instance's.
 
     ``fleet_ca`` is the fleet CA's certificate (PEM), the only one PostgreSQL's and Redis's
     certificates are verified with; without it (or with one that cannot be loaded) their rows
-    say so and nothing is dialled. With ``pki`` (the CA file) the certificate rows come last:
-    each one's end date against ``today``.
+    say so and nothing is dialled. With ``pki`` (the CA file) the certificate rows follow:
+    each one's end date against ``today``. With ``generations`` (host name -> the seed
+    generation the secrets file records) and monitoring, one seed row per host comes last.
 
     Each check's ``via`` is the host the fleet admits its traffic from: an instance's checks
     (its database login, its Redis login, its /health) come from its own host, a shared
@@ -538,6 +662,8 @@ def plan_checks(
         checks += certificate_checks(
             plan, pki, today or datetime.datetime.now(datetime.UTC).date(), tls
         )
+    if generations is not None:
+        checks += seed_checks(plan, generations, tls, no_tls)
     return checks
 
 
@@ -576,6 +702,47 @@ def certificate_checks(
         )
         via = host.host if port else None  # a certificate in the CA file only is not dialled
         checks.append(Check("certificate", None, host.name, address, port, probe, via=via))
+    return checks
+
+
+def seed_checks(
+    plan: Plan,
+    generations: Mapping[str, int],
+    tls: ssl.SSLContext | None,
+    no_tls: str = "no fleet CA: render the blueprint first",
+) -> list[Check]:
+    """With monitoring, each host's seed generation as its node exporter reports it, against
+    the one the secrets file records (``generations``); without monitoring, none. The exporter
+    is dialled as the certificate rows dial it: HTTPS on the host's planned address, verified
+    with the fleet CA (``tls``; without it, nothing is dialled), from the host itself with
+    --via ssh."""
+    if plan.monitoring is None:
+        return []
+    cloud = None if plan.seeds_swappable else plan.fleet.platform
+    unit = exporters_section.NODE.unit_name
+    checks = []
+    for host in plan.hosts:
+        address = plan.certificate_hosts[host.name]  # with monitoring, every host's
+        probe = (
+            seed_probe(
+                host.name, address, NODE_EXPORTER_PORT, generations.get(host.name), tls, cloud
+            )
+            if tls is not None
+            else no_fleet_ca(no_tls)
+        )
+        checks.append(
+            Check(
+                "seed",
+                None,
+                host.name,
+                address,
+                NODE_EXPORTER_PORT,
+                probe,
+                refused_hint=f"the node exporter ({unit}) does not listen on {host.name}: see "
+                "its journal there",
+                via=host.host,
+            )
+        )
     return checks
 
 
@@ -844,7 +1011,9 @@ def status(
     the PostgreSQL host logs in from its container only, so its postgresql row is refused
     from the host; its openwebui-db row asks from inside. With monitoring, an alerts row
     lists the alerts firing in the fleet's Prometheus (down for a critical one, degraded for
-    a warning).
+    a warning), and a seed row per host compares the seed generation its node exporter
+    reports with the render's latest in the secrets file (degraded when it is older, newer or
+    not reported); without monitoring there are no seed rows.
 
     \b
     Example:
@@ -914,7 +1083,13 @@ def status(
 
     checks = select(
         plan_checks(
-            plan, values, secrets_file, fleet_ca=secrets.tls.ca_cert, pki=secrets.tls, today=today
+            plan,
+            values,
+            secrets_file,
+            fleet_ca=secrets.tls.ca_cert,
+            pki=secrets.tls,
+            today=today,
+            generations={host: r.generation for host, r in stored_secrets.seeds.items()},
         ),
         only,
     )

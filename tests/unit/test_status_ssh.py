@@ -98,12 +98,15 @@ def test_each_check_goes_through_the_host_the_fleet_admits_it_from(
         Path("x.secrets.yml"),
         fleet_ca=rendered.secrets.tls.ca_cert,
         pki=rendered.secrets.tls,
+        generations={},
     )
     hosts = {h.name: h.host for h in plan.hosts}
     instances = {i.name: i for i in plan.instances}
+    assert ("seed" in {c.service for c in checks}) is (plan.monitoring is not None)
     for c in checks:
-        if c.service in ("ollama", "qdrant", "alerts"):
-            # a shared service: from the host that runs it, to its own address
+        if c.service in ("ollama", "qdrant", "alerts", "seed"):
+            # a shared service (or a host's own exporter): from the host that runs it, to its
+            # own address
             assert c.via == hosts[c.host] and c.address == str(c.via.address), c
         elif c.service == "certificate":
             assert c.via == (hosts[c.host] if c.port else None), c
