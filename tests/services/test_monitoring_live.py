@@ -63,7 +63,7 @@ from typing import Any
 import pytest
 from conftest import Rendered, compile_path, require_tool, unavailable
 from doubles import qdrant_double
-from owuibuild import alerts, probes
+from owuibuild import alerts, probes, seed_manifest
 from owuibuild.hostconfig import exporters, postgres, prometheus, qdrant, redis
 from owuibuild.plan import (
     DATA_MOUNT,
@@ -111,7 +111,7 @@ START_TIMEOUT = 60.0
 ALERT_TIMEOUT = 240.0
 WEBHOOK_TIMEOUT = 120.0
 # The generated paths that move into each host's temp root.
-RELOCATED = ("/etc/owuibuild", DATA_MOUNT)
+RELOCATED = ("/etc/owuibuild", DATA_MOUNT, exporters.TEXTFILE_DIR)
 UNITS = {
     "node": exporters.NODE,
     "postgres": exporters.POSTGRES,
@@ -294,6 +294,7 @@ class Fleet:
     pg: Server
     webhook: list[Any]
     redis_ports: dict[str, int]  # server name -> port
+    web_a: HostFiles | None = None
 
     @property
     def plan(self) -> Any:
@@ -524,6 +525,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             shutil.chown(target, "prometheus", "prometheus")
             os.chmod(target, 0o750)
         for host in (shared, web_a):
+            # The seed generation each host's first boot wrote, for the textfile collector.
+            host.stage(exporters.SEED_METRICS)
             argv, env, user, _ = host.command(exporters.NODE.unit_path)
             daemons.run(f"node-{host.name}", argv, env, user)
         for name in ("postgres", "redis", "prometheus", "blackbox", "alertmanager"):
@@ -531,9 +534,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             daemons.run(name, argv, env, user)
         # Each rewrite was used: web-a has no state of its own under /var/lib/owuibuild.
         assert shared.used == set(RELOCATED), shared.used
-        assert web_a.used == {"/etc/owuibuild"}, web_a.used
+        assert web_a.used == {"/etc/owuibuild", exporters.TEXTFILE_DIR}, web_a.used
 
-        the_fleet = Fleet(rendered, ns, daemons, shared, ca_file, pg, webhook, redis_ports)
+        the_fleet = Fleet(
+            rendered, ns, daemons, shared, ca_file, pg, webhook, redis_ports, web_a=web_a
+        )
         wait_for(
             "Prometheus",
             lambda: the_fleet.https(SHARED, 9090, "/-/ready")[0] == 200,
@@ -782,3 +787,32 @@ def test_status_shows_the_firing_alert(fleet: Fleet) -> None:
     assert "TargetDown (alpha" not in row["detail"], row
     values = [v for v in fleet.rendered.secrets.values.values() if len(v) >= 8]  # type: ignore[attr-defined]
     assert not any(v in result.stdout + result.stderr for v in values)
+
+
+def test_status_shows_the_seed_generation_each_host_runs(fleet: Fleet) -> None:
+    """`owuibuild status --only seed` reads each host's generation from its real node exporter
+    (the textfile its first boot wrote): both run the render's; then web-a's textfile says an
+    older one, as on a host that has not taken its new seed, and its row says so."""
+    owuibuild = Path(sys.executable).with_name("owuibuild")
+    argv = [str(owuibuild), "status", str(fleet.rendered.blueprint), "--only", "seed"]
+    argv += ["--format", "json"]
+
+    def rows() -> tuple[int, dict[str, dict[str, Any]]]:
+        result = fleet.daemons.in_ns(argv)
+        checks = json.loads(result.stdout)["checks"]
+        return result.returncode, {row["host"]: row for row in checks}
+
+    code, found = rows()
+    assert code == 0, found
+    assert {h: (r["state"], r["detail"]) for h, r in found.items()} == {
+        "ai-shared": ("ok", "generation 1"),
+        "web-a": ("ok", "generation 1"),
+    }
+    assert fleet.web_a is not None
+    metric = fleet.web_a.where(exporters.SEED_METRICS)
+    metric.write_text(seed_manifest.generation_metric(0))
+    code, found = rows()
+    assert code == 1, found
+    assert found["web-a"]["state"] == "degraded", found
+    assert "runs generation 0, the render is at 1" in found["web-a"]["detail"], found
+    assert found["ai-shared"]["state"] == "ok", found
