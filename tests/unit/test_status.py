@@ -544,7 +544,7 @@ def test_a_prometheus_that_answers_oddly_is_not_ok(
     assert status.guarded(lambda: probe(1.0)).state is state
 
 
-def test_no_alerts_row_without_monitoring(render_example: Callable[[str], Any]) -> None:
+def test_no_alerts_or_seed_row_without_monitoring(render_example: Callable[[str], Any]) -> None:
     rendered = render_example("seed-example.yml")
     assert rendered.plan.monitoring is None
     checks = status.plan_checks(
@@ -553,4 +553,4 @@ def test_no_alerts_row_without_monitoring(render_example: Callable[[str], Any]) 
         Path("x.secrets.yml"),
         fleet_ca=rendered.secrets.tls.ca_cert,
     )
-    assert "alerts" not in {c.service for c in checks}
+    assert not {"alerts", "seed"} & {c.service for c in checks}

@@ -9,22 +9,23 @@ the real node exporter serves that textfile is for the boot tiers.
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_status_ssh
 from click.testing import CliRunner
 from owuibuild import secrets as store
 from owuibuild import status
 from owuibuild.cli import cli
-from owuibuild.pipeline import compile_blueprint
 from owuibuild.probes import HttpAnswer, Outcome, State, direct
 from owuibuild.seed_manifest import SEED_METRIC, generation_metric
 
 pytestmark = pytest.mark.unit
+
+campus = test_status_ssh.campus  # the fixture: multi-host (monitoring) rendered once
 
 BLUEPRINTS = Path(__file__).resolve().parents[2] / "blueprints"
 
@@ -290,17 +291,10 @@ def test_the_seed_rows_judge_each_host_against_its_own_record(
 
 
 def test_without_monitoring_there_is_no_seed_row(render_example: Callable[[str], Any]) -> None:
-    rendered = render_example("seed-example.yml")
-    assert rendered.plan.monitoring is None
-    checks = status.plan_checks(
-        rendered.plan,
-        rendered.secrets.values,
-        Path("x.secrets.yml"),
-        fleet_ca=rendered.secrets.tls.ca_cert,
-        generations=generations(rendered),
-    )
-    assert "seed" not in {c.service for c in checks}
-    assert status.seed_checks(rendered.plan, {}, None) == []
+    """No node exporter reads the textfile (test_status.py checks the whole plan's rows)."""
+    plan = render_example("seed-example.yml").plan
+    assert plan.monitoring is None
+    assert status.seed_checks(plan, {}, None) == []
 
 
 def test_without_a_fleet_ca_the_exporter_is_not_dialled(
@@ -320,15 +314,6 @@ def test_without_a_fleet_ca_the_exporter_is_not_dialled(
 
 
 # -- the command ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def campus(tmp_path: Path) -> Path:
-    """multi-host (monitoring, openstack) rendered once: its secrets and CA files next to it."""
-    path = tmp_path / "campus.yml"
-    shutil.copy(BLUEPRINTS / "multi-host.yml", path)
-    assert compile_blueprint(path, seed_iso=False).ok
-    return path
 
 
 def test_status_compares_with_the_secrets_files_records(
