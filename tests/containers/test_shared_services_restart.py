@@ -1,23 +1,35 @@
-"""Containers tier: a running Open WebUI instance rides out a restart of its PostgreSQL and Redis
-without a container restart.
+"""Containers tier: a running Open WebUI instance rides out a restart of its PostgreSQL and Redis,
+and a replacement of the host they run on, without a container restart.
 
 A REAL Open WebUI 0.12.4 runs from its generated bundle against the REAL PostgreSQL and Redis of
 the shared-host container that tests/containers/test_instances_live.py starts from the generated
 configuration (its fixture and helpers are imported, not copied; see that module for the TEST
 DOUBLES of Qdrant and Ollama). Its admin signs in (the session used throughout) and makes a chat.
 
-While a poller asks the instance for the admin's chats twice a second with that session,
-PostgreSQL restarts (pg_ctl restart, fast) and the instance's Redis server is stopped and started
-again: the instance's connections are closed by the servers. The instance answers again by
-itself, with the same container (same id, start time, process and no restart); the session
-still works and the chat is there; Socket.IO's listener is subscribed to the instance's Redis
-again; and the app's own Redis use works again (signing a second session out revokes it in
-Redis, and the instance then refuses that session). The window of failed requests is printed.
-Traffic stays on the Docker network this test creates and on 127.0.0.1.
+While a poller asks the instance for the admin's chats twice a second with that session, the
+shared services are taken away and brought back:
+
+- restarted: PostgreSQL restarts (pg_ctl restart, fast) and the instance's Redis server is
+  stopped and started again: the instance's connections are closed by the server;
+- replaced: the shared host goes silent (a firewall in the shared container's own network
+  namespace drops every packet between it and the test network), PostgreSQL and Redis stop, and
+  after a while it answers again at the same address with both started afresh, as a new VM with
+  the same data volume would. Nothing closes the connections the instance held: while the host
+  is away they are silent (only the bundle's connect timeouts, keep-alive probes and
+  retransmission bound end the instance's waits), and once it is back a packet on one of them
+  is answered with a reset, as the new host's kernel, which knows none of them, would.
+
+Each time: the instance answers again by itself, with the same container (same id, start time,
+process and no restart); the session still works and the chat is there; Socket.IO's listener is
+subscribed to the instance's Redis again; and the app's own Redis use works again (signing a
+second session out revokes it in Redis, and the instance then refuses that session). The window
+of failed requests is printed. Traffic stays on the Docker network this test creates and on
+127.0.0.1.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from conftest import require_tool
 from test_instances_live import (
     Fleet,
     Running,
@@ -59,9 +72,12 @@ instances:
 CHAT_TITLE = "Kept across the shared host's restarts"
 PGBIN = "/usr/lib/postgresql/15/bin"
 PGDATA = "/srv/pgdata"
-# After the services answer again: a closed connection is retried at once, and Socket.IO's
-# listener subscribes again after its back-off.
-RECOVERY_SECONDS = 30
+# How long the replaced host stays away: longer than the keep-alive's idle time, so the
+# instance's idle connections (Socket.IO's listener) must be found dead by its probes.
+AWAY_SECONDS = 40
+# After the services answer again: a closed connection is retried at once; a silent one is
+# given up within the keep-alive's minute (see owuibuild.bundle); Socket.IO then backs off.
+RECOVERY_SECONDS = {"restart": 30, "replacement": 150}
 
 
 @dataclass
@@ -130,6 +146,20 @@ def redis_server(running: Running) -> str:
     return f"redis-{running.inst.name}"
 
 
+def stop_postgres(fleet: Fleet) -> None:
+    fleet.in_shared("su", "postgres", "-c", f"{PGBIN}/pg_ctl -D {PGDATA} -w -m fast stop")
+
+
+def start_postgres(fleet: Fleet) -> None:
+    # pg_ctl start reads no postmaster.opts (restart does): the start script's options again.
+    address = fleet.plan.shared.host.address
+    fleet.in_shared(
+        "su", "postgres", "-c",
+        f"{PGBIN}/pg_ctl -D {PGDATA} -l {PGDATA}/postgres.log -w start "
+        f"-o '-c listen_addresses={address} -c port=5432 -c max_connections=100'",
+    )  # fmt: skip
+
+
 def stop_redis(fleet: Fleet, name: str) -> None:
     """SIGTERM, as systemd stops it (Redis saves its data first), then wait for it to exit.
     The container's first process (sleep) reaps no child: an exited server stays a zombie."""
@@ -144,6 +174,45 @@ def start_redis(fleet: Fleet, name: str) -> None:
         "redis-server", f"/test/{name}.conf", "--pidfile", f"/srv/{name}.pid",
         "--supervised", "no", "--daemonize", "yes", "--logfile", f"/srv/{name}.log",
     )  # fmt: skip
+
+
+# The shared container's own firewall (nft in its network namespace, entered from this machine):
+# AWAY drops all traffic with the test network (a host that is down). REPLACED answers a packet
+# of a flow that existed before (its conntrack picks them up unmarked) with a reset and sends
+# nothing on one, as the new host's kernel, which knows none of them, would; new flows pass.
+SILENCE_TABLE = "owuitest_silence"
+AWAY = f"""\
+table inet {SILENCE_TABLE} {{
+  chain input {{ type filter hook input priority -10; ip saddr {SUBNET} drop; }}
+  chain output {{ type filter hook output priority -10; ip daddr {SUBNET} drop; }}
+}}
+"""
+REPLACED = f"""\
+table inet {SILENCE_TABLE} {{
+  chain input {{
+    type filter hook input priority -10;
+    ct state new tcp flags & (syn | ack) == syn ct mark set 1
+    ct mark 1 accept
+    ip saddr {SUBNET} reject with tcp reset
+  }}
+  chain output {{
+    type filter hook output priority -10;
+    ct mark 1 accept
+    # The resets above (they belong to the old flow's conntrack entry, so pass them here).
+    tcp flags rst accept
+    ip daddr {SUBNET} drop
+  }}
+}}
+"""
+
+
+def silence(fleet: Fleet, ruleset: str) -> None:
+    """Replace the shared container's silencing table with ``ruleset`` (empty: none)."""
+    pid = run("docker", "inspect", "-f", "{{.State.Pid}}", fleet.shared).stdout.strip()
+    text = f"table inet {SILENCE_TABLE}\ndelete table inet {SILENCE_TABLE}\n{ruleset}"
+    out = subprocess.run(["nsenter", "-t", pid, "-n", "nft", "-f", "-"], input=text,
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
 
 
 def wait_until(what: str, ready: Callable[[], bool], seconds: float) -> float:
@@ -193,11 +262,11 @@ def ride_out(fleet: Fleet, session: Session, kind: str, disrupt: Callable[[], No
         disrupt()
         back = time.monotonic()
         recovered = wait_until(f"the chats through the {kind}", poller.check,
-                               RECOVERY_SECONDS)  # fmt: skip
+                               RECOVERY_SECONDS[kind])  # fmt: skip
         subscribed = wait_until(
             f"Socket.IO's listener after the {kind}",
             lambda: socketio_subscribed(fleet, running),
-            RECOVERY_SECONDS,
+            RECOVERY_SECONDS[kind],
         )
         time.sleep(2)
     finally:
@@ -211,7 +280,7 @@ def ride_out(fleet: Fleet, session: Session, kind: str, disrupt: Callable[[], No
     )
     assert poller.results[-1][1], poller.results[-5:]
     assert container(running) == before, "the instance's container was restarted"
-    assert time.monotonic() - back < 2 * RECOVERY_SECONDS
+    assert time.monotonic() - back < 2 * RECOVERY_SECONDS[kind]
     assert_redis_in_use(fleet, session)
 
 
@@ -230,3 +299,26 @@ def test_an_instance_rides_out_a_restart_of_postgres_and_redis(
         start_redis(fleet, name)
 
     ride_out(fleet, session, "restart", restart)
+
+
+def test_an_instance_rides_out_a_replacement_of_the_shared_host(
+    fleet: Fleet, session: Session
+) -> None:
+    require_tool("nsenter", "nft")
+    name = redis_server(session.running)
+
+    def replace() -> None:
+        # The old host goes silent: nothing it does reaches the instance any more.
+        silence(fleet, AWAY)
+        stop_postgres(fleet)
+        stop_redis(fleet, name)
+        time.sleep(AWAY_SECONDS)
+        # The new host: same address, same data, fresh processes that know no old connection.
+        start_postgres(fleet)
+        start_redis(fleet, name)
+        silence(fleet, REPLACED)
+
+    try:
+        ride_out(fleet, session, "replacement", replace)
+    finally:
+        silence(fleet, "")
