@@ -26,7 +26,14 @@ One fleet boots once and every test of this module shares it, in order:
    volume): each instance's data directory survives, and the front door serves them again.
    Replacing the shared host (cluster, rows, Redis keys) is the Debian 12 module's test,
    opt-in with the other plain-image boots: CI's 60 minutes do not hold a second boot of both
-   hosts.
+   hosts;
+5. seeds re-applied live: instance gamma added to the blueprint, and each host's new seed.iso
+   put in its CD-ROM drive through QEMU's monitor (blockdev-change-medium), as Proxmox or
+   libvirt would: each host's converge verifies and applies it, gamma comes up healthy, and
+   alpha, asked through the front door once a second the whole time, never fails and keeps its
+   container, PostgreSQL server and Redis server. Gamma removed again the same way: stopped,
+   its files and logins gone, its data kept. Then seeds each host must refuse (an older
+   generation, another fleet's key, a change only a new host can take) change nothing.
 
 The same seeds on the plain Debian 13 base image (cloud-init installs every package at first
 boot) are booted by tests/boot/test_fleet_vanilla.py, opt-in (OWUIBUILD_BOOT_VANILLA=1):
@@ -116,6 +123,7 @@ from owuibuild.plan import (
     POSTGRES_PORT,
     PROMETHEUS_PORT,
     QDRANT_PORT,
+    REDIS_DATA_ROOT,
     REDIS_EXPORTER_PORT,
 )
 
@@ -1065,6 +1073,63 @@ def test_a_new_seed_adds_an_instance_live_and_others_are_undisturbed(
         assert applied_record(vm)["generation"] == before[host]["generation"] + 1
     print(f"\nconverge: alpha answered {len(answers)} checks, none failed; {lines}")
     booted["gamma_out"] = out
+
+
+def test_removing_an_instance_stops_it_and_keeps_its_data(
+    booted: dict[str, Any], fleet: Fleet
+) -> None:
+    """Gamma out of the blueprint again, both seeds swapped: its container and Redis server
+    stop, its files and logins go (pg_hba.conf, the firewall's opening), and its data stays
+    (data directory, database, Redis data); alpha goes on answering."""
+    from owuibuild.pipeline import compile_blueprint
+
+    shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    blueprint = fleet.workdir / "fleetboot.yml"
+    compiled = compile_blueprint(blueprint, write_secrets=False)  # still with gamma
+    assert compiled.plan is not None
+    gamma = next(i for i in compiled.plan.instances if i.name == NEW_INSTANCE)
+    token = pysecrets.token_hex(8)
+    dock.ssh(f"echo {token} | sudo tee {gamma.data_dir}/removal-marker", check=True)
+    before = {h: applied_record(vm)["generation"] for h, vm in booted["vms"].items()}
+    seen = {h: len(converge_runs(vm)) for h, vm in booted["vms"].items()}
+
+    blueprint.write_text(booted["blueprint_text"])
+    out = fleet.workdir / "out-removed"
+    said = render(blueprint, out)
+    assert "needs a host replacement" not in said, said
+    swap_seed(shared, out / "hosts" / SHARED / "seed.iso")
+    lines = wait_converged(shared, "applied generation", seen[SHARED])
+    swap_seed(dock, out / "hosts" / DOCK / "seed.iso")
+    lines += wait_converged(dock, "applied generation", seen[DOCK])
+    assert any(f"units stopped: {gamma.unit_name}" in line for line in lines), lines
+
+    # Stopped and gone from systemd; its files removed; its data kept.
+    state = dock.ssh(
+        f"systemctl is-enabled {gamma.unit_name}; systemctl is-active {gamma.unit_name}"
+    )
+    assert state.stdout.split()[-1] == "inactive", state.stdout
+    running = dock.ssh(
+        f"sudo docker ps -q --filter label=com.docker.compose.project={NEW_INSTANCE}"
+    )
+    assert running.stdout.strip() == "", running.stdout
+    assert dock.ssh(f"test -e /opt/owuibuild/{NEW_INSTANCE}/{NEW_INSTANCE}.env").returncode == 1
+    marker = dock.ssh(f"sudo cat {gamma.data_dir}/removal-marker", check=True).stdout
+    assert marker.strip() == token
+    # On the shared host: no Redis server, no pg_hba line, no firewall opening; data kept.
+    redis = shared.ssh(f"systemctl is-active redis-server@{NEW_INSTANCE}.service").stdout
+    assert redis.strip() == "inactive", redis
+    hba = shared.ssh(f"sudo cat /etc/postgresql/{pg_major(fleet)}/main/pg_hba.conf").stdout
+    assert gamma.db_role not in hba and "alpha" in hba, hba
+    ruleset = shared.ssh("sudo nft list table inet owuibuild", check=True).stdout
+    assert f"redis-{NEW_INSTANCE}" not in ruleset and "redis-alpha" in ruleset, ruleset
+    databases = shared.ssh(
+        "sudo -u postgres psql -XAtc 'SELECT datname FROM pg_database'", check=True
+    ).stdout.split()
+    assert gamma.db_name in databases, databases
+    assert shared.ssh(f"sudo test -d {REDIS_DATA_ROOT}/{NEW_INSTANCE}").returncode == 0
+    for host, vm in booted["vms"].items():
+        assert applied_record(vm)["generation"] == before[host] + 1
+    assert http_status(shared, door_url("alpha")) == "200"
 
 
 def test_a_seed_the_host_may_not_take_is_refused_and_changes_nothing(
