@@ -61,18 +61,17 @@ def _userinfo(user: str, password: str) -> str:
 # retries a Redis command once on a fresh connection when Redis closed the old one, and
 # Socket.IO's Redis listener subscribes again after an error. What it lacks is a bound on waiting
 # for a host that has gone quiet (rebooting, replaced): its connections would hang until the
-# kernel gives up, 15 minutes for a send and 2 hours for an idle Socket.IO listener. So every
+# kernel gives up, 15 minutes for a send and 2 hours for an idle connection. So every
 # connection to the fleet's services is made with a timeout and kept alive with probes, and a
-# peer that stops answering is given up within about a minute. (That an instance then recovers
-# from a replaced shared host by itself is not shown yet; see the README.)
+# peer that stops answering is given up within about a minute.
 CONNECT_TIMEOUT = 5  # seconds, for PostgreSQL and Redis
 KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_PROBES = 3
 USER_TIMEOUT_MS = 60_000  # PostgreSQL: unacknowledged data is given up after this long
-# Redis's clients take keep-alive on or off only, so the instance's own network namespace sets
-# the timing (these sysctls are per namespace), and bounds retransmission: 8 retries is about
-# 100 s (the kernel's default of 15 is about 15 minutes).
+# The instance's own network namespace sets the keep-alive timing for sockets that ask for
+# keep-alive without their own (these sysctls are per namespace), and bounds retransmission:
+# 8 retries is about 100 s (the kernel's default of 15 is about 15 minutes).
 TCP_RETRIES = 8
 SYSCTLS = {
     "net.ipv4.tcp_keepalive_time": str(KEEPALIVE_IDLE),
@@ -80,6 +79,17 @@ SYSCTLS = {
     "net.ipv4.tcp_keepalive_probes": str(KEEPALIVE_PROBES),
     "net.ipv4.tcp_retries2": str(TCP_RETRIES),
 }
+# Redis: redis-py 8.0.1 (Open WebUI 0.12.4's) sets its own keep-alive on every connection (30 s
+# idle, then 3 probes 5 s apart), so the kernel fails a connection to a silent Redis with
+# ETIMEDOUT after 45 s. On Python 3.11 that error is asyncio.TimeoutError, and a Pub/Sub
+# listener's read (Socket.IO's, and Open WebUI's own two) takes it for "no message yet": it
+# returns nothing, never reconnects, and reads the same stored error again in a loop that never
+# yields, so the instance's event loop stops for good (no answer, no log, one core busy). A
+# health check breaks that loop: once a connection has been idle this long, redis-py sends a
+# PING before its next read, and writing to the dead connection raises an error that the
+# listener handles (it backs off, connects again and subscribes again). It must be shorter
+# than the 45 s, so the first turn of the loop already pings.
+REDIS_HEALTH_CHECK_SECONDS = 30
 # libpq's own per-connection settings (DATABASE_URL's query; psycopg hands them to libpq).
 POSTGRES_CONNECTION = (
     f"connect_timeout={CONNECT_TIMEOUT}&keepalives=1&keepalives_idle={KEEPALIVE_IDLE}"
@@ -89,7 +99,12 @@ POSTGRES_CONNECTION = (
 # Socket.IO's Redis connection takes its options from this JSON alone (Open WebUI's default is
 # {"socket_timeout": null}: its listener blocks on a read, so it must keep no read timeout).
 WEBSOCKET_REDIS_OPTIONS = json.dumps(
-    {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT, "socket_keepalive": True},
+    {
+        "socket_timeout": None,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
+    },
     separators=(",", ":"),
 )
 
@@ -130,6 +145,7 @@ def environment(plan: Plan, inst: InstancePlan, secrets: Secrets) -> tuple[tuple
         ("REDIS_KEY_PREFIX", inst.redis_key_prefix),
         ("REDIS_SOCKET_CONNECT_TIMEOUT", str(CONNECT_TIMEOUT)),
         ("REDIS_SOCKET_KEEPALIVE", "true"),
+        ("REDIS_HEALTH_CHECK_INTERVAL", str(REDIS_HEALTH_CHECK_SECONDS)),
         ("WEBSOCKET_MANAGER", "redis"),
         ("WEBSOCKET_REDIS_URL", redis),
         ("WEBSOCKET_REDIS_OPTIONS", WEBSOCKET_REDIS_OPTIONS),

@@ -17,7 +17,10 @@ shared services are taken away and brought back:
   the same data volume would. Nothing closes the connections the instance held: while the host
   is away they are silent (only the bundle's connect timeouts, keep-alive probes and
   retransmission bound end the instance's waits), and once it is back a packet on one of them
-  is answered with a reset, as the new host's kernel, which knows none of them, would.
+  is answered with a reset, as the new host's kernel, which knows none of them, would. The
+  instance's Redis listeners are idle for long enough that their connections are given up with
+  ETIMEDOUT while the host is away: the case that stopped Open WebUI 0.12.4 for good before the
+  bundle's Redis health check (see owuibuild.bundle); the test checks that it happened.
 
 Each time: the instance answers again by itself, with the same container (same id, start time,
 process and no restart); the session still works and the chat is there; Socket.IO's listener is
@@ -75,6 +78,12 @@ PGDATA = "/srv/pgdata"
 # How long the replaced host stays away: longer than the keep-alive's idle time, so the
 # instance's idle connections (Socket.IO's listener) must be found dead by its probes.
 AWAY_SECONDS = 40
+# Before it goes away, the instance's Redis listeners (subscribed again by the restart test)
+# are left idle this long: with the 40 s away that is more than the 45 s of silence after which
+# redis-py's own keep-alive (30 s, then 3 probes 5 s apart) gives a connection up.
+QUIET_SECONDS = 10
+# The listeners' error when their health check writes to a connection given up that way.
+GIVEN_UP = "Timeout writing to socket"
 # After the services answer again: a closed connection is retried at once; a silent one is
 # given up within the keep-alive's minute (see owuibuild.bundle); Socket.IO then backs off.
 RECOVERY_SECONDS = {"restart": 30, "replacement": 150}
@@ -180,23 +189,26 @@ def start_redis(fleet: Fleet, name: str) -> None:
 # AWAY drops all traffic with the test network (a host that is down). REPLACED answers a packet
 # of a flow that existed before (its conntrack picks them up unmarked) with a reset and sends
 # nothing on one, as the new host's kernel, which knows none of them, would; new flows pass.
+# Neither touches the host's traffic to itself (over lo: the test's own redis-cli and psql).
 SILENCE_TABLE = "owuitest_silence"
 AWAY = f"""\
 table inet {SILENCE_TABLE} {{
-  chain input {{ type filter hook input priority -10; ip saddr {SUBNET} drop; }}
-  chain output {{ type filter hook output priority -10; ip daddr {SUBNET} drop; }}
+  chain input {{ type filter hook input priority -10; iif lo accept; ip saddr {SUBNET} drop; }}
+  chain output {{ type filter hook output priority -10; oif lo accept; ip daddr {SUBNET} drop; }}
 }}
 """
 REPLACED = f"""\
 table inet {SILENCE_TABLE} {{
   chain input {{
     type filter hook input priority -10;
+    iif lo accept
     ct state new tcp flags & (syn | ack) == syn ct mark set 1
     ct mark 1 accept
     ip saddr {SUBNET} reject with tcp reset
   }}
   chain output {{
     type filter hook output priority -10;
+    oif lo accept
     ct mark 1 accept
     # The resets above (they belong to the old flow's conntrack entry, so pass them here).
     tcp flags rst accept
@@ -307,7 +319,12 @@ def test_an_instance_rides_out_a_replacement_of_the_shared_host(
     require_tool("nsenter", "nft")
     name = redis_server(session.running)
 
+    since = ""
+
     def replace() -> None:
+        nonlocal since
+        time.sleep(QUIET_SECONDS)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # The old host goes silent: nothing it does reaches the instance any more.
         silence(fleet, AWAY)
         stop_postgres(fleet)
@@ -322,3 +339,7 @@ def test_an_instance_rides_out_a_replacement_of_the_shared_host(
         ride_out(fleet, session, "replacement", replace)
     finally:
         silence(fleet, "")
+    logs = session.running.compose("logs", "--no-color", "--since", since, timeout=60).stdout
+    given_up = logs.count(GIVEN_UP)
+    print(f"replacement: {given_up} Redis listener errors {GIVEN_UP!r} while the host was away")
+    assert given_up >= 1, "no Redis listener's connection was given up while the host was away"

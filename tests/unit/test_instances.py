@@ -208,7 +208,8 @@ def test_a_silent_peer_is_given_up_on(rendered: Rendered) -> None:
     env = dict(bundle.environment(plan, inst, rendered.secrets))  # type: ignore[arg-type]
     assert env["REDIS_SOCKET_CONNECT_TIMEOUT"] == "5"
     assert env["REDIS_SOCKET_KEEPALIVE"] == "true"
-    assert json.loads(env["WEBSOCKET_REDIS_OPTIONS"]) == {
+    options = json.loads(env["WEBSOCKET_REDIS_OPTIONS"])
+    assert {k: v for k, v in options.items() if k != "health_check_interval"} == {
         "socket_timeout": None,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
@@ -227,6 +228,29 @@ def test_a_silent_peer_is_given_up_on(rendered: Rendered) -> None:
         query["keepalives_count"]
     )
     assert pg_silent <= 60 and int(query["tcp_user_timeout"]) <= 60_000, query
+
+
+# redis-py 8.0.1's own keep-alive on every Redis connection: 30 s idle, then 3 probes 5 s apart.
+REDIS_PY_SILENT_SECONDS = 30 + 3 * 5
+
+
+def test_redis_listeners_health_check_sooner_than_a_silent_redis_is_given_up(
+    rendered: Rendered,
+) -> None:
+    """Every Redis client of the instance (Open WebUI's own, and Socket.IO's from its JSON
+    options) pings a connection idle for longer than its health-check interval before reading
+    from it again. The interval is shorter than redis-py's keep-alive gives a silent Redis, so a
+    Pub/Sub listener whose connection the kernel failed with ETIMEDOUT (which redis-py 8.0.1 on
+    Python 3.11 reads as "no message yet", in a loop that never yields) raises at once, and
+    connects and subscribes again instead (see owuibuild.bundle)."""
+    plan = plan_of(rendered)
+    for inst in plan.instances:
+        env = dict(bundle.environment(plan, inst, rendered.secrets))  # type: ignore[arg-type]
+        own = int(env["REDIS_HEALTH_CHECK_INTERVAL"])
+        socketio = json.loads(env["WEBSOCKET_REDIS_OPTIONS"])["health_check_interval"]
+        assert isinstance(socketio, int), socketio
+        for interval in (own, socketio):
+            assert 0 < interval < REDIS_PY_SILENT_SECONDS, (inst.name, interval)
 
 
 def test_pool_sizes_given_in_the_blueprint(rendered: Rendered) -> None:
