@@ -371,10 +371,8 @@ def _add_instance_step(platform: str) -> str:
     )
     replace = (
         "Replace each host that changed with a VM booted from its new seed (the data volumes "
-        "carry the existing data over), then restart the other instances "
-        "(`systemctl restart owui-<name>` on their hosts): that they recover by themselves "
-        "from a replaced shared host is not shown yet (they do from a restart of PostgreSQL "
-        "or Redis)."
+        "carry the existing data over). The other instances ride out a replaced shared host "
+        "by themselves: they answer again as soon as its services do."
     )
     if platform in SWAPPABLE_SEED_PLATFORMS:
         return live + "A host that needs a replacement: " + replace[0].lower() + replace[1:]
