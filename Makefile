@@ -44,6 +44,7 @@ mutate: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/boot_bench.py
+	$(BIN)/python bench/recovery_bench.py
 
 # Boots the VMs again (vanilla pair, golden pair, bare: about an hour under TCG) and prints them side by side.
 bench-boot: setup system-deps

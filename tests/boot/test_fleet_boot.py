@@ -106,6 +106,7 @@ from fleet_vm import (
     wait_instances_healthy,
     web,
 )
+from infra.recovery import record
 from infra.vm import VM, FleetLink
 from owuibuild import bundle, qdrant_access
 from owuibuild.hostconfig import _first_boot as first_boot
@@ -1065,7 +1066,12 @@ def test_a_new_seed_adds_an_instance_live_and_others_are_undisturbed(
 
     shared.ssh("kill $(cat /tmp/poll-alpha.pid)")
     polls = shared.ssh("cat /tmp/poll-alpha.log", check=True).stdout.split("\n")
-    answers = [line.split()[1] for line in polls if line.strip()]
+    timed = [(float(line.split()[0]), line.split()[1]) for line in polls if line.strip()]
+    answers = [status for _, status in timed]
+    failures = [t for t, status in timed if status != "200"]
+    after = [t for t, status in timed if failures and status == "200" and t > failures[0]]
+    window = (after[0] if after else timed[-1][0]) - failures[0] if failures else 0.0
+    record("live seed", failed=len(failures), checks=len(answers), window_s=window)
     assert len(answers) >= 10, polls
     assert set(answers) == {"200"}, [line for line in polls if not line.endswith(" 200")]
     assert alpha_state(shared, dock, fleet) == state

@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 from conftest import require_tool
+from infra.recovery import record
 from test_instances_live import (
     Fleet,
     Running,
@@ -290,6 +291,7 @@ def ride_out(fleet: Fleet, session: Session, kind: str, disrupt: Callable[[], No
         f"answering {recovered:.1f} s and Socket.IO subscribed {subscribed:.1f} s after the "
         "services were back"
     )
+    record(kind, failed=failed, checks=len(poller.results), window_s=window)
     assert poller.results[-1][1], poller.results[-5:]
     assert container(running) == before, "the instance's container was restarted"
     assert time.monotonic() - back < 2 * RECOVERY_SECONDS[kind]
