@@ -1000,7 +1000,7 @@ def render(blueprint: Any, out: Any) -> str:
 POLLER = (
     "nohup sh -c 'while :; do "
     'printf "%s %s\\n" "$(date +%s.%N)" '
-    '"$(curl -s -o /dev/null -w %{{http_code}} --max-time 2 {url})"; sleep 1; done\' '
+    '"$(curl -s -o /dev/null -w %{{http_code}} --max-time 10 {url})"; sleep 1; done\' '
     ">/tmp/poll-alpha.log 2>&1 </dev/null & echo $! >/tmp/poll-alpha.pid"
 )
 
@@ -1020,6 +1020,22 @@ def alpha_state(shared: VM, dock: VM, fleet: Fleet) -> dict[str, str]:
         "redis": redis.stdout.strip(),
         "unit": dock.ssh(f"systemctl show -p ActiveEnterTimestamp {inst.unit_name}").stdout,
     }
+
+
+def diagnose(shared: VM, dock: VM, lines: list[str]) -> str:
+    """What the hosts logged around a converge, for a failed assertion's message."""
+    out = [f"converge: {lines}"]
+    for vm, commands in (
+        (dock, ["sudo journalctl -k --no-pager | grep -iE 'oom|killed process' | tail -5",
+                "sudo journalctl --no-pager -u owui-alpha.service -u docker.service | tail -15",
+                "sudo journalctl --no-pager -u owui-front-door.service | tail -8",
+                "sudo docker ps -a --format '{{.Names}} {{.Status}}'", "free -m"]),
+        (shared, ["sudo journalctl -k --no-pager | grep -iE 'oom|killed process' | tail -5",
+                  "free -m"]),
+    ):  # fmt: skip
+        for command in commands:
+            out.append(f"{vm.name}$ {command}\n{vm.ssh(command, timeout=120).stdout}")
+    return "\n".join(out)
 
 
 def postgres_unit(fleet: Fleet) -> str:
@@ -1073,9 +1089,11 @@ def test_a_new_seed_adds_an_instance_live_and_others_are_undisturbed(
     after = [t for t, status in timed if failures and status == "200" and t > failures[0]]
     window = (after[0] if after else timed[-1][0]) - failures[0] if failures else 0.0
     record("live seed", failed=len(failures), checks=len(answers), window_s=window)
+    after_state = alpha_state(shared, dock, fleet)
+    why = diagnose(shared, dock, lines) if set(answers) != {"200"} or after_state != state else ""
     assert len(answers) >= 10, polls
-    assert set(answers) == {"200"}, [line for line in polls if not line.endswith(" 200")]
-    assert alpha_state(shared, dock, fleet) == state
+    assert after_state == state, (after_state, state, why)
+    assert set(answers) == {"200"}, ([ln for ln in polls if not ln.endswith(" 200")], why)
     for host, vm in booted["vms"].items():
         assert applied_record(vm)["generation"] == before[host]["generation"] + 1
     print(f"\nconverge: alpha answered {len(answers)} checks, none failed; {lines}")
