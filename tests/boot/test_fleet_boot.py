@@ -1050,6 +1050,11 @@ def test_a_new_seed_adds_an_instance_live_and_others_are_undisturbed(
     polled through the front door once a second, never fails and keeps its container, its
     PostgreSQL server and its Redis server."""
     shared, dock = booted["vms"][SHARED], booted["vms"][DOCK]
+    # A host the tests before replaced or rebooted settles first: its boot done, its
+    # instances healthy (a restart systemd still has queued would look like the converge's).
+    for vm in (shared, dock):
+        vm.ssh("systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
+    wait_instances_healthy(dock, fleet)
     blueprint = fleet.workdir / "fleetboot.yml"
     original = blueprint.read_text()
     booted["blueprint_text"] = original
