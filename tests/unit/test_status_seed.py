@@ -238,14 +238,7 @@ def test_with_monitoring_each_host_gets_a_seed_row_on_its_node_exporter(
     assert plan.monitoring is not None
     recorded = generations(rendered)
     assert set(recorded) == {h.name for h in plan.hosts}
-    checks = status.plan_checks(
-        plan,
-        rendered.secrets.values,
-        Path("x.secrets.yml"),
-        fleet_ca=rendered.secrets.tls.ca_cert,
-        pki=rendered.secrets.tls,
-        generations=recorded,
-    )
+    checks = test_status_ssh.all_checks(rendered, recorded)
     rows = [c for c in checks if c.service == "seed"]
     assert checks[-len(rows) :] == rows  # last, after the certificate rows
     assert [c.host for c in rows] == [h.name for h in plan.hosts]

@@ -86,20 +86,25 @@ def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], li
 # -- which host each check goes through -------------------------------------------------------------
 
 
+def all_checks(rendered: Any, generations: dict[str, int] | None = None) -> list[Any]:
+    """Every check status plans for a rendered example, with its CA and PKI."""
+    return status.plan_checks(
+        rendered.plan,
+        rendered.secrets.values,
+        Path("x.secrets.yml"),
+        fleet_ca=rendered.secrets.tls.ca_cert,
+        pki=rendered.secrets.tls,
+        generations=generations or {},
+    )
+
+
 @pytest.mark.parametrize("example", ["multi-host.yml", "scale-out.yml", "homelab.yml"])
 def test_each_check_goes_through_the_host_the_fleet_admits_it_from(
     render_example: Callable[[str], Any], example: str
 ) -> None:
     rendered = render_example(example)
     plan = rendered.plan
-    checks = status.plan_checks(
-        plan,
-        rendered.secrets.values,
-        Path("x.secrets.yml"),
-        fleet_ca=rendered.secrets.tls.ca_cert,
-        pki=rendered.secrets.tls,
-        generations={},
-    )
+    checks = all_checks(rendered)
     hosts = {h.name: h.host for h in plan.hosts}
     instances = {i.name: i for i in plan.instances}
     assert ("seed" in {c.service for c in checks}) is (plan.monitoring is not None)
