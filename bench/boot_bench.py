@@ -42,6 +42,19 @@ def boot_json() -> Path:
     return Path(os.environ.get("OWUIBUILD_CACHE", default)) / "bench" / "boot.json"
 
 
+def read_record(path: Path, missing: str) -> tuple[Any, int]:
+    """The JSON record at ``path``, or None and the exit code once the reason is printed
+    (``missing``, formatted with the path, when no test has recorded it yet)."""
+    try:
+        return json.loads(path.read_text()), 0
+    except FileNotFoundError:
+        print(missing.format(path=path))
+        return None, 0
+    except ValueError as exc:
+        print(f"{path}: not JSON ({exc})", file=sys.stderr)
+        return None, 1
+
+
 def measure() -> int:
     env = dict(os.environ, OWUIBUILD_BOOT_VANILLA="1")  # the vanilla rows boot opt-in tests
     return subprocess.call(
@@ -89,14 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure and measure() != 0:
         print("the boot tests failed; the record may be incomplete", file=sys.stderr)
     path = boot_json()
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(f"no boot measurement yet ({path}); run: make bench-boot")
-        return 0
-    except ValueError as exc:
-        print(f"{path}: not JSON ({exc})", file=sys.stderr)
-        return 1
+    data, code = read_record(path, "no boot measurement yet ({path}); run: make bench-boot")
+    if data is None:
+        return code
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0

@@ -15,25 +15,21 @@ Nothing here asserts a timing; the tests assert what must hold (no restart, reco
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from boot_bench import read_record
 from infra.recovery import recovery_json
 
 
 def main() -> int:
     path = recovery_json()
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(f"no recovery measurement yet ({path}); run the containers and boot tiers")
-        return 0
-    except ValueError as exc:
-        print(f"{path}: not JSON ({exc})", file=sys.stderr)
-        return 1
+    missing = "no recovery measurement yet ({path}); run the containers and boot tiers"
+    data, code = read_record(path, missing)
+    if data is None:
+        return code
     print(f"failed checks while the shared services go away and come back; from {path}")
     print(f"{'scenario':<14} {'failed':>8} {'window':>8}  recorded")
     for scenario, row in sorted(data.items()):
